@@ -1,0 +1,34 @@
+//! agentgate: resilience layers for tower services that call HTTP "agents".
+//!
+//! This facade re-exports the layers so library users depend on one crate:
+//!
+//! - [`classify`]: failure classes (what counts against a breaker, what may be retried).
+//! - [`circuit_breaker`]: [`CircuitBreakerLayer`], resilience4j-grade breaker semantics.
+//!
+//! # Example
+//!
+//! ```
+//! use agentgate::{CircuitBreakerConfig, CircuitBreakerLayer};
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! let breaker = CircuitBreakerLayer::try_new("nlp", CircuitBreakerConfig::default())?;
+//! let handle = breaker.handle();
+//! let svc = breaker.layer(service_fn(|_req: http::Request<()>| async {
+//!     Ok::<_, std::io::Error>(http::Response::new(()))
+//! }));
+//! let res = svc.oneshot(http::Request::new(())).await?;
+//! assert_eq!(res.status(), 200);
+//! assert_eq!(handle.snapshot().state, agentgate::circuit_breaker::State::Closed);
+//! # Ok(())
+//! # }
+//! ```
+
+pub use agentgate_circuit_breaker as circuit_breaker;
+pub use agentgate_classify as classify;
+
+pub use agentgate_circuit_breaker::{
+    CircuitBreaker, CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitOpen,
+};
+pub use agentgate_classify::{is_caused_by, FailureClass, HttpClassifier};

@@ -1,0 +1,393 @@
+//! The state one breaker shares between its layer, every service it wraps, every clone
+//! of those, and its handles.
+//!
+//! The closed-state path touches only atomics: the packed `state word`
+//! (generation · state), the consecutive-failure counter and the sliding window. The
+//! mutex around the [`Machine`] is taken only to change state, to admit half-open
+//! probes, and to reject once an open period may have ended.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use agentgate_classify::{Classified, Outcome};
+use rand::rngs::SmallRng;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use crate::handle::{ManualChange, Snapshot, Transition};
+use crate::metrics::Metrics;
+use crate::state::{Change, Decision, Machine, Mode, Reason, State};
+use crate::window::Window;
+use crate::{CircuitBreakerConfig, CircuitOpen};
+
+const STATE_BITS: u32 = 3;
+const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
+/// `reject_until` value for "no lock-free rejection".
+const NO_DEADLINE: u64 = 0;
+/// `reject_until` value for a forced-open breaker without expiry.
+const FOREVER: u64 = u64::MAX;
+const EVENT_CAPACITY: usize = 256;
+
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    name: Arc<str>,
+    config: CircuitBreakerConfig,
+    origin: Instant,
+    /// `generation << STATE_BITS | state index`; changes only under the machine's lock.
+    word: AtomicU64,
+    /// Nanoseconds since `origin` until which open/forced-open rejects without the lock.
+    reject_until: AtomicU64,
+    consecutive: AtomicU32,
+    rejected: AtomicU64,
+    window: Window,
+    machine: Mutex<Machine>,
+    events: broadcast::Sender<Transition>,
+    metrics: Metrics,
+}
+
+/// What the breaker decided for one call, carried from `poll_ready` to the response.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// Closed: the outcome is counted if the breaker is still in `generation`.
+    Closed { generation: u64 },
+    /// Disabled: nothing is counted.
+    Disabled,
+    /// A half-open probe holding one permit.
+    Probe(ProbePermit),
+    /// Rejected without touching the inner service.
+    Rejected(CircuitOpen),
+}
+
+/// One of the `half_open_max_calls` permits. Dropping it unused gives it back.
+#[derive(Debug)]
+pub(crate) struct ProbePermit {
+    breaker: Arc<Breaker>,
+    generation: u64,
+    used: bool,
+}
+
+// === impl Breaker ===
+
+impl Breaker {
+    pub(crate) fn new(name: Arc<str>, config: CircuitBreakerConfig, jitter: f64, rng: SmallRng) -> Self {
+        let origin = Instant::now();
+        let machine = Machine::new(
+            config.open_duration,
+            config.max_open_duration,
+            config.half_open_max_calls,
+            jitter,
+            rng,
+        );
+        Self {
+            window: Window::new(config.window, origin),
+            metrics: Metrics::new(&name),
+            events: broadcast::channel(EVENT_CAPACITY).0,
+            name,
+            config,
+            origin,
+            word: AtomicU64::new(State::Closed.index() as u64),
+            reject_until: AtomicU64::new(NO_DEADLINE),
+            consecutive: AtomicU32::new(0),
+            rejected: AtomicU64::new(0),
+            machine: Mutex::new(machine),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub(crate) fn config(&self) -> &CircuitBreakerConfig {
+        &self.config
+    }
+
+    pub(crate) fn slow_calls_enabled(&self) -> bool {
+        self.config.slow_calls_enabled()
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Transition> {
+        self.events.subscribe()
+    }
+
+    fn nanos(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.origin).as_nanos() as u64
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Machine> {
+        // A panic while holding the lock cannot leave the machine half-updated in a way
+        // that matters more than refusing every later call would.
+        self.machine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Decides for one call. `now` is read only when the breaker is not closed, so the
+    /// closed path costs one atomic load.
+    pub(crate) fn admit(self: &Arc<Self>, now: impl FnOnce() -> Instant) -> Admission {
+        let word = self.word.load(Ordering::Acquire);
+        match State::from_index(word & STATE_MASK) {
+            State::Closed => Admission::Closed {
+                generation: word >> STATE_BITS,
+            },
+            State::Disabled => Admission::Disabled,
+            state @ (State::Open | State::ForcedOpen) => {
+                let until = self.reject_until.load(Ordering::Acquire);
+                if until == FOREVER {
+                    return Admission::Rejected(CircuitOpen::new(self.name.clone(), state, None));
+                }
+                let now = now();
+                let at = self.nanos(now);
+                if at < until {
+                    let left = Duration::from_nanos(until - at);
+                    return Admission::Rejected(CircuitOpen::new(self.name.clone(), state, Some(left)));
+                }
+                self.admit_slow(now)
+            }
+            State::HalfOpen => self.admit_slow(now()),
+        }
+    }
+
+    fn admit_slow(self: &Arc<Self>, now: Instant) -> Admission {
+        let mut m = self.lock();
+        self.advance(&mut m, now);
+        match m.decide(now) {
+            Decision::Pass(State::Disabled) => Admission::Disabled,
+            Decision::Pass(_) => Admission::Closed {
+                generation: m.generation(),
+            },
+            Decision::Probe { generation } => Admission::Probe(ProbePermit {
+                breaker: self.clone(),
+                generation,
+                used: false,
+            }),
+            Decision::Reject { state, retry_after } => {
+                Admission::Rejected(CircuitOpen::new(self.name.clone(), state, retry_after))
+            }
+        }
+    }
+
+    /// Whether a closed admission of `generation` is still current.
+    pub(crate) fn is_current(&self, generation: u64) -> bool {
+        self.word.load(Ordering::Acquire) >> STATE_BITS == generation
+    }
+
+    pub(crate) fn count_rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.metrics.rejected();
+    }
+
+    /// Records the outcome of an admitted call that finished.
+    pub(crate) fn finish(
+        &self,
+        admission: Admission,
+        classified: Classified,
+        elapsed: Option<Duration>,
+        now: impl FnOnce() -> Instant,
+    ) {
+        match admission {
+            Admission::Closed { generation } => self.record_closed(generation, classified, elapsed, now),
+            Admission::Probe(mut permit) => {
+                permit.used = true;
+                self.record_probe(permit.generation, classified, elapsed, now());
+            }
+            Admission::Disabled | Admission::Rejected(_) => {}
+        }
+    }
+
+    fn retry_after_trip(&self, classified: &Classified) -> Option<Duration> {
+        if !self.config.open_on_retry_after {
+            return None;
+        }
+        classified
+            .retry_after
+            .map(|d| d.min(self.config.max_retry_after))
+            .filter(|d| !d.is_zero())
+    }
+
+    fn is_slow(&self, elapsed: Option<Duration>) -> bool {
+        self.slow_calls_enabled() && elapsed.is_some_and(|e| e > self.config.slow_call_duration)
+    }
+
+    fn record_closed(
+        &self,
+        generation: u64,
+        classified: Classified,
+        elapsed: Option<Duration>,
+        now: impl FnOnce() -> Instant,
+    ) {
+        let failure = match classified.outcome {
+            Outcome::Success => false,
+            Outcome::Failure(class) if class.counts_for_breaker() => true,
+            // Our own rejections and cancellations say nothing about the agent.
+            Outcome::Failure(_) => return,
+        };
+        if !self.is_current(generation) {
+            return;
+        }
+        let slow = self.is_slow(elapsed);
+        let now = now();
+        self.window.record(now, failure, slow);
+
+        if let Some(open_for) = self.retry_after_trip(&classified) {
+            self.trip(generation, Reason::RetryAfter, Some(open_for), now);
+            return;
+        }
+        if failure {
+            let consecutive = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+            let limit = self.config.consecutive_failures;
+            if limit > 0 && consecutive >= limit {
+                self.trip(generation, Reason::Consecutive, None, now);
+                return;
+            }
+        } else if self.consecutive.load(Ordering::Relaxed) != 0 {
+            self.consecutive.store(0, Ordering::Relaxed);
+        }
+        if failure || slow {
+            let totals = self.window.totals(now);
+            if totals.calls >= u64::from(self.config.minimum_calls) {
+                if totals.failure_rate() >= self.config.failure_rate_threshold {
+                    self.trip(generation, Reason::Rate, None, now);
+                } else if self.slow_calls_enabled()
+                    && totals.slow_rate() >= self.config.slow_call_rate_threshold
+                {
+                    self.trip(generation, Reason::Slow, None, now);
+                }
+            }
+        }
+    }
+
+    fn record_probe(&self, generation: u64, classified: Classified, elapsed: Option<Duration>, now: Instant) {
+        let mut m = self.lock();
+        let failure = match classified.outcome {
+            Outcome::Success => false,
+            Outcome::Failure(class) if class.counts_for_breaker() => true,
+            Outcome::Failure(_) => {
+                m.release_probe(generation);
+                return;
+            }
+        };
+        // With slow-call detection on, a slow probe is a failed probe: closing on it would
+        // only trip again on the slow-call rate.
+        let success = !failure && !self.is_slow(elapsed);
+        if let Some(change) = m.probe_result(generation, success, self.retry_after_trip(&classified), now) {
+            self.apply(&m, change, now);
+        }
+    }
+
+    fn trip(&self, generation: u64, reason: Reason, open_for: Option<Duration>, now: Instant) {
+        let mut m = self.lock();
+        if let Some(change) = m.trip(generation, reason, open_for, now) {
+            self.apply(&m, change, now);
+        }
+    }
+
+    /// Applies time-driven changes due at `now`.
+    fn advance(&self, m: &mut Machine, now: Instant) {
+        if let Some(change) = m.advance(now) {
+            self.apply(m, change, now);
+        }
+    }
+
+    /// Publishes a change the machine made: atomics first (so the lock-free paths see
+    /// it), then metrics and the event.
+    fn apply(&self, m: &Machine, change: Change, now: Instant) {
+        let totals = self.window.totals(now);
+        let consecutive = self.consecutive.load(Ordering::Relaxed);
+        let until = match m.reject_until() {
+            (_, true) => FOREVER,
+            (Some(until), _) => self.nanos(until).max(1),
+            (None, _) => NO_DEADLINE,
+        };
+        self.reject_until.store(until, Ordering::Release);
+        if change.from == State::Closed || change.to == State::Closed {
+            self.consecutive.store(0, Ordering::Relaxed);
+        }
+        if change.to == State::Closed {
+            self.window.clear();
+        }
+        let word = (m.generation() << STATE_BITS) | change.to.index() as u64;
+        self.word.store(word, Ordering::Release);
+
+        self.metrics.transition(&change);
+        let wall = SystemTime::now()
+            .checked_sub(Instant::now().saturating_duration_since(change.at))
+            .unwrap_or_else(SystemTime::now);
+        // No receiver is not an error: events are for whoever listens.
+        let _ = self.events.send(Transition {
+            agent: self.name.clone(),
+            from: change.from,
+            to: change.to,
+            reason: change.reason,
+            at: change.at,
+            wall,
+            calls_in_window: totals.calls,
+            failure_rate: totals.failure_rate(),
+            consecutive_failures: consecutive,
+        });
+    }
+
+    pub(crate) fn manual(&self, op: Manual, now: Instant) -> ManualChange {
+        let mut m = self.lock();
+        self.advance(&mut m, now);
+        let change = match op {
+            Manual::Reset => m.reset(now),
+            Manual::ForceOpen(d) => m.force_open(d, now),
+            Manual::Disable => m.disable(now),
+        };
+        self.apply(&m, change, now);
+        ManualChange {
+            agent: self.name.clone(),
+            from: change.from,
+            to: change.to,
+        }
+    }
+
+    pub(crate) fn snapshot(&self, now: Instant) -> Snapshot {
+        let mut m = self.lock();
+        self.advance(&mut m, now);
+        let totals = self.window.totals(now);
+        let mode = m.mode();
+        let half_open_in_flight = match mode {
+            Mode::HalfOpen { in_flight, .. } => in_flight,
+            _ => 0,
+        };
+        let opened_at = m.opened_at().map(|at| {
+            SystemTime::now()
+                .checked_sub(now.saturating_duration_since(at))
+                .unwrap_or_else(SystemTime::now)
+        });
+        Snapshot {
+            agent: self.name.clone(),
+            state: mode.state(),
+            trip_reason: m.trip_reason(),
+            consecutive_failures: self.consecutive.load(Ordering::Relaxed),
+            failure_rate: totals.failure_rate(),
+            slow_call_rate: totals.slow_rate(),
+            calls_in_window: totals.calls,
+            failures_in_window: totals.failures,
+            slow_calls_in_window: totals.slow,
+            opened_at,
+            retry_after: m.time_left(now),
+            half_open_in_flight,
+            transitions: m.transitions(),
+            rejected: self.rejected.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// An operator action.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Manual {
+    Reset,
+    ForceOpen(Option<Duration>),
+    Disable,
+}
+
+// === impl ProbePermit ===
+
+impl Drop for ProbePermit {
+    fn drop(&mut self) {
+        if !self.used {
+            self.breaker.lock().release_probe(self.generation);
+        }
+    }
+}

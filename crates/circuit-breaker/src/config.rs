@@ -1,0 +1,195 @@
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The `[defaults.circuit_breaker]` / `[agents.X.circuit_breaker]` keys of SPEC §2.
+///
+/// `Default` gives the SPEC's defaults. Unknown keys are rejected when deserializing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreakerConfig {
+    /// Trip after this many failures in a row. `0` turns the consecutive trip off.
+    pub consecutive_failures: u32,
+    /// Trip when the failure rate in the window reaches this share (0 < x ≤ 1) …
+    pub failure_rate_threshold: f64,
+    /// … once the window holds at least this many calls (≥ 1).
+    pub minimum_calls: u32,
+    /// Length of the time-based sliding window.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Calls slower than this count as slow; `0s` turns slow-call detection off.
+    #[serde(with = "humantime_serde")]
+    pub slow_call_duration: Duration,
+    /// Trip when this share of the window's calls is slow (0 < x ≤ 1).
+    pub slow_call_rate_threshold: f64,
+    /// How long the breaker stays open after tripping from closed.
+    #[serde(with = "humantime_serde")]
+    pub open_duration: Duration,
+    /// Cap for the open period, which doubles after each failed probe round.
+    #[serde(with = "humantime_serde")]
+    pub max_open_duration: Duration,
+    /// Concurrent probes admitted in half-open (≥ 1).
+    pub half_open_max_calls: u32,
+    /// A 429/503 with `Retry-After` opens the breaker until then.
+    pub open_on_retry_after: bool,
+    /// Cap for a `Retry-After` trip.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
+}
+
+/// A configuration value the breaker cannot work with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("circuit_breaker.{field} = {value}: {reason}")]
+pub struct ConfigError {
+    /// The key, as spelt in the config file.
+    pub field: &'static str,
+    /// The offending value, as the user would write it.
+    pub value: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+// === impl CircuitBreakerConfig ===
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            failure_rate_threshold: 0.5,
+            minimum_calls: 20,
+            window: Duration::from_secs(30),
+            slow_call_duration: Duration::ZERO,
+            slow_call_rate_threshold: 1.0,
+            open_duration: Duration::from_secs(60),
+            max_open_duration: Duration::from_secs(300),
+            half_open_max_calls: 1,
+            open_on_retry_after: true,
+            max_retry_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl CircuitBreakerConfig {
+    /// Checks every key; the error names the first bad one and its value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn err(field: &'static str, value: impl ToString, reason: &'static str) -> ConfigError {
+            ConfigError {
+                field,
+                value: value.to_string(),
+                reason,
+            }
+        }
+        let share = |x: f64| x.is_finite() && x > 0.0 && x <= 1.0;
+        let dur = |d: Duration| humantime::format_duration(d).to_string();
+        if !share(self.failure_rate_threshold) {
+            return Err(err(
+                "failure_rate_threshold",
+                self.failure_rate_threshold,
+                "must be a share greater than 0 and at most 1",
+            ));
+        }
+        if self.minimum_calls == 0 {
+            return Err(err("minimum_calls", 0, "must be at least 1"));
+        }
+        if self.window < Duration::from_millis(10) {
+            return Err(err("window", dur(self.window), "must be at least 10ms"));
+        }
+        if !share(self.slow_call_rate_threshold) {
+            return Err(err(
+                "slow_call_rate_threshold",
+                self.slow_call_rate_threshold,
+                "must be a share greater than 0 and at most 1",
+            ));
+        }
+        if self.open_duration.is_zero() {
+            return Err(err("open_duration", dur(self.open_duration), "must be greater than 0"));
+        }
+        if self.max_open_duration < self.open_duration {
+            return Err(err(
+                "max_open_duration",
+                dur(self.max_open_duration),
+                "must not be shorter than open_duration",
+            ));
+        }
+        if self.half_open_max_calls == 0 {
+            return Err(err("half_open_max_calls", 0, "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn slow_calls_enabled(&self) -> bool {
+        !self.slow_call_duration.is_zero()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_defaults_and_toml() {
+        let cfg: CircuitBreakerConfig = toml::from_str(
+            r#"
+            consecutive_failures = 3
+            window = "10s"
+            slow_call_duration = "250ms"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.consecutive_failures, 3);
+        assert_eq!(cfg.window, Duration::from_secs(10));
+        assert_eq!(cfg.slow_call_duration, Duration::from_millis(250));
+        assert_eq!(cfg.open_duration, Duration::from_secs(60));
+        assert_eq!(cfg.max_open_duration, Duration::from_secs(300));
+        cfg.validate().unwrap();
+        CircuitBreakerConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_rejected() {
+        let err = toml::from_str::<CircuitBreakerConfig>("recovery_timeout = \"5s\"").unwrap_err();
+        assert!(err.to_string().contains("recovery_timeout"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_field_and_value() {
+        let cases: Vec<(CircuitBreakerConfig, &str)> = vec![
+            (
+                CircuitBreakerConfig { failure_rate_threshold: 1.5, ..Default::default() },
+                "circuit_breaker.failure_rate_threshold = 1.5",
+            ),
+            (
+                CircuitBreakerConfig { failure_rate_threshold: f64::NAN, ..Default::default() },
+                "circuit_breaker.failure_rate_threshold = NaN",
+            ),
+            (
+                CircuitBreakerConfig { minimum_calls: 0, ..Default::default() },
+                "circuit_breaker.minimum_calls = 0",
+            ),
+            (
+                CircuitBreakerConfig { window: Duration::ZERO, ..Default::default() },
+                "circuit_breaker.window = 0s",
+            ),
+            (
+                CircuitBreakerConfig { slow_call_rate_threshold: 0.0, ..Default::default() },
+                "circuit_breaker.slow_call_rate_threshold = 0",
+            ),
+            (
+                CircuitBreakerConfig { open_duration: Duration::ZERO, ..Default::default() },
+                "circuit_breaker.open_duration = 0s",
+            ),
+            (
+                CircuitBreakerConfig { max_open_duration: Duration::from_secs(10), ..Default::default() },
+                "circuit_breaker.max_open_duration = 10s: must not be shorter than open_duration",
+            ),
+            (
+                CircuitBreakerConfig { half_open_max_calls: 0, ..Default::default() },
+                "circuit_breaker.half_open_max_calls = 0",
+            ),
+        ];
+        for (cfg, want) in cases {
+            let got = cfg.validate().unwrap_err().to_string();
+            assert!(got.starts_with(want), "got {got:?}, want prefix {want:?}");
+        }
+    }
+}

@@ -1,0 +1,145 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use agentgate_classify::{BoxError, Classify};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::breaker::{Admission, Breaker};
+use crate::future::{Recorder, ResponseFuture};
+use crate::{CircuitBreakerHandle, CircuitBreakerLayer};
+
+/// A service guarded by a circuit breaker. Built by [`CircuitBreakerLayer`].
+///
+/// The breaker decides in `poll_ready`: when it is open the inner service is not polled
+/// at all and `call` returns an immediately ready [`CircuitOpen`](crate::CircuitOpen)
+/// error; when it admits, the inner service's readiness is passed through. A half-open
+/// probe permit taken in `poll_ready` is held by this service until `call`, then by the
+/// response future; dropping either gives it back.
+pub struct CircuitBreaker<S, C> {
+    inner: S,
+    breaker: Arc<Breaker>,
+    classifier: C,
+    admission: Option<Admission>,
+}
+
+// === impl CircuitBreaker ===
+
+impl<S, C: Clone> CircuitBreaker<S, C> {
+    /// Wraps `inner` in the breaker of `layer`.
+    pub fn new(inner: S, layer: &CircuitBreakerLayer<C>) -> Self {
+        Self {
+            inner,
+            breaker: layer.breaker().clone(),
+            classifier: layer.classifier().clone(),
+            admission: None,
+        }
+    }
+}
+
+impl<S, C> CircuitBreaker<S, C> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service (giving back any probe permit held).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// A handle to this service's breaker.
+    pub fn handle(&self) -> CircuitBreakerHandle {
+        CircuitBreakerHandle::new(self.breaker.clone())
+    }
+}
+
+impl<S, C, Req> Service<Req> for CircuitBreaker<S, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // A probe permit already held is kept while the inner service gets ready;
+        // any other decision is cheap to take again and must not go stale.
+        let admission = match self.admission.take() {
+            Some(probe @ Admission::Probe(_)) => probe,
+            _ => self.breaker.admit(Instant::now),
+        };
+        if let Admission::Rejected(_) = admission {
+            // Fail fast: never wait on (or even poll) a backend the breaker has given up on.
+            self.admission = Some(admission);
+            return Poll::Ready(Ok(()));
+        }
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {
+                self.admission = Some(admission);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+            Poll::Pending => {
+                self.admission = Some(admission);
+                Poll::Pending
+            }
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let mut admission = self
+            .admission
+            .take()
+            .expect("CircuitBreaker::call without a successful poll_ready");
+        if let Admission::Closed { generation } = admission {
+            // The breaker may have tripped since poll_ready: decide again (one atomic
+            // load when nothing changed).
+            if !self.breaker.is_current(generation) {
+                admission = self.breaker.admit(Instant::now);
+            }
+        }
+        match admission {
+            Admission::Rejected(err) => {
+                self.breaker.count_rejected();
+                ResponseFuture::rejected(err)
+            }
+            Admission::Disabled => ResponseFuture::called(self.inner.call(req), None),
+            admission => {
+                let start = self.breaker.slow_calls_enabled().then(Instant::now);
+                let recorder = Recorder::new(self.breaker.clone(), admission, start, self.classifier.clone());
+                ResponseFuture::called(self.inner.call(req), Some(recorder))
+            }
+        }
+    }
+}
+
+impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
+    /// A clone shares the breaker but not this service's readiness or probe permit.
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            breaker: self.breaker.clone(),
+            classifier: self.classifier.clone(),
+            admission: None,
+        }
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for CircuitBreaker<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("agent", self.breaker.name())
+            .field("inner", &self.inner)
+            .field("admission", &self.admission)
+            .finish()
+    }
+}

@@ -1,0 +1,50 @@
+//! Failure classes for calls to HTTP agents.
+//!
+//! Every layer of agentgate has to answer the same two questions about the result of a
+//! call: *does it count against the circuit breaker?* and *may it be retried?* This crate
+//! answers them in one place, so that the breaker, the retry policy, the metrics and the
+//! gateway's error mapping never disagree (SPEC §5).
+//!
+//! - [`FailureClass`]: the closed set of ways a call can fail — `connect`, `reset`,
+//!   `timeout`, `status`, `bad_response`, `rejected`, `cancelled` — with
+//!   [`FailureClass::counts_for_breaker`] and [`FailureClass::is_retryable`].
+//! - [`is_caused_by`] / [`cause_ref`]: inspect a boxed error by walking its `source()`
+//!   chain, so callers never depend on the order in which layers wrapped an error.
+//! - [`classify_error`]: map a transport error (hyper, hyper-util, `std::io`, tower's and
+//!   tokio's `Elapsed`) to its class.
+//! - [`HttpClassifier`]: classify an HTTP response (5xx that count, `Retry-After`) and an
+//!   error. It implements [`tower_http::classify::ClassifyResponse`] so it plugs into
+//!   tower-http's tracing and metrics layers, and [`Classify`], the trait our own layers use.
+//!
+//! Rejections produced by our own layers (an open breaker, an exhausted retry budget) are
+//! classified by the crate that defines them as [`FailureClass::Rejected`]; this crate sits
+//! below those layers and does not know their types.
+//!
+//! # Example
+//!
+//! ```
+//! use agentgate_classify::{Classify, HttpClassifier, FailureClass, Outcome};
+//! use http::{Response, StatusCode};
+//!
+//! let classifier = HttpClassifier::default();
+//! let res: Result<Response<()>, tower::BoxError> =
+//!     Ok(Response::builder().status(StatusCode::SERVICE_UNAVAILABLE).body(()).unwrap());
+//! let verdict = classifier.classify(&res);
+//! assert_eq!(verdict.outcome, Outcome::Failure(FailureClass::Status));
+//! assert!(FailureClass::Status.counts_for_breaker());
+//! ```
+
+mod cause;
+mod class;
+mod error;
+mod http_classifier;
+mod retry_after;
+
+pub use cause::{cause_ref, is_caused_by};
+pub use class::{Classified, Classify, ErrorClassifier, FailureClass, Outcome};
+pub use error::classify_error;
+pub use http_classifier::{is_failure_status, HttpClassifier, HttpFailure};
+pub use retry_after::{parse_retry_after, retry_after_from_headers};
+
+/// A type-erased error, as returned by every agentgate layer.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
