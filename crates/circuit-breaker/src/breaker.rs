@@ -391,3 +391,328 @@ impl Drop for ProbePermit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentgate_classify::FailureClass;
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+
+    fn breaker(config: CircuitBreakerConfig) -> Arc<Breaker> {
+        config.validate().unwrap();
+        Arc::new(Breaker::new("t".into(), config, 0.0, SmallRng::seed_from_u64(1)))
+    }
+
+    const OK: Classified = Classified::SUCCESS;
+    const FAIL: Classified = Classified::failure(FailureClass::Status);
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    /// Admits and finishes one call at `now`.
+    fn run(b: &Arc<Breaker>, now: Instant, outcome: Classified) -> bool {
+        match b.admit(|| now) {
+            Admission::Rejected(_) => false,
+            a => {
+                b.finish(a, outcome, None, || now);
+                true
+            }
+        }
+    }
+
+    fn state(b: &Breaker, now: Instant) -> State {
+        b.snapshot(now).state
+    }
+
+    #[test]
+    fn rate_trip_waits_for_minimum_calls() {
+        let t0 = Instant::now();
+        let b = breaker(CircuitBreakerConfig {
+            consecutive_failures: 0,
+            minimum_calls: 10,
+            failure_rate_threshold: 0.5,
+            ..Default::default()
+        });
+        for i in 0..4 {
+            assert!(run(&b, t0, OK), "{i}");
+            assert!(run(&b, t0, FAIL));
+        }
+        // 8 calls, 50% failures: not yet minimum_calls.
+        assert_eq!(state(&b, t0), State::Closed);
+        assert!(run(&b, t0, OK));
+        assert!(run(&b, t0, FAIL)); // 10 calls, 5 failures: trips.
+        let snap = b.snapshot(t0);
+        assert_eq!((snap.state, snap.trip_reason), (State::Open, Some(Reason::Rate)));
+    }
+
+    #[test]
+    fn old_failures_leave_the_window() {
+        let t0 = Instant::now();
+        let b = breaker(CircuitBreakerConfig {
+            consecutive_failures: 0,
+            minimum_calls: 4,
+            window: secs(10),
+            ..Default::default()
+        });
+        for _ in 0..3 {
+            run(&b, t0, FAIL);
+        }
+        let later = t0 + secs(11);
+        run(&b, later, FAIL);
+        let snap = b.snapshot(later);
+        assert_eq!((snap.state, snap.calls_in_window), (State::Closed, 1));
+    }
+
+    #[test]
+    fn slow_calls_trip_on_slow_rate() {
+        let t0 = Instant::now();
+        let b = breaker(CircuitBreakerConfig {
+            minimum_calls: 4,
+            slow_call_duration: Duration::from_millis(100),
+            slow_call_rate_threshold: 0.75,
+            ..Default::default()
+        });
+        let slow = Some(Duration::from_millis(150));
+        let fast = Some(Duration::from_millis(100)); // not slower than the limit
+        for elapsed in [fast, slow, slow] {
+            let a = b.admit(|| t0);
+            b.finish(a, OK, elapsed, || t0);
+        }
+        assert_eq!(state(&b, t0), State::Closed);
+        let a = b.admit(|| t0);
+        b.finish(a, OK, slow, || t0);
+        assert_eq!(b.snapshot(t0).trip_reason, Some(Reason::Slow));
+    }
+
+    #[test]
+    fn retry_after_trips_for_the_capped_delay() {
+        let t0 = Instant::now();
+        let b = breaker(CircuitBreakerConfig {
+            max_retry_after: secs(60),
+            ..Default::default()
+        });
+        let throttled = Classified {
+            outcome: Outcome::Success,
+            retry_after: Some(secs(3600)),
+        };
+        run(&b, t0, throttled);
+        let snap = b.snapshot(t0);
+        assert_eq!(snap.trip_reason, Some(Reason::RetryAfter));
+        assert_eq!(snap.retry_after, Some(secs(60)));
+        assert_eq!(state(&b, t0 + secs(59)), State::Open);
+        assert_eq!(state(&b, t0 + secs(60)), State::HalfOpen);
+
+        // Retry-After: 0 and open_on_retry_after = false never open.
+        let b = breaker(CircuitBreakerConfig::default());
+        run(&b, t0, Classified { outcome: Outcome::Success, retry_after: Some(Duration::ZERO) });
+        assert_eq!(state(&b, t0), State::Closed);
+        let b = breaker(CircuitBreakerConfig { open_on_retry_after: false, ..Default::default() });
+        run(&b, t0, throttled);
+        assert_eq!(state(&b, t0), State::Closed);
+    }
+
+    #[test]
+    fn successes_reset_consecutive_and_ignored_outcomes_do_not() {
+        let t0 = Instant::now();
+        let b = breaker(CircuitBreakerConfig { consecutive_failures: 3, ..Default::default() });
+        run(&b, t0, FAIL);
+        run(&b, t0, FAIL);
+        run(&b, t0, OK);
+        run(&b, t0, FAIL);
+        run(&b, t0, FAIL);
+        assert_eq!(b.snapshot(t0).consecutive_failures, 2);
+        // Our own rejections and cancellations neither count nor reset.
+        run(&b, t0, Classified::failure(FailureClass::Rejected));
+        run(&b, t0, Classified::failure(FailureClass::Cancelled));
+        let snap = b.snapshot(t0);
+        assert_eq!((snap.consecutive_failures, snap.calls_in_window), (2, 5));
+        run(&b, t0, Classified::failure(FailureClass::Timeout));
+        assert_eq!(b.snapshot(t0).trip_reason, Some(Reason::Consecutive));
+    }
+
+    #[test]
+    fn failed_probe_rounds_double_the_open_period() {
+        let t0 = Instant::now();
+        let b = breaker(CircuitBreakerConfig {
+            consecutive_failures: 1,
+            open_duration: secs(10),
+            max_open_duration: secs(30),
+            ..Default::default()
+        });
+        run(&b, t0, FAIL);
+        let mut now = t0;
+        for expected in [10, 20, 30, 30] {
+            assert_eq!(b.snapshot(now).retry_after, Some(secs(expected)));
+            now += secs(expected);
+            assert_eq!(state(&b, now), State::HalfOpen);
+            assert!(run(&b, now, FAIL), "probe admitted");
+        }
+        assert!(run(&b, now + secs(30), OK));
+        let snap = b.snapshot(now + secs(30));
+        assert_eq!((snap.state, snap.calls_in_window, snap.trip_reason), (State::Closed, 0, None));
+        // The doubling starts over after closing.
+        run(&b, now + secs(30), FAIL);
+        assert_eq!(b.snapshot(now + secs(30)).retry_after, Some(secs(10)));
+    }
+
+    #[test]
+    fn manual_changes_and_forced_expiry() {
+        let t0 = Instant::now();
+        let b = breaker(CircuitBreakerConfig::default());
+        let mut events = b.subscribe();
+        let change = b.manual(Manual::ForceOpen(Some(secs(300))), t0);
+        assert_eq!((change.from, change.to), (State::Closed, State::ForcedOpen));
+        assert!(!run(&b, t0 + secs(299), OK));
+        assert_eq!(state(&b, t0 + secs(300)), State::HalfOpen);
+        let change = b.manual(Manual::Disable, t0 + secs(301));
+        assert_eq!((change.from, change.to), (State::HalfOpen, State::Disabled));
+        for _ in 0..100 {
+            assert!(run(&b, t0 + secs(301), FAIL));
+        }
+        assert_eq!(state(&b, t0 + secs(301)), State::Disabled);
+        let change = b.manual(Manual::Reset, t0 + secs(302));
+        assert_eq!((change.from, change.to), (State::Disabled, State::Closed));
+        let got: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
+            .map(|e| (e.from, e.to, e.reason))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (State::Closed, State::ForcedOpen, Reason::Manual),
+                (State::ForcedOpen, State::HalfOpen, Reason::ForceExpired),
+                (State::HalfOpen, State::Disabled, Reason::Manual),
+                (State::Disabled, State::Closed, Reason::Manual),
+            ]
+        );
+        // Forced open without expiry rejects lock-free, forever.
+        b.manual(Manual::ForceOpen(None), t0);
+        assert!(!run(&b, t0 + secs(1_000_000), OK));
+    }
+
+    // --- properties ---
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Admit,
+        Finish(usize, u8),
+        Drop(usize),
+        Advance(u64),
+        Reset,
+        ForceOpen(Option<u64>),
+        Disable,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => Just(Op::Admit),
+            6 => (any::<usize>(), 0u8..5).prop_map(|(i, o)| Op::Finish(i, o)),
+            2 => any::<usize>().prop_map(Op::Drop),
+            4 => (0u64..40_000).prop_map(Op::Advance),
+            1 => Just(Op::Reset),
+            1 => proptest::option::of(0u64..20_000).prop_map(Op::ForceOpen),
+            1 => Just(Op::Disable),
+        ]
+    }
+
+    fn outcome(code: u8) -> Classified {
+        match code {
+            0 => OK,
+            1 => FAIL,
+            2 => Classified::failure(FailureClass::Timeout),
+            3 => Classified::failure(FailureClass::Cancelled),
+            _ => Classified {
+                outcome: Outcome::Failure(FailureClass::Status),
+                retry_after: Some(Duration::from_millis(1500)),
+            },
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// For any interleaving of calls, outcomes, cancellations, time and operator
+        /// actions: never more than `half_open_max_calls` probes in flight; never closed
+        /// except by a successful probe or a reset; the handle's state is the state the
+        /// next call meets.
+        #[test]
+        fn breaker_invariants(
+            max_probes in 1u32..4,
+            consecutive in 1u32..4,
+            ops in proptest::collection::vec(op(), 1..200),
+        ) {
+            let b = breaker(CircuitBreakerConfig {
+                consecutive_failures: consecutive,
+                minimum_calls: 3,
+                window: secs(10),
+                open_duration: secs(5),
+                max_open_duration: secs(20),
+                half_open_max_calls: max_probes,
+                ..Default::default()
+            });
+            let mut events = b.subscribe();
+            let mut now = Instant::now();
+            let mut open: Vec<Admission> = Vec::new();
+            for op in ops {
+                let mut probe_succeeded = false;
+                match op {
+                    Op::Admit => {
+                        let a = b.admit(|| now);
+                        if !matches!(a, Admission::Rejected(_)) {
+                            open.push(a);
+                        }
+                    }
+                    Op::Finish(i, code) if !open.is_empty() => {
+                        let a = open.swap_remove(i % open.len());
+                        let outcome = outcome(code);
+                        if let Admission::Probe(p) = &a {
+                            probe_succeeded = outcome == OK && p.generation == b.lock().generation();
+                        }
+                        b.finish(a, outcome, None, || now);
+                    }
+                    Op::Drop(i) if !open.is_empty() => {
+                        drop(open.swap_remove(i % open.len()));
+                    }
+                    Op::Advance(ms) => now += Duration::from_millis(ms),
+                    Op::Reset => { b.manual(Manual::Reset, now); }
+                    Op::ForceOpen(ms) => { b.manual(Manual::ForceOpen(ms.map(Duration::from_millis)), now); }
+                    Op::Disable => { b.manual(Manual::Disable, now); }
+                    _ => {}
+                }
+
+                // Never closed without a successful probe (or an operator's reset).
+                while let Ok(t) = events.try_recv() {
+                    if t.to == State::Closed {
+                        prop_assert!(
+                            t.reason == Reason::Manual || (t.reason == Reason::ProbeSuccess && probe_succeeded),
+                            "closed by {:?}", t.reason
+                        );
+                        prop_assert_eq!(t.from, if t.reason == Reason::ProbeSuccess { State::HalfOpen } else { t.from });
+                    }
+                }
+
+                // Never more probes in flight than permitted.
+                let generation = b.lock().generation();
+                let live_probes = open
+                    .iter()
+                    .filter(|a| matches!(a, Admission::Probe(p) if p.generation == generation))
+                    .count();
+                prop_assert!(live_probes <= max_probes as usize, "{live_probes} probes");
+
+                // The handle's state is the state enforced on the next call.
+                let snap = b.snapshot(now);
+                prop_assert_eq!(snap.half_open_in_flight as usize, if snap.state == State::HalfOpen { live_probes } else { 0 });
+                let probe = b.admit(|| now);
+                match (snap.state, &probe) {
+                    (State::Closed, Admission::Closed { .. }) | (State::Disabled, Admission::Disabled) => {}
+                    (State::Open | State::ForcedOpen, Admission::Rejected(e)) => prop_assert_eq!(e.state(), snap.state),
+                    (State::HalfOpen, Admission::Probe(_)) => prop_assert!(live_probes < max_probes as usize),
+                    (State::HalfOpen, Admission::Rejected(_)) => prop_assert_eq!(live_probes, max_probes as usize),
+                    (s, a) => prop_assert!(false, "snapshot says {:?}, call met {:?}", s, a),
+                }
+                drop(probe);
+            }
+        }
+    }
+}

@@ -15,16 +15,28 @@ pub fn is_caused_by<E: Error + 'static>(err: &(dyn Error + 'static)) -> bool {
     cause_ref::<E>(err).is_some()
 }
 
-/// The first error of type `E` in `err`'s `source()` chain (starting with `err` itself).
+/// The first error of type `E` in `err`'s `source()` chain (starting with `err` itself,
+/// and looking inside `std::io::Error`s that wrap another error).
 pub fn cause_ref<'a, E: Error + 'static>(err: &'a (dyn Error + 'static)) -> Option<&'a E> {
     let mut cur: Option<&(dyn Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(found) = e.downcast_ref::<E>() {
             return Some(found);
         }
-        cur = e.source();
+        cur = next_cause(e);
     }
     None
+}
+
+/// The next error in the chain. `std::io::Error` hides the error it wraps from
+/// `source()` (it returns the wrapped error's source), so look inside it explicitly.
+pub(crate) fn next_cause<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a (dyn Error + 'static)> {
+    if let Some(io) = err.downcast_ref::<std::io::Error>() {
+        if let Some(inner) = io.get_ref() {
+            return Some(inner);
+        }
+    }
+    err.source()
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 use std::error::Error;
 use std::io;
 
-use crate::cause::{cause_ref, is_caused_by};
+use crate::cause::{cause_ref, is_caused_by, next_cause};
 use crate::FailureClass;
 
 /// Maps a transport error to its [`FailureClass`] by looking through its whole
@@ -41,7 +41,7 @@ pub fn classify_error(err: &(dyn Error + 'static)) -> FailureClass {
                 return class;
             }
         }
-        cur = e.source();
+        cur = next_cause(e);
     }
     FailureClass::Reset
 }
