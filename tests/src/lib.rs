@@ -28,7 +28,9 @@ pub struct ScriptedServer {
 impl ScriptedServer {
     /// Starts a server; `status_for(n)` gives the status of the n-th request (from 0).
     pub async fn start(status_for: impl Fn(usize) -> StatusCode + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let status_for = Arc::new(status_for);
@@ -36,7 +38,9 @@ impl ScriptedServer {
             let hits = hits.clone();
             tokio::spawn(async move {
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else { continue };
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
                     let hits = hits.clone();
                     let status_for = status_for.clone();
                     tokio::spawn(async move {

@@ -70,7 +70,12 @@ pub(crate) struct ProbePermit {
 // === impl Breaker ===
 
 impl Breaker {
-    pub(crate) fn new(name: Arc<str>, config: CircuitBreakerConfig, jitter: f64, rng: SmallRng) -> Self {
+    pub(crate) fn new(
+        name: Arc<str>,
+        config: CircuitBreakerConfig,
+        jitter: f64,
+        rng: SmallRng,
+    ) -> Self {
         let origin = Instant::now();
         let machine = Machine::new(
             config.open_duration,
@@ -138,7 +143,11 @@ impl Breaker {
                 let at = self.nanos(now);
                 if at < until {
                     let left = Duration::from_nanos(until - at);
-                    return Admission::Rejected(CircuitOpen::new(self.name.clone(), state, Some(left)));
+                    return Admission::Rejected(CircuitOpen::new(
+                        self.name.clone(),
+                        state,
+                        Some(left),
+                    ));
                 }
                 self.admit_slow(now)
             }
@@ -184,7 +193,9 @@ impl Breaker {
         now: impl FnOnce() -> Instant,
     ) {
         match admission {
-            Admission::Closed { generation } => self.record_closed(generation, classified, elapsed, now),
+            Admission::Closed { generation } => {
+                self.record_closed(generation, classified, elapsed, now)
+            }
             Admission::Probe(mut permit) => {
                 permit.used = true;
                 self.record_probe(permit.generation, classified, elapsed, now());
@@ -255,7 +266,13 @@ impl Breaker {
         }
     }
 
-    fn record_probe(&self, generation: u64, classified: Classified, elapsed: Option<Duration>, now: Instant) {
+    fn record_probe(
+        &self,
+        generation: u64,
+        classified: Classified,
+        elapsed: Option<Duration>,
+        now: Instant,
+    ) {
         let mut m = self.lock();
         let failure = match classified.outcome {
             Outcome::Success => false,
@@ -268,7 +285,9 @@ impl Breaker {
         // With slow-call detection on, a slow probe is a failed probe: closing on it would
         // only trip again on the slow-call rate.
         let success = !failure && !self.is_slow(elapsed);
-        if let Some(change) = m.probe_result(generation, success, self.retry_after_trip(&classified), now) {
+        if let Some(change) =
+            m.probe_result(generation, success, self.retry_after_trip(&classified), now)
+        {
             self.apply(&m, change, now);
         }
     }
@@ -401,7 +420,12 @@ mod tests {
 
     fn breaker(config: CircuitBreakerConfig) -> Arc<Breaker> {
         config.validate().unwrap();
-        Arc::new(Breaker::new("t".into(), config, 0.0, SmallRng::seed_from_u64(1)))
+        Arc::new(Breaker::new(
+            "t".into(),
+            config,
+            0.0,
+            SmallRng::seed_from_u64(1),
+        ))
     }
 
     const OK: Classified = Classified::SUCCESS;
@@ -444,7 +468,10 @@ mod tests {
         assert!(run(&b, t0, OK));
         assert!(run(&b, t0, FAIL)); // 10 calls, 5 failures: trips.
         let snap = b.snapshot(t0);
-        assert_eq!((snap.state, snap.trip_reason), (State::Open, Some(Reason::Rate)));
+        assert_eq!(
+            (snap.state, snap.trip_reason),
+            (State::Open, Some(Reason::Rate))
+        );
     }
 
     #[test]
@@ -506,9 +533,19 @@ mod tests {
 
         // Retry-After: 0 and open_on_retry_after = false never open.
         let b = breaker(CircuitBreakerConfig::default());
-        run(&b, t0, Classified { outcome: Outcome::Success, retry_after: Some(Duration::ZERO) });
+        run(
+            &b,
+            t0,
+            Classified {
+                outcome: Outcome::Success,
+                retry_after: Some(Duration::ZERO),
+            },
+        );
         assert_eq!(state(&b, t0), State::Closed);
-        let b = breaker(CircuitBreakerConfig { open_on_retry_after: false, ..Default::default() });
+        let b = breaker(CircuitBreakerConfig {
+            open_on_retry_after: false,
+            ..Default::default()
+        });
         run(&b, t0, throttled);
         assert_eq!(state(&b, t0), State::Closed);
     }
@@ -516,7 +553,10 @@ mod tests {
     #[test]
     fn successes_reset_consecutive_and_ignored_outcomes_do_not() {
         let t0 = Instant::now();
-        let b = breaker(CircuitBreakerConfig { consecutive_failures: 3, ..Default::default() });
+        let b = breaker(CircuitBreakerConfig {
+            consecutive_failures: 3,
+            ..Default::default()
+        });
         run(&b, t0, FAIL);
         run(&b, t0, FAIL);
         run(&b, t0, OK);
@@ -551,7 +591,10 @@ mod tests {
         }
         assert!(run(&b, now + secs(30), OK));
         let snap = b.snapshot(now + secs(30));
-        assert_eq!((snap.state, snap.calls_in_window, snap.trip_reason), (State::Closed, 0, None));
+        assert_eq!(
+            (snap.state, snap.calls_in_window, snap.trip_reason),
+            (State::Closed, 0, None)
+        );
         // The doubling starts over after closing.
         run(&b, now + secs(30), FAIL);
         assert_eq!(b.snapshot(now + secs(30)).retry_after, Some(secs(10)));

@@ -102,7 +102,11 @@ impl CircuitBreakerConfig {
             ));
         }
         if self.open_duration.is_zero() {
-            return Err(err("open_duration", dur(self.open_duration), "must be greater than 0"));
+            return Err(err(
+                "open_duration",
+                dur(self.open_duration),
+                "must be greater than 0",
+            ));
         }
         if self.max_open_duration < self.open_duration {
             return Err(err(
@@ -155,35 +159,59 @@ mod tests {
     fn validation_names_field_and_value() {
         let cases: Vec<(CircuitBreakerConfig, &str)> = vec![
             (
-                CircuitBreakerConfig { failure_rate_threshold: 1.5, ..Default::default() },
+                CircuitBreakerConfig {
+                    failure_rate_threshold: 1.5,
+                    ..Default::default()
+                },
                 "circuit_breaker.failure_rate_threshold = 1.5",
             ),
             (
-                CircuitBreakerConfig { failure_rate_threshold: f64::NAN, ..Default::default() },
+                CircuitBreakerConfig {
+                    failure_rate_threshold: f64::NAN,
+                    ..Default::default()
+                },
                 "circuit_breaker.failure_rate_threshold = NaN",
             ),
             (
-                CircuitBreakerConfig { minimum_calls: 0, ..Default::default() },
+                CircuitBreakerConfig {
+                    minimum_calls: 0,
+                    ..Default::default()
+                },
                 "circuit_breaker.minimum_calls = 0",
             ),
             (
-                CircuitBreakerConfig { window: Duration::ZERO, ..Default::default() },
+                CircuitBreakerConfig {
+                    window: Duration::ZERO,
+                    ..Default::default()
+                },
                 "circuit_breaker.window = 0s",
             ),
             (
-                CircuitBreakerConfig { slow_call_rate_threshold: 0.0, ..Default::default() },
+                CircuitBreakerConfig {
+                    slow_call_rate_threshold: 0.0,
+                    ..Default::default()
+                },
                 "circuit_breaker.slow_call_rate_threshold = 0",
             ),
             (
-                CircuitBreakerConfig { open_duration: Duration::ZERO, ..Default::default() },
+                CircuitBreakerConfig {
+                    open_duration: Duration::ZERO,
+                    ..Default::default()
+                },
                 "circuit_breaker.open_duration = 0s",
             ),
             (
-                CircuitBreakerConfig { max_open_duration: Duration::from_secs(10), ..Default::default() },
+                CircuitBreakerConfig {
+                    max_open_duration: Duration::from_secs(10),
+                    ..Default::default()
+                },
                 "circuit_breaker.max_open_duration = 10s: must not be shorter than open_duration",
             ),
             (
-                CircuitBreakerConfig { half_open_max_calls: 0, ..Default::default() },
+                CircuitBreakerConfig {
+                    half_open_max_calls: 0,
+                    ..Default::default()
+                },
                 "circuit_breaker.half_open_max_calls = 0",
             ),
         ];

@@ -49,7 +49,11 @@ impl CircuitOpen {
 
 impl fmt::Display for CircuitOpen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "circuit breaker for agent `{}` is {}", self.agent, self.state)?;
+        write!(
+            f,
+            "circuit breaker for agent `{}` is {}",
+            self.agent, self.state
+        )?;
         if let Some(d) = self.retry_after {
             write!(f, "; retry in {:.3}s", d.as_secs_f64())?;
         }

@@ -97,7 +97,12 @@ impl<F, C> fmt::Debug for ResponseFuture<F, C> {
 // === impl Recorder ===
 
 impl<C> Recorder<C> {
-    pub(crate) fn new(breaker: Arc<Breaker>, admission: Admission, start: Option<Instant>, classifier: C) -> Self {
+    pub(crate) fn new(
+        breaker: Arc<Breaker>,
+        admission: Admission,
+        start: Option<Instant>,
+        classifier: C,
+    ) -> Self {
         Self {
             breaker,
             admission,
@@ -112,6 +117,7 @@ impl<C> Recorder<C> {
     {
         let classified = self.classifier.classify(result);
         let elapsed = self.start.map(|s| s.elapsed());
-        self.breaker.finish(self.admission, classified, elapsed, Instant::now);
+        self.breaker
+            .finish(self.admission, classified, elapsed, Instant::now);
     }
 }

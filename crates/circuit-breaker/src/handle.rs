@@ -115,7 +115,8 @@ impl CircuitBreakerHandle {
 
     /// Rejects every call for `duration` (then half-open), or until reset when `None`.
     pub fn force_open(&self, duration: Option<Duration>) -> ManualChange {
-        self.breaker.manual(Manual::ForceOpen(duration), Instant::now())
+        self.breaker
+            .manual(Manual::ForceOpen(duration), Instant::now())
     }
 
     /// Lets every call through without counting, until reset or forced open.

@@ -33,7 +33,10 @@ pub struct CircuitBreakerBuilder {
 impl CircuitBreakerLayer {
     /// A breaker named `name` (the agent, used as the `agent` metric label) with the
     /// default HTTP classifier. Fails if `config` does not validate.
-    pub fn try_new(name: impl Into<Arc<str>>, config: CircuitBreakerConfig) -> Result<Self, ConfigError> {
+    pub fn try_new(
+        name: impl Into<Arc<str>>,
+        config: CircuitBreakerConfig,
+    ) -> Result<Self, ConfigError> {
         Self::builder(name).config(config).build()
     }
 

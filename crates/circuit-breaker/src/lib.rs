@@ -79,8 +79,7 @@ mod window;
 pub use config::{CircuitBreakerConfig, ConfigError};
 pub use error::CircuitOpen;
 pub use handle::{CircuitBreakerHandle, ManualChange, Snapshot, Transition};
-pub use metrics::describe_metrics;
 pub use layer::{CircuitBreakerBuilder, CircuitBreakerLayer};
+pub use metrics::describe_metrics;
 pub use service::CircuitBreaker;
 pub use state::{Reason, State};
-

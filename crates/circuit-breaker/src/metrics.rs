@@ -34,9 +34,8 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub(crate) fn new(agent: &str) -> Self {
-        let state = State::ALL.map(|s| {
-            metrics::gauge!(STATE, "agent" => agent.to_owned(), "state" => s.as_str())
-        });
+        let state = State::ALL
+            .map(|s| metrics::gauge!(STATE, "agent" => agent.to_owned(), "state" => s.as_str()));
         for (gauge, s) in state.iter().zip(State::ALL) {
             gauge.set(if s == State::Closed { 1.0 } else { 0.0 });
         }

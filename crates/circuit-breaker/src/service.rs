@@ -115,7 +115,12 @@ where
             Admission::Disabled => ResponseFuture::called(self.inner.call(req), None),
             admission => {
                 let start = self.breaker.slow_calls_enabled().then(Instant::now);
-                let recorder = Recorder::new(self.breaker.clone(), admission, start, self.classifier.clone());
+                let recorder = Recorder::new(
+                    self.breaker.clone(),
+                    admission,
+                    start,
+                    self.classifier.clone(),
+                );
                 ResponseFuture::called(self.inner.call(req), Some(recorder))
             }
         }

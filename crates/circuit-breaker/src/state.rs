@@ -253,7 +253,10 @@ impl Machine {
     pub(crate) fn advance(&mut self, now: Instant) -> Option<Change> {
         match self.mode {
             Mode::Open { until, round } if now >= until => Some(self.set(
-                Mode::HalfOpen { in_flight: 0, round },
+                Mode::HalfOpen {
+                    in_flight: 0,
+                    round,
+                },
                 Reason::OpenElapsed,
                 until,
             )),
@@ -453,7 +456,10 @@ mod tests {
             for _ in 0..200 {
                 let base = (10.0 * 2f64.powi(round as i32)).min(60.0);
                 let d = m.open_period(round).as_secs_f64();
-                assert!(d <= base + 1e-9 && d >= (base * 0.75).max(10.0) - 1e-9, "round {round}: {d}");
+                assert!(
+                    d <= base + 1e-9 && d >= (base * 0.75).max(10.0) - 1e-9,
+                    "round {round}: {d}"
+                );
             }
         }
         assert_eq!(m.open_period(0), Duration::from_secs(10));
@@ -465,14 +471,28 @@ mod tests {
         let mut m = machine(0.0);
         let g = m.generation();
         assert!(m.trip(g, Reason::Consecutive, None, t0).is_some());
-        assert!(m.trip(g, Reason::Consecutive, None, t0).is_none(), "stale generation");
+        assert!(
+            m.trip(g, Reason::Consecutive, None, t0).is_none(),
+            "stale generation"
+        );
         assert_eq!(m.advance(t0 + Duration::from_secs(9)), None);
         let change = m.advance(t0 + Duration::from_secs(11)).unwrap();
-        assert_eq!((change.from, change.to, change.at), (State::Open, State::HalfOpen, t0 + Duration::from_secs(10)));
+        assert_eq!(
+            (change.from, change.to, change.at),
+            (State::Open, State::HalfOpen, t0 + Duration::from_secs(10))
+        );
         let now = t0 + Duration::from_secs(11);
-        let Decision::Probe { generation } = m.decide(now) else { panic!() };
+        let Decision::Probe { generation } = m.decide(now) else {
+            panic!()
+        };
         assert!(matches!(m.decide(now), Decision::Probe { .. }));
-        assert!(matches!(m.decide(now), Decision::Reject { state: State::HalfOpen, .. }));
+        assert!(matches!(
+            m.decide(now),
+            Decision::Reject {
+                state: State::HalfOpen,
+                ..
+            }
+        ));
         m.release_probe(generation);
         assert!(matches!(m.decide(now), Decision::Probe { .. }));
         let change = m.probe_result(generation, false, None, now).unwrap();

@@ -155,14 +155,28 @@ mod tests {
         w.record(t0 + Duration::from_millis(500), false, true);
         w.record(t0 + Duration::from_secs(5), false, false);
         let t = w.totals(t0 + Duration::from_secs(5));
-        assert_eq!(t, Totals { calls: 3, failures: 1, slow: 1 });
+        assert_eq!(
+            t,
+            Totals {
+                calls: 3,
+                failures: 1,
+                slow: 1
+            }
+        );
         // Bucket 0 ([0s, 1s)) leaves the window once we are in bucket 10.
         assert_eq!(w.totals(t0 + Duration::from_millis(9_999)).calls, 3);
         assert_eq!(w.totals(t0 + Duration::from_secs(10)).calls, 1);
         assert_eq!(w.totals(t0 + Duration::from_secs(16)).calls, 0);
         // A bucket reused for a new interval starts from zero.
         w.record(t0 + Duration::from_secs(20), false, false);
-        assert_eq!(w.totals(t0 + Duration::from_secs(20)), Totals { calls: 1, failures: 0, slow: 0 });
+        assert_eq!(
+            w.totals(t0 + Duration::from_secs(20)),
+            Totals {
+                calls: 1,
+                failures: 0,
+                slow: 0
+            }
+        );
         w.clear();
         assert_eq!(w.totals(t0 + Duration::from_secs(20)), Totals::default());
     }
@@ -176,7 +190,11 @@ mod tests {
                 let w = w.clone();
                 std::thread::spawn(move || {
                     for j in 0..10_000u64 {
-                        w.record(t0 + Duration::from_millis(j % 3000), (i + j) % 2 == 0, false);
+                        w.record(
+                            t0 + Duration::from_millis(j % 3000),
+                            (i + j) % 2 == 0,
+                            false,
+                        );
                     }
                 })
             })

@@ -110,7 +110,10 @@ impl FailureClass {
     pub const fn is_retryable(self) -> bool {
         matches!(
             self,
-            FailureClass::Connect | FailureClass::Reset | FailureClass::Timeout | FailureClass::Status
+            FailureClass::Connect
+                | FailureClass::Reset
+                | FailureClass::Timeout
+                | FailureClass::Status
         )
     }
 }
@@ -155,7 +158,15 @@ mod tests {
         let names: Vec<_> = FailureClass::ALL.iter().map(|c| c.to_string()).collect();
         assert_eq!(
             names,
-            ["connect", "reset", "timeout", "status", "bad_response", "rejected", "cancelled"]
+            [
+                "connect",
+                "reset",
+                "timeout",
+                "status",
+                "bad_response",
+                "rejected",
+                "cancelled"
+            ]
         );
         assert!(!Outcome::Failure(Cancelled).counts_as_failure());
         assert!(Outcome::Failure(Timeout).counts_as_failure());

@@ -70,11 +70,26 @@ mod tests {
 
     #[test]
     fn io_kinds() {
-        assert_eq!(classify_error(&*io(io::ErrorKind::ConnectionRefused)), FailureClass::Connect);
-        assert_eq!(classify_error(&*io(io::ErrorKind::ConnectionReset)), FailureClass::Reset);
-        assert_eq!(classify_error(&*io(io::ErrorKind::BrokenPipe)), FailureClass::Reset);
-        assert_eq!(classify_error(&*io(io::ErrorKind::TimedOut)), FailureClass::Timeout);
-        assert_eq!(classify_error(&*io(io::ErrorKind::Other)), FailureClass::Reset);
+        assert_eq!(
+            classify_error(&*io(io::ErrorKind::ConnectionRefused)),
+            FailureClass::Connect
+        );
+        assert_eq!(
+            classify_error(&*io(io::ErrorKind::ConnectionReset)),
+            FailureClass::Reset
+        );
+        assert_eq!(
+            classify_error(&*io(io::ErrorKind::BrokenPipe)),
+            FailureClass::Reset
+        );
+        assert_eq!(
+            classify_error(&*io(io::ErrorKind::TimedOut)),
+            FailureClass::Timeout
+        );
+        assert_eq!(
+            classify_error(&*io(io::ErrorKind::Other)),
+            FailureClass::Reset
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 use http::{Response, StatusCode};
 use tower_http::classify::{ClassifiedResponse, ClassifyResponse, NeverClassifyEos};
 
-use crate::{classify_error, retry_after_from_headers, BoxError, Classified, Classify, FailureClass, Outcome};
+use crate::{
+    classify_error, retry_after_from_headers, BoxError, Classified, Classify, FailureClass, Outcome,
+};
 
 /// Whether an agent answering `status` is failing (SPEC §5: 500, 502, 503, 504).
 /// Other 4xx and 5xx statuses are answers from a healthy agent about a bad request.
@@ -42,7 +44,11 @@ impl HttpClassifier {
     }
 
     /// Classifies a response's head.
-    pub fn classify_response_parts(&self, status: StatusCode, headers: &http::HeaderMap) -> Classified {
+    pub fn classify_response_parts(
+        &self,
+        status: StatusCode,
+        headers: &http::HeaderMap,
+    ) -> Classified {
         let outcome = if is_failure_status(status) {
             Outcome::Failure(FailureClass::Status)
         } else {
@@ -53,7 +59,10 @@ impl HttpClassifier {
         } else {
             None
         };
-        Classified { outcome, retry_after }
+        Classified {
+            outcome,
+            retry_after,
+        }
     }
 }
 
@@ -167,7 +176,11 @@ mod tests {
     fn statuses() {
         let c = HttpClassifier::new();
         for s in [500, 502, 503, 504] {
-            assert_eq!(c.classify(&resp(s, None)).outcome, Outcome::Failure(FailureClass::Status), "{s}");
+            assert_eq!(
+                c.classify(&resp(s, None)).outcome,
+                Outcome::Failure(FailureClass::Status),
+                "{s}"
+            );
         }
         for s in [200, 201, 204, 301, 400, 404, 409, 429, 501, 505] {
             assert_eq!(c.classify(&resp(s, None)).outcome, Outcome::Success, "{s}");
@@ -177,8 +190,14 @@ mod tests {
     #[test]
     fn retry_after_only_on_429_and_503() {
         let c = HttpClassifier::new();
-        assert_eq!(c.classify(&resp(429, Some("7"))).retry_after, Some(Duration::from_secs(7)));
-        assert_eq!(c.classify(&resp(503, Some("2"))).retry_after, Some(Duration::from_secs(2)));
+        assert_eq!(
+            c.classify(&resp(429, Some("7"))).retry_after,
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            c.classify(&resp(503, Some("2"))).retry_after,
+            Some(Duration::from_secs(2))
+        );
         assert_eq!(c.classify(&resp(500, Some("2"))).retry_after, None);
         assert_eq!(c.classify(&resp(429, Some("junk"))).retry_after, None);
     }
@@ -194,8 +213,14 @@ mod tests {
             _ => panic!("502 must be a failure"),
         }
         let err: BoxError = Box::new(tower::timeout::error::Elapsed::new());
-        assert_eq!(HttpClassifier::new().classify_error(&err).class, FailureClass::Timeout);
+        assert_eq!(
+            HttpClassifier::new().classify_error(&err).class,
+            FailureClass::Timeout
+        );
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "no");
-        assert_eq!(HttpClassifier::new().classify_error(&io).class, FailureClass::Connect);
+        assert_eq!(
+            HttpClassifier::new().classify_error(&io).class,
+            FailureClass::Connect
+        );
     }
 }

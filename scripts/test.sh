@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The one test command (README, .ci/run): installs what the tests need when it is
+# missing, then runs formatting, lints, every test and compiles the benches.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+# --- toolchain components -------------------------------------------------------------
+for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        log "installing rust component $component"
+        rustup component add "$component"
+    fi
+done
+
+# --- system packages (Debian) ----------------------------------------------------------
+# Each entry: "<command that must exist>:<package that provides it>".
+# (Redis, promtool and chromium join this list as the gateway's tests need them.)
+needed=()
+for pair in "cc:build-essential" "pkg-config:pkg-config"; do
+    cmd=${pair%%:*}
+    pkg=${pair#*:}
+    command -v "$cmd" >/dev/null 2>&1 || needed+=("$pkg")
+done
+if [ ${#needed[@]} -gt 0 ]; then
+    log "installing ${needed[*]}"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: need root to apt-get install ${needed[*]}" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${needed[@]}"
+fi
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "cargo test"
+cargo test --workspace --locked
+
+log "benches compile"
+cargo bench --workspace --locked --no-run
+
+log "all checks passed"
