@@ -32,3 +32,8 @@ pub use agentgate_circuit_breaker::{
     CircuitBreaker, CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitOpen,
 };
 pub use agentgate_classify::{is_caused_by, FailureClass, HttpClassifier};
+
+/// The README's examples, compiled and run as doc tests so they stay true.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
