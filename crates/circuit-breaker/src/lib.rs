@@ -41,7 +41,7 @@
 //! use tower::{service_fn, Layer, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn main() -> Result<(), agentgate_classify::BoxError> {
 //! let config = CircuitBreakerConfig {
 //!     consecutive_failures: 2,
 //!     open_duration: Duration::from_secs(30),

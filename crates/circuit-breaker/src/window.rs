@@ -78,8 +78,9 @@ impl Window {
     }
 
     fn interval(&self, now: Instant) -> u64 {
-        let nanos = now.saturating_duration_since(self.origin).as_nanos();
-        (nanos / u128::from(self.bucket_nanos)) as u64
+        // u64 nanoseconds last 584 years; u64 division is much cheaper than u128.
+        let nanos = now.saturating_duration_since(self.origin).as_nanos() as u64;
+        nanos / self.bucket_nanos
     }
 
     /// Counts one call that finished at `now`.
