@@ -7,6 +7,7 @@ use crate::FailureClass;
 /// Maps a transport error to its [`FailureClass`] by looking through its whole
 /// `source()` chain.
 ///
+/// - [`crate::BadResponse`] → `bad_response`;
 /// - a hyper-util client error that says it happened while connecting → `connect`
 ///   (nothing was sent);
 /// - tower's or tokio's `Elapsed` anywhere in the chain → `timeout`;
@@ -23,6 +24,9 @@ pub fn classify_error(err: &(dyn Error + 'static)) -> FailureClass {
         if e.is_connect() {
             return FailureClass::Connect;
         }
+    }
+    if is_caused_by::<crate::BadResponse>(err) {
+        return FailureClass::BadResponse;
     }
     if is_caused_by::<tower::timeout::error::Elapsed>(err)
         || is_caused_by::<tokio::time::error::Elapsed>(err)
@@ -90,6 +94,13 @@ mod tests {
             classify_error(&*io(io::ErrorKind::Other)),
             FailureClass::Reset
         );
+    }
+
+    #[test]
+    fn bad_response() {
+        let err: BoxError = Box::new(crate::BadResponse::new("not JSON"));
+        assert_eq!(classify_error(&*err), FailureClass::BadResponse);
+        assert_eq!(err.to_string(), "bad response: not JSON");
     }
 
     #[test]

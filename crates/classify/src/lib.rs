@@ -34,12 +34,14 @@
 //! assert!(FailureClass::Status.counts_for_breaker());
 //! ```
 
+mod bad_response;
 mod cause;
 mod class;
 mod error;
 mod http_classifier;
 mod retry_after;
 
+pub use bad_response::BadResponse;
 pub use cause::{cause_ref, is_caused_by};
 pub use class::{Classified, Classify, ErrorClassifier, FailureClass, Outcome};
 pub use error::classify_error;

@@ -1,0 +1,2 @@
+//! Placeholder until the stack bench lands.
+fn main() {}

@@ -1,0 +1,44 @@
+//! One client per agent: a pooled hyper-util client wrapped, in exactly one place
+//! ([`stack`]), in agentgate's resilience stack:
+//!
+//! ```text
+//! progress → metrics → retry → circuit breaker → per-attempt timeout → client
+//! ```
+//!
+//! [`AgentClient`] is built from an agent's config (SPEC §2 `[defaults]` merged with
+//! `[agents.X]`) and offers a streaming call (the reverse proxy) and a JSON call
+//! (pipeline stages: a 2xx that is not JSON is a `bad_response` the breaker counts).
+//! Both share one breaker, one retry budget and one set of per-attempt metrics
+//! (`agentgate_agent_requests_total{agent,outcome}`,
+//! `agentgate_agent_request_duration_seconds{agent}`, `agentgate_agent_retries_total{agent}`).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use agentgate_agent_client::{AgentClient, AgentConfig};
+//! use agentgate_retry::RetryBody;
+//!
+//! # async fn run() -> Result<(), tower::BoxError> {
+//! let nlp = AgentClient::new("nlp", AgentConfig::new("http://127.0.0.1:7001".parse()?))?;
+//! let req = http::Request::post("/process")
+//!     .header("content-type", "application/json")
+//!     .header("idempotency-key", "q1:nlp")
+//!     .body(RetryBody::full(r#"{"query":"hi"}"#))?;
+//! let res = nlp.call_json(req).await?;
+//! println!("{} {}", res.status(), res.body());
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod config;
+mod json;
+mod metrics;
+mod stack;
+
+pub use client::{AgentClient, HttpClient};
+pub use config::{check_url, AgentConfig, AgentConfigError};
+pub use json::JsonBody;
+pub use metrics::{
+    describe_metrics, AgentMetrics, AgentMetricsLayer, AgentMetricsService, AgentStats,
+};
+pub use stack::{stack, AgentService, StackParts};

@@ -1,0 +1,64 @@
+//! The one place where the order of agentgate's layers is written.
+
+use std::time::Duration;
+
+use agentgate_circuit_breaker::CircuitBreakerLayer;
+use agentgate_classify::BoxError;
+use agentgate_progress::ProgressLayer;
+use agentgate_retry::{RetryBody, RetryLayer, RetryPolicy};
+use http::{Request, Response};
+use std::sync::Arc;
+use tower::timeout::TimeoutLayer;
+use tower::util::BoxCloneSyncService;
+use tower::ServiceBuilder;
+use tower_service::Service;
+
+use crate::{AgentMetrics, AgentMetricsLayer};
+
+/// A boxed stack: what [`crate::AgentClient`] calls.
+pub type AgentService<B> = BoxCloneSyncService<Request<RetryBody>, Response<B>, BoxError>;
+
+/// The shared parts of one agent's stack. Two stacks built from the same parts (the
+/// streaming proxy and the JSON pipeline stacks) share one breaker, one retry budget and
+/// one set of metrics.
+#[derive(Clone, Debug)]
+pub struct StackParts {
+    /// Per-agent metrics.
+    pub metrics: Arc<AgentMetrics>,
+    /// Retry policy (budget and RNG shared by clones).
+    pub retry: RetryPolicy,
+    /// The agent's breaker.
+    pub breaker: CircuitBreakerLayer,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+}
+
+/// Wraps `inner` (the agent's transport) in the full stack, outermost first:
+///
+/// ```text
+/// progress → metrics → retry → circuit breaker → per-attempt timeout → inner
+/// ```
+///
+/// - progress outermost: it sees the whole call and, through the attempt ledger, each
+///   attempt and retry, and it reports even calls the breaker rejects;
+/// - metrics outside retry, observing the same ledger, so it counts one outcome per
+///   attempt (including breaker rejections) and every retry;
+/// - retry outside the breaker, so every attempt passes the breaker and an open breaker
+///   fails fast instead of being retried;
+/// - the timeout inside the breaker, so a timed-out attempt counts as a failure.
+pub fn stack<S, B>(parts: &StackParts, inner: S) -> AgentService<B>
+where
+    S: Service<Request<RetryBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: Send + Sync + 'static,
+{
+    let svc = ServiceBuilder::new()
+        .layer(ProgressLayer::new())
+        .layer(AgentMetricsLayer::new(parts.metrics.clone()))
+        .layer(RetryLayer::new(parts.retry.clone()))
+        .layer(parts.breaker.clone())
+        .layer(TimeoutLayer::new(parts.timeout))
+        .service(inner);
+    BoxCloneSyncService::new(svc)
+}

@@ -1,0 +1,257 @@
+//! The JSON shapes of SPEC §3, server → client, per query.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// What happened to a stage (`progress.status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageStatus {
+    /// The stage's first attempt is being sent.
+    Started,
+    /// An attempt failed and another is scheduled.
+    Retrying,
+    /// The stage failed over to a fallback.
+    Fallback,
+    /// The stage produced its output.
+    Completed,
+    /// An optional stage failed and the query goes on without it.
+    Skipped,
+    /// The stage failed for good.
+    Failed,
+}
+
+/// `{"kind","message"}` (plus `stage` where SPEC has it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// The stage that failed, for terminal `failed` events.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub stage: Option<String>,
+    /// A failure class (`timeout`, `connect`, `circuit_open`, …).
+    pub kind: String,
+    /// A human-readable message (never internals).
+    pub message: String,
+}
+
+/// The body of an event; the hub adds `query_id`, `seq` and `ts`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A stage's progress.
+    Progress {
+        /// The stage name.
+        stage: String,
+        /// What happened.
+        status: StageStatus,
+        /// Overall progress, 0..=100, never decreasing within a query.
+        progress: u8,
+        /// The attempt, for `started` and `retrying`.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        attempt: Option<u32>,
+        /// Extra detail (`{"delay_ms": 250}` for `retrying`, the fallback taken, …).
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        detail: Option<Value>,
+    },
+    /// An attempt failed (not terminal).
+    Error {
+        /// The stage name.
+        stage: String,
+        /// What failed.
+        error: ErrorInfo,
+    },
+    /// Terminal: the query's result.
+    Completed {
+        /// `{stage: output}`.
+        result: Value,
+        /// Wall time of the whole query.
+        duration_ms: u64,
+    },
+    /// Terminal: the query failed.
+    Failed {
+        /// Why.
+        error: ErrorInfo,
+    },
+    /// Terminal: the query was cancelled.
+    Cancelled {},
+}
+
+/// One event of one query, as sent to clients.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProgressEvent {
+    /// The body (`type` and its fields).
+    #[serde(flatten)]
+    pub kind: EventKind,
+    /// The query.
+    pub query_id: String,
+    /// 1, 2, 3, … per query, without gaps.
+    pub seq: u64,
+    /// When the event was published (RFC 3339, UTC).
+    #[serde(with = "rfc3339")]
+    pub ts: SystemTime,
+}
+
+/// An event with its JSON text, serialized once however many clients receive it.
+#[derive(Clone, PartialEq)]
+pub struct Published {
+    /// The event.
+    pub event: ProgressEvent,
+    /// `serde_json::to_string(&event)`.
+    pub json: Arc<str>,
+}
+
+// === impl EventKind ===
+
+impl EventKind {
+    /// `completed`, `failed` and `cancelled` end a query.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            EventKind::Completed { .. } | EventKind::Failed { .. } | EventKind::Cancelled {}
+        )
+    }
+
+    /// The `type` field's value.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EventKind::Progress { .. } => "progress",
+            EventKind::Error { .. } => "error",
+            EventKind::Completed { .. } => "completed",
+            EventKind::Failed { .. } => "failed",
+            EventKind::Cancelled {} => "cancelled",
+        }
+    }
+}
+
+// === impl Published ===
+
+impl Published {
+    /// Serializes `event` once.
+    pub fn new(event: ProgressEvent) -> Self {
+        let json = serde_json::to_string(&event)
+            .expect("events serialize")
+            .into();
+        Self { event, json }
+    }
+
+    /// The event's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.event.seq
+    }
+}
+
+impl fmt::Debug for Published {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.json)
+    }
+}
+
+/// RFC 3339 timestamps with millisecond precision, in UTC.
+pub mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Formats `t` as `2026-11-25T12:00:00.123Z`.
+    pub fn format(t: SystemTime) -> String {
+        humantime::format_rfc3339_millis(t).to_string()
+    }
+
+    /// Serializes a timestamp.
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(*t))
+    }
+
+    /// Deserializes a timestamp.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn at() -> SystemTime {
+        humantime::parse_rfc3339("2026-11-25T12:00:00.250Z").unwrap()
+    }
+
+    fn event(kind: EventKind) -> Value {
+        let e = ProgressEvent {
+            kind,
+            query_id: "q1".into(),
+            seq: 3,
+            ts: at(),
+        };
+        let v: Value = serde_json::from_str(&Published::new(e.clone()).json).unwrap();
+        let back: ProgressEvent = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(back, e, "round trip");
+        v
+    }
+
+    #[test]
+    fn spec_shapes() {
+        assert_eq!(
+            event(EventKind::Progress {
+                stage: "nlp".into(),
+                status: StageStatus::Retrying,
+                progress: 10,
+                attempt: Some(2),
+                detail: Some(json!({"delay_ms": 250})),
+            }),
+            json!({"type":"progress","query_id":"q1","seq":3,"ts":"2026-11-25T12:00:00.250Z",
+                   "stage":"nlp","status":"retrying","progress":10,"attempt":2,"detail":{"delay_ms":250}})
+        );
+        assert_eq!(
+            event(EventKind::Progress {
+                stage: "nlp".into(),
+                status: StageStatus::Started,
+                progress: 0,
+                attempt: None,
+                detail: None
+            }),
+            json!({"type":"progress","query_id":"q1","seq":3,"ts":"2026-11-25T12:00:00.250Z",
+                   "stage":"nlp","status":"started","progress":0})
+        );
+        assert_eq!(
+            event(EventKind::Error {
+                stage: "nlp".into(),
+                error: ErrorInfo {
+                    stage: None,
+                    kind: "timeout".into(),
+                    message: "attempt 1 timed out".into()
+                },
+            }),
+            json!({"type":"error","query_id":"q1","seq":3,"ts":"2026-11-25T12:00:00.250Z",
+                   "stage":"nlp","error":{"kind":"timeout","message":"attempt 1 timed out"}})
+        );
+        assert_eq!(
+            event(EventKind::Completed {
+                result: json!({"nlp": {"intent": "x"}}),
+                duration_ms: 12
+            }),
+            json!({"type":"completed","query_id":"q1","seq":3,"ts":"2026-11-25T12:00:00.250Z",
+                   "result":{"nlp":{"intent":"x"}},"duration_ms":12})
+        );
+        assert_eq!(
+            event(EventKind::Failed {
+                error: ErrorInfo {
+                    stage: Some("nlp".into()),
+                    kind: "connect".into(),
+                    message: "m".into()
+                },
+            }),
+            json!({"type":"failed","query_id":"q1","seq":3,"ts":"2026-11-25T12:00:00.250Z",
+                   "error":{"stage":"nlp","kind":"connect","message":"m"}})
+        );
+        assert_eq!(
+            event(EventKind::Cancelled {}),
+            json!({"type":"cancelled","query_id":"q1","seq":3,"ts":"2026-11-25T12:00:00.250Z"})
+        );
+    }
+}

@@ -1,0 +1,326 @@
+//! The hub interface: open a query's stream, publish to it, subscribe with replay.
+//!
+//! Callers hold an `Arc<dyn ProgressHub>`; the in-memory hub ([`crate::MemoryHub`])
+//! serves one process, and a Redis-backed hub can carry the same streams across
+//! replicas without changing callers: it keeps a local stream per query (so
+//! subscriptions look the same) and forwards what is published through a [`PublishHook`].
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::SystemTime;
+
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use crate::{EventKind, ProgressEvent, Published};
+
+/// A hub of per-query event streams.
+pub trait ProgressHub: Send + Sync + fmt::Debug + 'static {
+    /// Starts the stream of a new query and returns its publisher.
+    fn open(&self, query_id: &str) -> Result<QueryPublisher, OpenError>;
+
+    /// Subscribes to a query: the retained events with `seq > after_seq`, then the live
+    /// ones, with no gap and no duplicate between the two.
+    fn subscribe(&self, query_id: &str, after_seq: u64) -> Result<Subscription, SubscribeError>;
+
+    /// Figures for metrics.
+    fn stats(&self) -> HubStats;
+}
+
+/// Called after each local publish (e.g. to forward to Redis). Must not block.
+pub trait PublishHook: Send + Sync + fmt::Debug {
+    /// `event` was published locally.
+    fn published(&self, event: &Arc<Published>);
+}
+
+/// Hub figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HubStats {
+    /// Streams held (running and retained).
+    pub queries: usize,
+    /// Streams without a terminal event yet.
+    pub running: usize,
+    /// Live subscribers across all streams.
+    pub subscribers: usize,
+}
+
+/// The query already has a stream.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("query `{0}` already exists")]
+pub struct OpenError(pub String);
+
+/// Why a subscription could not be made.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    /// Never existed, or no longer retained.
+    #[error("unknown query `{0}`")]
+    UnknownQuery(String),
+}
+
+/// Why a publish was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The query already had its terminal event: there is exactly one.
+    #[error("query `{0}` has already ended")]
+    Ended(String),
+}
+
+/// What a subscriber receives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SubscriptionItem {
+    /// The next event, in `seq` order.
+    Event(Arc<Published>),
+    /// Events before `next_seq` were missed (the subscriber fell behind, or they are no
+    /// longer retained); delivery goes on from `next_seq`. Resubscribing with
+    /// `after_seq = next_seq - 1` recovers what is still retained.
+    Lagged {
+        /// The query.
+        query_id: Arc<str>,
+        /// The seq of the next event delivered.
+        next_seq: u64,
+    },
+}
+
+/// Publishes the events of one query. Cheap to clone.
+#[derive(Clone)]
+pub struct QueryPublisher {
+    stream: Arc<QueryStream>,
+    hook: Option<Arc<dyn PublishHook>>,
+}
+
+/// One subscriber's view of one query's stream.
+pub struct Subscription {
+    query_id: Arc<str>,
+    replay: VecDeque<Arc<Published>>,
+    live: Option<broadcast::Receiver<Arc<Published>>>,
+    last: u64,
+    lag: Option<u64>,
+    lagged: bool,
+    ended: bool,
+}
+
+/// Called when a stream ends (for retention).
+pub(crate) trait OnEnd: Send + Sync {
+    fn ended(&self, query_id: &Arc<str>);
+}
+
+/// The stream of one query: its sequence counter, replay buffer and live channel.
+pub(crate) struct QueryStream {
+    query_id: Arc<str>,
+    state: Mutex<StreamState>,
+    on_end: Weak<dyn OnEnd>,
+}
+
+struct StreamState {
+    next_seq: u64,
+    buffer: VecDeque<Arc<Published>>,
+    capacity: usize,
+    live: Option<broadcast::Sender<Arc<Published>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// === impl QueryStream ===
+
+impl fmt::Debug for QueryStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueryStream")
+            .field("query_id", &self.query_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueryStream {
+    pub(crate) fn new(
+        query_id: Arc<str>,
+        replay: usize,
+        live_buffer: usize,
+        on_end: Weak<dyn OnEnd>,
+    ) -> Self {
+        Self {
+            query_id,
+            state: Mutex::new(StreamState {
+                next_seq: 1,
+                buffer: VecDeque::with_capacity(replay.min(64)),
+                capacity: replay.max(1),
+                live: Some(broadcast::channel(live_buffer.max(1)).0),
+            }),
+            on_end,
+        }
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        lock(&self.state).live.is_some()
+    }
+
+    pub(crate) fn subscribers(&self) -> usize {
+        lock(&self.state)
+            .live
+            .as_ref()
+            .map_or(0, broadcast::Sender::receiver_count)
+    }
+
+    fn publish(&self, kind: EventKind) -> Result<Arc<Published>, PublishError> {
+        let terminal = kind.is_terminal();
+        let published = {
+            let mut state = lock(&self.state);
+            let Some(live) = state.live.as_ref() else {
+                return Err(PublishError::Ended(self.query_id.to_string()));
+            };
+            let event = Arc::new(Published::new(ProgressEvent {
+                kind,
+                query_id: self.query_id.to_string(),
+                seq: state.next_seq,
+                ts: SystemTime::now(),
+            }));
+            // Never blocks: a subscriber that is behind will see `Lagged`.
+            let _ = live.send(event.clone());
+            state.next_seq += 1;
+            if state.buffer.len() == state.capacity {
+                state.buffer.pop_front();
+            }
+            state.buffer.push_back(event.clone());
+            if terminal {
+                // Dropping the sender ends every live subscription after the terminal event.
+                state.live = None;
+            }
+            event
+        };
+        if terminal {
+            if let Some(on_end) = self.on_end.upgrade() {
+                on_end.ended(&self.query_id);
+            }
+        }
+        Ok(published)
+    }
+
+    pub(crate) fn subscribe(&self, after_seq: u64) -> Subscription {
+        let state = lock(&self.state);
+        let replay: VecDeque<_> = state
+            .buffer
+            .iter()
+            .filter(|e| e.seq() > after_seq)
+            .cloned()
+            .collect();
+        // Events after `after_seq` that are no longer buffered were missed.
+        let first = replay.front().map_or(state.next_seq, |e| e.seq());
+        let lag = (first > after_seq + 1).then_some(first);
+        Subscription {
+            query_id: self.query_id.clone(),
+            replay,
+            live: state.live.as_ref().map(broadcast::Sender::subscribe),
+            last: after_seq,
+            lag,
+            lagged: false,
+            ended: false,
+        }
+    }
+}
+
+// === impl QueryPublisher ===
+
+impl QueryPublisher {
+    pub(crate) fn new(stream: Arc<QueryStream>, hook: Option<Arc<dyn PublishHook>>) -> Self {
+        Self { stream, hook }
+    }
+
+    /// The query.
+    pub fn query_id(&self) -> &str {
+        &self.stream.query_id
+    }
+
+    /// Publishes the next event: stamps `seq` and `ts`, keeps it for replay, sends it to
+    /// live subscribers. Never blocks. After the terminal event every publish is refused.
+    pub fn publish(&self, kind: EventKind) -> Result<Arc<Published>, PublishError> {
+        let event = self.stream.publish(kind)?;
+        if let Some(hook) = &self.hook {
+            hook.published(&event);
+        }
+        Ok(event)
+    }
+
+    /// Whether the terminal event was published.
+    pub fn has_ended(&self) -> bool {
+        !self.stream.is_running()
+    }
+}
+
+impl fmt::Debug for QueryPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueryPublisher")
+            .field("query_id", &self.stream.query_id)
+            .finish()
+    }
+}
+
+// === impl Subscription ===
+
+impl Subscription {
+    /// The query.
+    pub fn query_id(&self) -> &Arc<str> {
+        &self.query_id
+    }
+
+    /// The seq of the last event delivered (or the `after_seq` subscribed with).
+    pub fn last_seq(&self) -> u64 {
+        self.last
+    }
+
+    /// The next item; `None` after the terminal event (or when the query is gone).
+    pub async fn recv(&mut self) -> Option<SubscriptionItem> {
+        loop {
+            if let Some(next_seq) = self.lag.take() {
+                return Some(SubscriptionItem::Lagged {
+                    query_id: self.query_id.clone(),
+                    next_seq,
+                });
+            }
+            if let Some(event) = self.replay.pop_front() {
+                return Some(self.deliver(event));
+            }
+            if self.ended {
+                return None;
+            }
+            let live = self.live.as_mut()?;
+            match live.recv().await {
+                Ok(event) if event.seq() <= self.last => continue,
+                Ok(event) => {
+                    if self.lagged || event.seq() > self.last + 1 {
+                        self.lagged = false;
+                        self.lag = Some(event.seq());
+                        self.replay.push_front(event);
+                        continue;
+                    }
+                    return Some(self.deliver(event));
+                }
+                Err(RecvError::Lagged(_)) => self.lagged = true,
+                Err(RecvError::Closed) => {
+                    self.live = None;
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, event: Arc<Published>) -> SubscriptionItem {
+        self.last = event.seq();
+        if event.event.kind.is_terminal() {
+            self.ended = true;
+            self.live = None;
+        }
+        SubscriptionItem::Event(event)
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("query_id", &self.query_id)
+            .field("last", &self.last)
+            .field("replay", &self.replay.len())
+            .field("ended", &self.ended)
+            .finish()
+    }
+}

@@ -1,0 +1,167 @@
+//! The in-process hub: one process, no external services (the default backend).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::hub::{OnEnd, QueryStream};
+use crate::{
+    HubStats, OpenError, ProgressHub, PublishHook, QueryPublisher, SubscribeError, Subscription,
+};
+
+/// How much the hub keeps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// Events kept per query for resume (`[progress] replay_events`).
+    pub replay_events: usize,
+    /// How long finished queries stay subscribable (`[server] query_retention`).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// At most this many finished queries are kept, oldest evicted first.
+    pub max_finished: usize,
+    /// Events a live subscriber may fall behind before it gets `lagged`.
+    pub live_buffer: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            replay_events: 256,
+            retention: Duration::from_secs(600),
+            max_finished: 10_000,
+            live_buffer: 256,
+        }
+    }
+}
+
+/// The in-memory [`ProgressHub`]. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct MemoryHub {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: HubConfig,
+    hook: Option<Arc<dyn PublishHook>>,
+    queries: Mutex<HashMap<Arc<str>, Arc<QueryStream>>>,
+    /// Finished queries, oldest first, for retention.
+    finished: Mutex<VecDeque<(Instant, Arc<str>)>>,
+    me: Weak<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl MemoryHub {
+    /// A hub keeping what `config` says.
+    pub fn new(config: HubConfig) -> Self {
+        Self::build(config, None)
+    }
+
+    /// A hub that also hands every published event to `hook` (used by other backends).
+    pub fn with_hook(config: HubConfig, hook: Arc<dyn PublishHook>) -> Self {
+        Self::build(config, Some(hook))
+    }
+
+    fn build(config: HubConfig, hook: Option<Arc<dyn PublishHook>>) -> Self {
+        Self {
+            inner: Arc::new_cyclic(|me| Inner {
+                config,
+                hook,
+                queries: Mutex::default(),
+                finished: Mutex::default(),
+                me: me.clone(),
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    /// Drops finished queries past their retention or beyond `max_finished`.
+    pub fn evict_expired(&self) {
+        self.inner.evict(Instant::now());
+    }
+}
+
+impl Inner {
+    fn evict(&self, now: Instant) {
+        let expired: Vec<Arc<str>> = {
+            let mut finished = lock(&self.finished);
+            let mut out = Vec::new();
+            while let Some((at, _)) = finished.front() {
+                let too_many = finished.len() > self.config.max_finished;
+                if !too_many && now.saturating_duration_since(*at) < self.config.retention {
+                    break;
+                }
+                out.extend(finished.pop_front().map(|(_, id)| id));
+            }
+            out
+        };
+        if !expired.is_empty() {
+            let mut queries = lock(&self.queries);
+            for id in expired {
+                queries.remove(&id);
+            }
+        }
+    }
+}
+
+impl OnEnd for Inner {
+    fn ended(&self, query_id: &Arc<str>) {
+        let now = Instant::now();
+        lock(&self.finished).push_back((now, query_id.clone()));
+        self.evict(now);
+    }
+}
+
+impl ProgressHub for MemoryHub {
+    fn open(&self, query_id: &str) -> Result<QueryPublisher, OpenError> {
+        self.inner.evict(Instant::now());
+        let id: Arc<str> = query_id.into();
+        let on_end: Weak<dyn OnEnd> = self.inner.me.clone();
+        let stream = Arc::new(QueryStream::new(
+            id.clone(),
+            self.inner.config.replay_events,
+            self.inner.config.live_buffer,
+            on_end,
+        ));
+        let mut queries = lock(&self.inner.queries);
+        if queries.contains_key(&id) {
+            return Err(OpenError(query_id.to_owned()));
+        }
+        queries.insert(id, stream.clone());
+        Ok(QueryPublisher::new(stream, self.inner.hook.clone()))
+    }
+
+    fn subscribe(&self, query_id: &str, after_seq: u64) -> Result<Subscription, SubscribeError> {
+        let stream = lock(&self.inner.queries)
+            .get(query_id)
+            .cloned()
+            .ok_or_else(|| SubscribeError::UnknownQuery(query_id.to_owned()))?;
+        Ok(stream.subscribe(after_seq))
+    }
+
+    fn stats(&self) -> HubStats {
+        let queries = lock(&self.inner.queries);
+        let mut stats = HubStats {
+            queries: queries.len(),
+            ..HubStats::default()
+        };
+        for stream in queries.values() {
+            if stream.is_running() {
+                stats.running += 1;
+                stats.subscribers += stream.subscribers();
+            }
+        }
+        stats
+    }
+}

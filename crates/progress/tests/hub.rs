@@ -1,0 +1,227 @@
+//! The per-query hub under concurrency: ordering, replay, lag, retention.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentgate_progress::{
+    EventKind, HubConfig, MemoryHub, ProgressHub, PublishError, StageStatus, SubscribeError,
+    Subscription, SubscriptionItem,
+};
+use serde_json::json;
+
+fn progress(n: u64) -> EventKind {
+    EventKind::Progress {
+        stage: format!("s{n}"),
+        status: StageStatus::Started,
+        progress: 0,
+        attempt: None,
+        detail: None,
+    }
+}
+
+fn done() -> EventKind {
+    EventKind::Completed {
+        result: json!({}),
+        duration_ms: 1,
+    }
+}
+
+/// Every item until the end: events' seqs, and lagged markers as `-next_seq`.
+async fn drain(mut sub: Subscription) -> Vec<i64> {
+    let mut out = Vec::new();
+    while let Some(item) = sub.recv().await {
+        out.push(match item {
+            SubscriptionItem::Event(e) => e.seq() as i64,
+            SubscriptionItem::Lagged { next_seq, .. } => -(next_seq as i64),
+        });
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_joining_at_any_time_get_every_event_once_in_order() {
+    let hub = MemoryHub::new(HubConfig {
+        replay_events: 5000,
+        live_buffer: 5000,
+        ..Default::default()
+    });
+    let publisher = hub.open("q").unwrap();
+    let mut subscribers = Vec::new();
+    let writer = {
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            for i in 0..2000 {
+                publisher.publish(progress(i)).unwrap();
+                if i % 50 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    // Join while the query runs, some from the start, some resuming after seen events.
+    for k in 0..20u64 {
+        let after = if k % 2 == 0 { 0 } else { k * 7 };
+        subscribers.push((
+            after,
+            tokio::spawn(drain(hub.subscribe("q", after).unwrap())),
+        ));
+        tokio::task::yield_now().await;
+    }
+    writer.await.unwrap();
+    publisher.publish(done()).unwrap();
+    for (after, sub) in subscribers {
+        let got = sub.await.unwrap();
+        let want: Vec<i64> = ((after + 1) as i64..=2001).collect();
+        assert_eq!(got, want, "subscriber after {after}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_get_gap_free_sequence_numbers() {
+    let hub = MemoryHub::new(HubConfig {
+        replay_events: 10_000,
+        ..Default::default()
+    });
+    let publisher = hub.open("q").unwrap();
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let p = publisher.clone();
+            tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..500 {
+                    seqs.push(p.publish(progress(i)).unwrap().seq());
+                    tokio::task::yield_now().await;
+                }
+                seqs
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        let seqs = t.await.unwrap();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "each publisher sees increasing seqs"
+        );
+        all.extend(seqs);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=2000).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn a_slow_subscriber_gets_lagged_and_never_stalls_the_publisher() {
+    let hub = MemoryHub::new(HubConfig {
+        replay_events: 64,
+        live_buffer: 16,
+        ..Default::default()
+    });
+    let publisher = hub.open("q").unwrap();
+    let slow = hub.subscribe("q", 0).unwrap();
+    let fast = tokio::spawn(drain(hub.subscribe("q", 0).unwrap()));
+    // The slow one does not read at all while 1000 events go out: publish never waits.
+    for i in 0..1000 {
+        publisher.publish(progress(i)).unwrap();
+        if i % 8 == 0 {
+            tokio::task::yield_now().await; // let the fast one keep up
+        }
+    }
+    publisher.publish(done()).unwrap();
+    assert_eq!(fast.await.unwrap(), (1..=1001).collect::<Vec<i64>>());
+
+    let got = drain(slow).await;
+    // It is told where delivery resumes, then gets the newest events up to the terminal.
+    let lag = got.iter().position(|s| *s < 0).expect("a lagged marker");
+    let next = -got[lag];
+    assert_eq!(got[lag + 1], next);
+    assert_eq!(*got.last().unwrap(), 1001);
+    assert!(
+        got[lag + 1..].windows(2).all(|w| w[1] == w[0] + 1),
+        "contiguous after the marker"
+    );
+
+    // Resubscribing recovers what is still retained (the last 64 events).
+    let again = drain(hub.subscribe("q", 0).unwrap()).await;
+    assert_eq!(again[0], -(1001 - 63));
+    assert_eq!(&again[1..], &(938..=1001).collect::<Vec<i64>>()[..]);
+}
+
+#[tokio::test]
+async fn exactly_one_terminal_event_and_resume_after_completion() {
+    let hub = MemoryHub::new(HubConfig::default());
+    let publisher = hub.open("q").unwrap();
+    for i in 0..5 {
+        publisher.publish(progress(i)).unwrap();
+    }
+    publisher.publish(EventKind::Cancelled {}).unwrap();
+    assert_eq!(
+        publisher.publish(done()),
+        Err(PublishError::Ended("q".into()))
+    );
+    assert_eq!(
+        publisher.publish(progress(9)).unwrap_err(),
+        PublishError::Ended("q".into())
+    );
+    assert!(publisher.has_ended());
+    assert_eq!(drain(hub.subscribe("q", 3).unwrap()).await, [4, 5, 6]);
+    assert_eq!(
+        drain(hub.subscribe("q", 6).unwrap()).await,
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        hub.subscribe("nope", 0).unwrap_err(),
+        SubscribeError::UnknownQuery("nope".into())
+    );
+    assert!(hub.open("q").is_err(), "query ids are unique");
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_stays_bounded_after_100k_finished_queries() {
+    let hub = MemoryHub::new(HubConfig {
+        replay_events: 8,
+        max_finished: 1000,
+        retention: Duration::from_secs(600),
+        ..Default::default()
+    });
+    for q in 0..100_000 {
+        let p = hub.open(&format!("q{q}")).unwrap();
+        for i in 0..20 {
+            p.publish(progress(i)).unwrap();
+        }
+        p.publish(done()).unwrap();
+    }
+    let stats = hub.stats();
+    assert_eq!((stats.queries, stats.running), (1000, 0));
+    // The newest are still there, with only their last 8 events.
+    assert_eq!(
+        drain(hub.subscribe("q99999", 0).unwrap()).await,
+        [-14, 14, 15, 16, 17, 18, 19, 20, 21]
+    );
+    assert!(hub.subscribe("q0", 0).is_err());
+
+    // Retention by time: everything finished goes once it is 10 minutes old.
+    let running = hub.open("running").unwrap();
+    tokio::time::advance(Duration::from_secs(601)).await;
+    hub.evict_expired();
+    let stats = hub.stats();
+    assert_eq!(
+        (stats.queries, stats.running),
+        (1, 1),
+        "running queries are never evicted"
+    );
+    drop(running);
+}
+
+#[tokio::test]
+async fn stats_count_live_subscribers() {
+    let hub = Arc::new(MemoryHub::new(HubConfig::default()));
+    let p = hub.open("q").unwrap();
+    let a = hub.subscribe("q", 0).unwrap();
+    let b = hub.subscribe("q", 0).unwrap();
+    assert_eq!(hub.stats().subscribers, 2);
+    drop(a);
+    assert_eq!(hub.stats().subscribers, 1);
+    p.publish(done()).unwrap();
+    assert_eq!(hub.stats().subscribers, 0);
+    drop(b);
+}

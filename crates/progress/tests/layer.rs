@@ -1,0 +1,87 @@
+//! ProgressLayer over the retry layer: the events of one stage as an agent fails once.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentgate_progress::{
+    EventKind, HubConfig, MemoryHub, ProgressContext, ProgressHub, ProgressLayer, SubscriptionItem,
+};
+use agentgate_retry::{Jitter, RetryBody, RetryConfig, RetryLayer, RetryPolicy};
+use http::{Request, Response};
+use tower::{Layer, ServiceExt};
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_that_fails_once_reports_error_retrying_completed() {
+    let hub = MemoryHub::new(HubConfig::default());
+    let publisher = hub.open("q1").unwrap();
+    let mut sub = hub.subscribe("q1", 0).unwrap();
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let agent = tower::service_fn({
+        let calls = calls.clone();
+        move |_req: Request<RetryBody>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let status = if n == 0 { 503 } else { 200 };
+                Ok::<_, std::io::Error>(Response::builder().status(status).body(()).unwrap())
+            }
+        }
+    });
+    let policy = RetryPolicy::try_new(
+        "nlp",
+        RetryConfig {
+            base_delay: Duration::from_millis(250),
+            jitter: Jitter::None,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let stack = ProgressLayer::new().layer(RetryLayer::new(policy).layer(agent));
+
+    let mut req = Request::get("http://nlp/process")
+        .body(RetryBody::empty())
+        .unwrap();
+    req.extensions_mut().insert(ProgressContext {
+        publisher: publisher.clone(),
+        stage: "nlp_processing".into(),
+        progress_start: 0,
+        progress_end: 30,
+    });
+    assert_eq!(stack.oneshot(req).await.unwrap().status(), 200);
+    publisher.publish(EventKind::Cancelled {}).unwrap();
+
+    let mut got = Vec::new();
+    while let Some(SubscriptionItem::Event(e)) = sub.recv().await {
+        got.push(serde_json::to_value(&e.event).unwrap());
+    }
+    let brief: Vec<_> = got
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap(),
+                e["type"].as_str().unwrap().to_owned(),
+                e.get("status")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("")
+                    .to_owned(),
+                e.get("attempt").and_then(|a| a.as_u64()),
+                e.get("progress").and_then(|a| a.as_u64()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        brief,
+        [
+            (1, "progress".into(), "started".into(), Some(1), Some(0)),
+            (2, "error".into(), "".into(), None, None),
+            (3, "progress".into(), "retrying".into(), Some(2), Some(0)),
+            (4, "progress".into(), "completed".into(), None, Some(30)),
+            (5, "cancelled".into(), "".into(), None, None),
+        ]
+    );
+    assert_eq!(got[1]["error"]["kind"], "status");
+    assert_eq!(got[1]["error"]["message"], "attempt 1 answered 503");
+    assert_eq!(got[2]["detail"]["delay_ms"], 250);
+    assert_eq!(got[1]["stage"], "nlp_processing");
+}

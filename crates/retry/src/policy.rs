@@ -1,0 +1,261 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use agentgate_circuit_breaker::CircuitOpen;
+use agentgate_classify::{
+    classify_error, is_caused_by, retry_after_from_headers, BoxError, FailureClass,
+};
+use http::{Method, Request, Response};
+use metrics::Counter;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use tokio::time::Instant;
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::retry::Policy;
+
+use crate::{
+    AttemptLedger, Backoff, ConfigError, Deadline, RetryAllowance, RetryBody, RetryConfig, RetryOn,
+};
+
+/// How long the budget remembers requests (as in Linkerd and Finagle).
+const BUDGET_TTL: Duration = Duration::from_secs(10);
+
+/// The retry policy of one agent, for `tower::retry::Retry`.
+///
+/// A fresh clone serves each request (tower clones the policy per call), so the
+/// per-request state — attempts made, the previous delay — lives in the clone, and
+/// everything shared — config, budget, RNG — behind an `Arc`.
+#[derive(Clone)]
+pub struct RetryPolicy {
+    shared: Arc<Shared>,
+    /// Attempts sent so far for this request.
+    sent: u32,
+    prev_delay: Duration,
+}
+
+struct Shared {
+    agent: Arc<str>,
+    config: RetryConfig,
+    backoff: Backoff,
+    budget: TpsBudget,
+    rng: Option<Mutex<SmallRng>>,
+    budget_exhausted: Counter,
+}
+
+/// Why a failed attempt will not be retried (for logs and tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoRetry {
+    /// `max_attempts` reached.
+    Attempts,
+    /// The failure is not in `retry_on`, or is never retried (circuit open, bad response).
+    NotRetryable,
+    /// A non-idempotent request that may have reached the agent.
+    NotIdempotent,
+    /// The agent's `Retry-After` is longer than `max_retry_after`.
+    RetryAfterTooLong,
+    /// The backoff would end past the caller's deadline.
+    Deadline,
+    /// The query's `retry_allowance` is used up.
+    Allowance,
+    /// The agent's retry budget is used up.
+    Budget,
+}
+
+// === impl RetryPolicy ===
+
+impl RetryPolicy {
+    /// A policy for `agent`. Fails if `config` does not validate.
+    pub fn try_new(agent: impl Into<Arc<str>>, config: RetryConfig) -> Result<Self, ConfigError> {
+        Self::build(agent.into(), config, None)
+    }
+
+    /// A policy whose jitter comes from an RNG seeded with `seed` (deterministic tests).
+    pub fn try_with_seed(
+        agent: impl Into<Arc<str>>,
+        config: RetryConfig,
+        seed: u64,
+    ) -> Result<Self, ConfigError> {
+        Self::build(agent.into(), config, Some(SmallRng::seed_from_u64(seed)))
+    }
+
+    fn build(
+        agent: Arc<str>,
+        config: RetryConfig,
+        rng: Option<SmallRng>,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let budget = TpsBudget::new(
+            BUDGET_TTL,
+            config.budget_min_per_sec,
+            config.budget_ratio as f32,
+        );
+        let backoff = Backoff {
+            base: config.base_delay,
+            max: config.max_delay,
+            jitter: config.jitter,
+        };
+        let budget_exhausted = metrics::counter!("agentgate_retry_budget_exhausted_total", "agent" => agent.to_string());
+        Ok(Self {
+            prev_delay: config.base_delay,
+            shared: Arc::new(Shared {
+                agent,
+                config,
+                backoff,
+                budget,
+                rng: rng.map(Mutex::new),
+                budget_exhausted,
+            }),
+            sent: 0,
+        })
+    }
+
+    /// The agent's name.
+    pub fn agent(&self) -> &str {
+        &self.shared.agent
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RetryConfig {
+        &self.shared.config
+    }
+
+    /// Decides whether attempt `self.sent` of `req`, which ended in `result`, is retried,
+    /// and after how long.
+    pub fn decide<B>(
+        &mut self,
+        req: &Request<RetryBody>,
+        result: &Result<Response<B>, BoxError>,
+    ) -> Result<Duration, NoRetry> {
+        let cfg = &self.shared.config;
+        let (retry_after, nothing_sent) = match result {
+            Ok(res) => {
+                let status = res.status().as_u16();
+                if !RetryOn::matches_status(&cfg.retry_on, status) {
+                    return Err(NoRetry::NotRetryable);
+                }
+                let retry_after = (cfg.honor_retry_after && matches!(status, 429 | 503))
+                    .then(|| retry_after_from_headers(res.headers(), SystemTime::now()))
+                    .flatten();
+                (retry_after, false)
+            }
+            Err(err) => {
+                if is_caused_by::<CircuitOpen>(&**err) {
+                    return Err(NoRetry::NotRetryable);
+                }
+                let class = classify_error(&**err);
+                let listed = match class {
+                    FailureClass::Connect => cfg.retry_on.contains(&RetryOn::Connect),
+                    FailureClass::Timeout => cfg.retry_on.contains(&RetryOn::Timeout),
+                    FailureClass::Reset => cfg.retry_on.contains(&RetryOn::Reset),
+                    _ => false,
+                };
+                if !listed || !class.is_retryable() {
+                    return Err(NoRetry::NotRetryable);
+                }
+                (None, class == FailureClass::Connect)
+            }
+        };
+        if self.sent >= cfg.max_attempts {
+            return Err(NoRetry::Attempts);
+        }
+        if !(nothing_sent || cfg.retry_non_idempotent || is_idempotent(req)) {
+            return Err(NoRetry::NotIdempotent);
+        }
+        let mut delay = self.next_delay();
+        if let Some(ra) = retry_after {
+            if ra > cfg.max_retry_after {
+                return Err(NoRetry::RetryAfterTooLong);
+            }
+            delay = delay.max(ra);
+        }
+        if let Some(Deadline(deadline)) = req.extensions().get::<Deadline>() {
+            if Instant::now() + delay >= *deadline {
+                return Err(NoRetry::Deadline);
+            }
+        }
+        let allowance = req.extensions().get::<RetryAllowance>();
+        if allowance.is_some_and(|a| a.remaining() == 0) {
+            return Err(NoRetry::Allowance);
+        }
+        if !self.shared.budget.withdraw() {
+            self.shared.budget_exhausted.increment(1);
+            return Err(NoRetry::Budget);
+        }
+        if allowance.is_some_and(|a| !a.try_take()) {
+            return Err(NoRetry::Allowance);
+        }
+        self.prev_delay = delay;
+        Ok(delay)
+    }
+
+    fn next_delay(&self) -> Duration {
+        let n = self.sent; // retry n follows attempt n
+        match &self.shared.rng {
+            Some(rng) => {
+                let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
+                self.shared.backoff.delay(n, self.prev_delay, &mut *rng)
+            }
+            None => self
+                .shared
+                .backoff
+                .delay(n, self.prev_delay, &mut rand::rng()),
+        }
+    }
+}
+
+/// Safe to send twice: an idempotent method (RFC 9110 §9.2.2) or an `Idempotency-Key`.
+fn is_idempotent<B>(req: &Request<B>) -> bool {
+    matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    ) || req.headers().contains_key("idempotency-key")
+}
+
+impl<B> Policy<Request<RetryBody>, Response<B>, BoxError> for RetryPolicy {
+    type Future = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    fn retry(
+        &mut self,
+        req: &mut Request<RetryBody>,
+        result: &mut Result<Response<B>, BoxError>,
+    ) -> Option<Self::Future> {
+        let delay = self.decide(req, result).ok()?;
+        if let Some(ledger) = req.extensions().get::<AttemptLedger>() {
+            ledger.retry_scheduled(self.sent + 1, delay);
+        }
+        Some(Box::pin(tokio::time::sleep(delay)))
+    }
+
+    fn clone_request(&mut self, req: &Request<RetryBody>) -> Option<Request<RetryBody>> {
+        if self.sent == 0 {
+            // Every original request earns the budget its share of retries.
+            self.shared.budget.deposit();
+        }
+        self.sent += 1;
+        // No copy is needed when this is the last attempt we would make.
+        if self.sent >= self.shared.config.max_attempts {
+            return None;
+        }
+        let body = req.body().try_clone()?;
+        let mut copy = Request::new(body);
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        *copy.extensions_mut() = req.extensions().clone();
+        Some(copy)
+    }
+}
+
+impl fmt::Debug for RetryPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryPolicy")
+            .field("agent", &self.shared.agent)
+            .field("config", &self.shared.config)
+            .field("sent", &self.sent)
+            .finish()
+    }
+}

@@ -1,0 +1,463 @@
+//! The retry layer end to end on a paused clock: what is retried, when, and how often.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentgate_circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
+use agentgate_classify::BoxError;
+use agentgate_retry::{
+    AttemptLedger, AttemptObserver, AttemptOutcome, AttemptRecord, Deadline, Jitter,
+    RetryAllowance, RetryBody, RetryConfig, RetryLayer, RetryOn, RetryPolicy,
+};
+use bytes::Bytes;
+use http::{Request, Response};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+/// What the agent saw: (attempt header, instant).
+type Seen = Arc<Mutex<Vec<(u32, Instant)>>>;
+
+/// An agent answering from a script of results, one per call (the last repeats).
+fn agent(
+    script: Vec<Result<u16, std::io::ErrorKind>>,
+    retry_after: Option<&str>,
+) -> (
+    impl Service<Request<RetryBody>, Response = Response<()>, Error = BoxError> + Clone,
+    Seen,
+) {
+    let seen: Seen = Arc::default();
+    let retry_after = retry_after.map(str::to_owned);
+    let svc = tower::service_fn({
+        let seen = seen.clone();
+        move |req: Request<RetryBody>| {
+            let mut seen = seen.lock().unwrap();
+            let attempt: u32 = req.headers()["x-agentgate-attempt"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let step = script[seen.len().min(script.len() - 1)];
+            seen.push((attempt, Instant::now()));
+            let retry_after = retry_after.clone();
+            async move {
+                match step {
+                    Ok(code) => {
+                        let mut res = Response::builder().status(code);
+                        if let Some(ra) = retry_after {
+                            res = res.header("retry-after", ra);
+                        }
+                        Ok(res.body(()).unwrap())
+                    }
+                    Err(kind) => Err(BoxError::from(std::io::Error::new(kind, "scripted"))),
+                }
+            }
+        }
+    });
+    (svc, seen)
+}
+
+fn config(jitter: Jitter) -> RetryConfig {
+    RetryConfig {
+        max_attempts: 4,
+        base_delay: Duration::from_millis(100),
+        max_delay: Duration::from_millis(1000),
+        jitter,
+        budget_min_per_sec: 1000,
+        ..Default::default()
+    }
+}
+
+fn retry(config: RetryConfig) -> RetryLayer {
+    RetryLayer::new(RetryPolicy::try_with_seed("agent", config, 42).unwrap())
+}
+
+fn get() -> Request<RetryBody> {
+    Request::get("http://agent/x")
+        .body(RetryBody::empty())
+        .unwrap()
+}
+
+#[derive(Debug, Default)]
+struct Delays(Mutex<Vec<(u32, Duration)>>);
+
+impl AttemptObserver for Delays {
+    fn attempt_finished(&self, _: &AttemptRecord) {}
+    fn retry_scheduled(&self, next: u32, delay: Duration) {
+        self.0.lock().unwrap().push((next, delay));
+    }
+}
+
+/// Runs one request that fails with 503 until the 4th attempt; returns the scheduled
+/// delays and the gaps the agent actually saw between attempts.
+async fn delays(jitter: Jitter) -> Vec<(Duration, Duration)> {
+    let (svc, seen) = agent(vec![Ok(503), Ok(503), Ok(503), Ok(200)], None);
+    let ledger = AttemptLedger::new();
+    let observed = Arc::new(Delays::default());
+    ledger.observe(observed.clone());
+    let mut req = get();
+    req.extensions_mut().insert(ledger.clone());
+    let res = retry(config(jitter)).layer(svc).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    let scheduled = observed.0.lock().unwrap();
+    assert_eq!(scheduled.iter().map(|s| s.0).collect::<Vec<_>>(), [2, 3, 4]);
+    scheduled
+        .iter()
+        .zip(seen.windows(2))
+        .map(|((_, d), w)| (*d, w[1].1 - w[0].1))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_jitter_sleeps_exactly_the_doubling_delays() {
+    let got = delays(Jitter::None).await;
+    let ms = |v: u64| Duration::from_millis(v);
+    assert_eq!(
+        got,
+        [(ms(100), ms(100)), (ms(200), ms(200)), (ms(400), ms(400))]
+    );
+}
+
+/// tokio's timer wheel has millisecond resolution: a sleep ends on the next whole ms.
+fn assert_sleeps(scheduled: Duration, slept: Duration) {
+    assert!(
+        slept >= scheduled && slept - scheduled < Duration::from_millis(1),
+        "scheduled {scheduled:?}, slept {slept:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_jitter_kind_sleeps_within_its_bounds() {
+    let ms = |v: u64| Duration::from_millis(v);
+    for (jitter, bounds) in [
+        (
+            Jitter::Full,
+            [(ms(0), ms(100)), (ms(0), ms(200)), (ms(0), ms(400))],
+        ),
+        (
+            Jitter::Equal,
+            [(ms(50), ms(100)), (ms(100), ms(200)), (ms(200), ms(400))],
+        ),
+    ] {
+        for (i, (scheduled, slept)) in delays(jitter).await.into_iter().enumerate() {
+            assert_sleeps(scheduled, slept);
+            let (lo, hi) = bounds[i];
+            assert!(
+                scheduled >= lo && scheduled <= hi,
+                "{jitter:?} retry {}: {scheduled:?}",
+                i + 1
+            );
+        }
+    }
+    // Decorrelated: each delay in [base, prev * 3], capped.
+    let mut prev = ms(100);
+    for (scheduled, slept) in delays(Jitter::Decorrelated).await {
+        assert_sleeps(scheduled, slept);
+        assert!(
+            scheduled >= ms(100) && scheduled <= (prev * 3).min(ms(1000)),
+            "{scheduled:?} after {prev:?}"
+        );
+        prev = scheduled;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn gives_up_after_max_attempts_and_keeps_the_ledger() {
+    let (svc, seen) = agent(vec![Ok(502)], None);
+    let ledger = AttemptLedger::new();
+    let mut req = get();
+    req.extensions_mut().insert(ledger.clone());
+    let res = retry(config(Jitter::None))
+        .layer(svc)
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 502);
+    assert_eq!(seen.lock().unwrap().len(), 4);
+    let records = ledger.records();
+    assert_eq!(
+        records.iter().map(|r| r.attempt).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    assert!(records
+        .iter()
+        .all(|r| r.status == Some(502) && r.outcome == AttemptOutcome::Failure));
+    assert_eq!(
+        res.extensions().get::<AttemptLedger>().unwrap().attempts(),
+        4
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn statuses_not_listed_are_not_retried() {
+    let (svc, seen) = agent(vec![Ok(500)], None);
+    let cfg = RetryConfig {
+        retry_on: vec![RetryOn::Status(503)],
+        ..config(Jitter::None)
+    };
+    assert_eq!(
+        retry(cfg).layer(svc).oneshot(get()).await.unwrap().status(),
+        500
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    let (svc, seen) = agent(vec![Ok(404)], None);
+    assert_eq!(
+        retry(config(Jitter::None))
+            .layer(svc)
+            .oneshot(get())
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_a_floor_in_both_forms() {
+    let (svc, seen) = agent(vec![Ok(503), Ok(200)], Some("3"));
+    retry(config(Jitter::None))
+        .layer(svc)
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(gap(&seen), Duration::from_secs(3));
+
+    // An HTTP-date 5 s ahead of the wall clock.
+    let date = httpdate_in(Duration::from_secs(5));
+    let (svc, seen) = agent(vec![Ok(429), Ok(200)], Some(&date));
+    retry(config(Jitter::None))
+        .layer(svc)
+        .oneshot(get())
+        .await
+        .unwrap();
+    let waited = gap(&seen);
+    assert!(
+        waited > Duration::from_secs(3) && waited <= Duration::from_secs(5),
+        "{waited:?}"
+    );
+
+    // Garbage is ignored: the backoff applies.
+    let (svc, seen) = agent(vec![Ok(503), Ok(200)], Some("soon"));
+    retry(config(Jitter::None))
+        .layer(svc)
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(gap(&seen), Duration::from_millis(100));
+}
+
+/// Time between the agent seeing attempts 1 and 2.
+fn gap(seen: &Seen) -> Duration {
+    let seen = seen.lock().unwrap();
+    seen[1].1 - seen[0].1
+}
+
+fn httpdate_in(d: Duration) -> String {
+    httpdate::fmt_http_date(std::time::SystemTime::now() + d)
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_beyond_the_cap_is_not_waited_for() {
+    let (svc, seen) = agent(vec![Ok(503), Ok(200)], Some("120"));
+    let res = retry(config(Jitter::None))
+        .layer(svc)
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn post_is_retried_only_with_an_idempotency_key_or_when_nothing_was_sent() {
+    let post = |key: bool| {
+        let mut b = Request::post("http://agent/x");
+        if key {
+            b = b.header("idempotency-key", "q1:stage");
+        }
+        b.body(RetryBody::full("{}")).unwrap()
+    };
+    let (svc, seen) = agent(vec![Ok(503), Ok(200)], None);
+    assert_eq!(
+        retry(config(Jitter::None))
+            .layer(svc)
+            .oneshot(post(false))
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+
+    let (svc, seen) = agent(vec![Ok(503), Ok(200)], None);
+    assert_eq!(
+        retry(config(Jitter::None))
+            .layer(svc)
+            .oneshot(post(true))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(seen.lock().unwrap().len(), 2);
+
+    // A reset may have reached the agent: not retried. A refused connection did not.
+    let (svc, seen) = agent(
+        vec![Err(std::io::ErrorKind::ConnectionReset), Ok(200)],
+        None,
+    );
+    assert!(retry(config(Jitter::None))
+        .layer(svc)
+        .oneshot(post(false))
+        .await
+        .is_err());
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    let (svc, seen) = agent(
+        vec![Err(std::io::ErrorKind::ConnectionRefused), Ok(200)],
+        None,
+    );
+    assert_eq!(
+        retry(config(Jitter::None))
+            .layer(svc)
+            .oneshot(post(false))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(seen.lock().unwrap().len(), 2);
+
+    // retry_non_idempotent lifts the guard.
+    let (svc, seen) = agent(vec![Ok(503), Ok(200)], None);
+    let cfg = RetryConfig {
+        retry_non_idempotent: true,
+        ..config(Jitter::None)
+    };
+    assert_eq!(
+        retry(cfg)
+            .layer(svc)
+            .oneshot(post(false))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bodies_over_the_replay_cap_are_sent_once() {
+    let big = http_body_util::Full::new(Bytes::from(vec![b'x'; 100_000]));
+    let body = RetryBody::buffer(big, 65_536).await.unwrap();
+    let req = Request::put("http://agent/x").body(body).unwrap();
+    let (svc, seen) = agent(vec![Ok(503), Ok(200)], None);
+    assert_eq!(
+        retry(config(Jitter::None))
+            .layer(svc)
+            .oneshot(req)
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+
+    let small = http_body_util::Full::new(Bytes::from(vec![b'x'; 65_536]));
+    let req = Request::put("http://agent/x")
+        .body(RetryBody::buffer(small, 65_536).await.unwrap())
+        .unwrap();
+    let (svc, seen) = agent(vec![Ok(503), Ok(200)], None);
+    assert_eq!(
+        retry(config(Jitter::None))
+            .layer(svc)
+            .oneshot(req)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_is_never_retried() {
+    let breaker = CircuitBreakerLayer::try_new("agent", CircuitBreakerConfig::default()).unwrap();
+    breaker.handle().force_open(None);
+    let (svc, seen) = agent(vec![Ok(200)], None);
+    let ledger = AttemptLedger::new();
+    let mut req = get();
+    req.extensions_mut().insert(ledger.clone());
+    let stack = retry(config(Jitter::None)).layer(breaker.layer(svc));
+    assert!(stack.oneshot(req).await.is_err());
+    assert_eq!(seen.lock().unwrap().len(), 0);
+    let records = ledger.records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].outcome, AttemptOutcome::Rejected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_backoff_past_the_deadline() {
+    let (svc, seen) = agent(vec![Ok(503), Ok(200)], None);
+    let mut req = get();
+    req.extensions_mut()
+        .insert(Deadline(Instant::now() + Duration::from_millis(99)));
+    assert_eq!(
+        retry(config(Jitter::None))
+            .layer(svc)
+            .oneshot(req)
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+
+    let (svc, seen) = agent(vec![Ok(503), Ok(200)], None);
+    let mut req = get();
+    req.extensions_mut()
+        .insert(Deadline(Instant::now() + Duration::from_millis(101)));
+    assert_eq!(
+        retry(config(Jitter::None))
+            .layer(svc)
+            .oneshot(req)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_allowance_is_shared_by_every_stage_of_a_query() {
+    let allowance = RetryAllowance::new(1);
+    let layer = retry(config(Jitter::None));
+    let (svc, seen) = agent(vec![Ok(503)], None);
+    for _ in 0..3 {
+        let mut req = get();
+        req.extensions_mut().insert(allowance.clone());
+        layer.layer(svc.clone()).oneshot(req).await.unwrap();
+    }
+    assert_eq!(seen.lock().unwrap().len(), 3 + 1);
+    assert_eq!(allowance.remaining(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_caps_retries() {
+    let cfg = RetryConfig {
+        max_attempts: 2,
+        budget_ratio: 0.0,
+        budget_min_per_sec: 1,
+        ..config(Jitter::None)
+    };
+    let layer = retry(cfg);
+    let (svc, seen) = agent(vec![Ok(503)], None);
+    for _ in 0..50 {
+        layer.layer(svc.clone()).oneshot(get()).await.unwrap();
+    }
+    let retries = seen.lock().unwrap().len() - 50;
+    // `min_per_sec = 1` over tower's 10 s window allows about 10 retries, not 50.
+    assert!((1..=15).contains(&retries), "{retries} retries");
+}
