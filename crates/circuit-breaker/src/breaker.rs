@@ -29,8 +29,26 @@ const NO_DEADLINE: u64 = 0;
 const FOREVER: u64 = u64::MAX;
 const EVENT_CAPACITY: usize = 256;
 
+/// One breaker: the shared [`Core`] and one reference-count domain per shard.
+///
+/// A call's response future must keep the breaker alive until it records its outcome.
+/// Cloning one `Arc` per call would make every core write the same reference count;
+/// instead each thread clones the `Arc<Shard>` of its own shard.
 #[derive(Debug)]
 pub(crate) struct Breaker {
+    core: Arc<Core>,
+    shards: Box<[Arc<Shard>]>,
+}
+
+/// What a response future holds: the core, and which shard of the window to count in.
+#[derive(Debug)]
+pub(crate) struct Shard {
+    core: Arc<Core>,
+    index: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct Core {
     name: Arc<str>,
     config: CircuitBreakerConfig,
     origin: Instant,
@@ -49,20 +67,23 @@ pub(crate) struct Breaker {
 /// What the breaker decided for one call, carried from `poll_ready` to the response.
 #[derive(Debug)]
 pub(crate) enum Admission {
-    /// Closed: the outcome is counted if the breaker is still in `generation`.
-    Closed { generation: u64 },
+    /// Closed: the outcome is counted if the breaker is still closed when it arrives.
+    Closed,
     /// Disabled: nothing is counted.
     Disabled,
     /// A half-open probe holding one permit.
     Probe(ProbePermit),
     /// Rejected without touching the inner service.
-    Rejected(CircuitOpen),
+    Rejected {
+        state: State,
+        retry_after: Option<Duration>,
+    },
 }
 
 /// One of the `half_open_max_calls` permits. Dropping it unused gives it back.
 #[derive(Debug)]
 pub(crate) struct ProbePermit {
-    breaker: Arc<Breaker>,
+    breaker: Arc<Core>,
     generation: u64,
     used: bool,
 }
@@ -76,6 +97,101 @@ impl Breaker {
         jitter: f64,
         rng: SmallRng,
     ) -> Self {
+        let core = Arc::new(Core::new(name, config, jitter, rng, shard_count()));
+        let shards = (0..core.window.shards())
+            .map(|index| {
+                Arc::new(Shard {
+                    core: core.clone(),
+                    index,
+                })
+            })
+            .collect();
+        Self { core, shards }
+    }
+
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// The calling thread's shard.
+    #[inline]
+    pub(crate) fn shard(&self) -> Arc<Shard> {
+        self.shards[thread_shard() & (self.shards.len() - 1)].clone()
+    }
+}
+
+/// Shards: the number of CPUs rounded up to a power of two, at most 16.
+fn shard_count() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .next_power_of_two()
+        .min(16)
+}
+
+/// A small number per thread, handed out in turn, so threads spread over the shards.
+#[inline]
+fn thread_shard() -> usize {
+    use std::cell::Cell;
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    SHARD.with(|s| {
+        let mut v = s.get();
+        if v == usize::MAX {
+            v = NEXT.fetch_add(1, Ordering::Relaxed);
+            s.set(v);
+        }
+        v
+    })
+}
+
+// === impl Shard ===
+
+impl Shard {
+    /// Records the outcome of an admitted call that finished: a probe's when it holds
+    /// a permit, else a closed-state call's.
+    ///
+    /// `start` is the call's [`Core::stamp`], or 0 when slow calls are not detected.
+    #[inline]
+    pub(crate) fn finish(
+        &self,
+        probe: Option<Box<ProbePermit>>,
+        classified: Classified,
+        start: u64,
+        now: impl FnOnce() -> Instant,
+    ) {
+        let admission = match probe {
+            Some(permit) => Admission::Probe(*permit),
+            None => Admission::Closed,
+        };
+        if start == 0 {
+            self.core
+                .finish(self.index, admission, classified, None, now);
+        } else {
+            let now = now();
+            let elapsed = Duration::from_nanos(self.core.nanos(now).saturating_sub(start - 1));
+            self.core
+                .finish(self.index, admission, classified, Some(elapsed), || now);
+        }
+    }
+
+    pub(crate) fn core(&self) -> &Core {
+        &self.core
+    }
+}
+
+// === impl Core ===
+
+impl Core {
+    fn new(
+        name: Arc<str>,
+        config: CircuitBreakerConfig,
+        jitter: f64,
+        rng: SmallRng,
+        shards: usize,
+    ) -> Self {
         let origin = Instant::now();
         let machine = Machine::new(
             config.open_duration,
@@ -85,7 +201,7 @@ impl Breaker {
             rng,
         );
         Self {
-            window: Window::new(config.window, origin),
+            window: Window::new(config.window, origin, shards),
             metrics: Metrics::new(&name),
             events: broadcast::channel(EVENT_CAPACITY).0,
             name,
@@ -107,6 +223,7 @@ impl Breaker {
         &self.config
     }
 
+    #[inline]
     pub(crate) fn slow_calls_enabled(&self) -> bool {
         self.config.slow_calls_enabled()
     }
@@ -115,6 +232,14 @@ impl Breaker {
         self.events.subscribe()
     }
 
+    /// A call's start as nanoseconds since the breaker was built, plus one (so that 0
+    /// can mean "not timed"): eight plain bytes in the response future.
+    #[inline]
+    pub(crate) fn stamp(&self, now: Instant) -> u64 {
+        self.nanos(now) + 1
+    }
+
+    #[inline]
     fn nanos(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.origin).as_nanos() as u64
     }
@@ -127,27 +252,28 @@ impl Breaker {
 
     /// Decides for one call. `now` is read only when the breaker is not closed, so the
     /// closed path costs one atomic load.
+    #[inline]
     pub(crate) fn admit(self: &Arc<Self>, now: impl FnOnce() -> Instant) -> Admission {
         let word = self.word.load(Ordering::Acquire);
         match State::from_index(word & STATE_MASK) {
-            State::Closed => Admission::Closed {
-                generation: word >> STATE_BITS,
-            },
+            State::Closed => Admission::Closed,
             State::Disabled => Admission::Disabled,
             state @ (State::Open | State::ForcedOpen) => {
                 let until = self.reject_until.load(Ordering::Acquire);
                 if until == FOREVER {
-                    return Admission::Rejected(CircuitOpen::new(self.name.clone(), state, None));
+                    return Admission::Rejected {
+                        state,
+                        retry_after: None,
+                    };
                 }
                 let now = now();
                 let at = self.nanos(now);
                 if at < until {
                     let left = Duration::from_nanos(until - at);
-                    return Admission::Rejected(CircuitOpen::new(
-                        self.name.clone(),
+                    return Admission::Rejected {
                         state,
-                        Some(left),
-                    ));
+                        retry_after: Some(left),
+                    };
                 }
                 self.admit_slow(now)
             }
@@ -160,50 +286,50 @@ impl Breaker {
         self.advance(&mut m, now);
         match m.decide(now) {
             Decision::Pass(State::Disabled) => Admission::Disabled,
-            Decision::Pass(_) => Admission::Closed {
-                generation: m.generation(),
-            },
+            Decision::Pass(_) => Admission::Closed,
             Decision::Probe { generation } => Admission::Probe(ProbePermit {
                 breaker: self.clone(),
                 generation,
                 used: false,
             }),
-            Decision::Reject { state, retry_after } => {
-                Admission::Rejected(CircuitOpen::new(self.name.clone(), state, retry_after))
-            }
+            Decision::Reject { state, retry_after } => Admission::Rejected { state, retry_after },
         }
     }
 
-    /// Whether a closed admission of `generation` is still current.
-    pub(crate) fn is_current(&self, generation: u64) -> bool {
-        self.word.load(Ordering::Acquire) >> STATE_BITS == generation
+    /// Whether the breaker is closed right now (one atomic load).
+    #[inline]
+    pub(crate) fn is_closed(&self) -> bool {
+        self.word.load(Ordering::Acquire) & STATE_MASK == State::Closed.index() as u64
     }
 
-    pub(crate) fn count_rejected(&self) {
+    /// Counts a rejection and builds its error.
+    pub(crate) fn reject(&self, state: State, retry_after: Option<Duration>) -> CircuitOpen {
         self.rejected.fetch_add(1, Ordering::Relaxed);
         self.metrics.rejected();
+        CircuitOpen::new(self.name.clone(), state, retry_after)
     }
 
-    /// Records the outcome of an admitted call that finished.
+    /// Records the outcome of an admitted call that finished, counting it in `shard`.
+    #[inline]
     pub(crate) fn finish(
         &self,
+        shard: usize,
         admission: Admission,
         classified: Classified,
         elapsed: Option<Duration>,
         now: impl FnOnce() -> Instant,
     ) {
         match admission {
-            Admission::Closed { generation } => {
-                self.record_closed(generation, classified, elapsed, now)
-            }
+            Admission::Closed => self.record_closed(shard, classified, elapsed, now),
             Admission::Probe(mut permit) => {
                 permit.used = true;
                 self.record_probe(permit.generation, classified, elapsed, now());
             }
-            Admission::Disabled | Admission::Rejected(_) => {}
+            Admission::Disabled | Admission::Rejected { .. } => {}
         }
     }
 
+    #[inline]
     fn retry_after_trip(&self, classified: &Classified) -> Option<Duration> {
         if !self.config.open_on_retry_after {
             return None;
@@ -214,13 +340,15 @@ impl Breaker {
             .filter(|d| !d.is_zero())
     }
 
+    #[inline]
     fn is_slow(&self, elapsed: Option<Duration>) -> bool {
         self.slow_calls_enabled() && elapsed.is_some_and(|e| e > self.config.slow_call_duration)
     }
 
+    #[inline]
     fn record_closed(
         &self,
-        generation: u64,
+        shard: usize,
         classified: Classified,
         elapsed: Option<Duration>,
         now: impl FnOnce() -> Instant,
@@ -231,12 +359,16 @@ impl Breaker {
             // Our own rejections and cancellations say nothing about the agent.
             Outcome::Failure(_) => return,
         };
-        if !self.is_current(generation) {
+        // A call admitted before a trip that ends after it says nothing new; one that
+        // ends in a later closed period is a fresh outcome and counts there.
+        let word = self.word.load(Ordering::Acquire);
+        if word & STATE_MASK != State::Closed.index() as u64 {
             return;
         }
+        let generation = word >> STATE_BITS;
         let slow = self.is_slow(elapsed);
         let now = now();
-        self.window.record(now, failure, slow);
+        self.window.record(shard, now, failure, slow);
 
         if let Some(open_for) = self.retry_after_trip(&classified) {
             self.trip(generation, Reason::RetryAfter, Some(open_for), now);
@@ -418,13 +550,14 @@ mod tests {
     use proptest::prelude::*;
     use rand::SeedableRng;
 
-    fn breaker(config: CircuitBreakerConfig) -> Arc<Breaker> {
+    fn breaker(config: CircuitBreakerConfig) -> Arc<Core> {
         config.validate().unwrap();
-        Arc::new(Breaker::new(
+        Arc::new(Core::new(
             "t".into(),
             config,
             0.0,
             SmallRng::seed_from_u64(1),
+            2,
         ))
     }
 
@@ -436,17 +569,17 @@ mod tests {
     }
 
     /// Admits and finishes one call at `now`.
-    fn run(b: &Arc<Breaker>, now: Instant, outcome: Classified) -> bool {
+    fn run(b: &Arc<Core>, now: Instant, outcome: Classified) -> bool {
         match b.admit(|| now) {
-            Admission::Rejected(_) => false,
+            Admission::Rejected { .. } => false,
             a => {
-                b.finish(a, outcome, None, || now);
+                b.finish(0, a, outcome, None, || now);
                 true
             }
         }
     }
 
-    fn state(b: &Breaker, now: Instant) -> State {
+    fn state(b: &Core, now: Instant) -> State {
         b.snapshot(now).state
     }
 
@@ -505,11 +638,11 @@ mod tests {
         let fast = Some(Duration::from_millis(100)); // not slower than the limit
         for elapsed in [fast, slow, slow] {
             let a = b.admit(|| t0);
-            b.finish(a, OK, elapsed, || t0);
+            b.finish(1, a, OK, elapsed, || t0);
         }
         assert_eq!(state(&b, t0), State::Closed);
         let a = b.admit(|| t0);
-        b.finish(a, OK, slow, || t0);
+        b.finish(0, a, OK, slow, || t0);
         assert_eq!(b.snapshot(t0).trip_reason, Some(Reason::Slow));
     }
 
@@ -702,7 +835,7 @@ mod tests {
                 match op {
                     Op::Admit => {
                         let a = b.admit(|| now);
-                        if !matches!(a, Admission::Rejected(_)) {
+                        if !matches!(a, Admission::Rejected { .. }) {
                             open.push(a);
                         }
                     }
@@ -712,7 +845,7 @@ mod tests {
                         if let Admission::Probe(p) = &a {
                             probe_succeeded = outcome == OK && p.generation == b.lock().generation();
                         }
-                        b.finish(a, outcome, None, || now);
+                        b.finish(i % 2, a, outcome, None, || now);
                     }
                     Op::Drop(i) if !open.is_empty() => {
                         drop(open.swap_remove(i % open.len()));
@@ -749,9 +882,9 @@ mod tests {
                 let probe = b.admit(|| now);
                 match (snap.state, &probe) {
                     (State::Closed, Admission::Closed { .. }) | (State::Disabled, Admission::Disabled) => {}
-                    (State::Open | State::ForcedOpen, Admission::Rejected(e)) => prop_assert_eq!(e.state(), snap.state),
+                    (State::Open | State::ForcedOpen, Admission::Rejected { state, .. }) => prop_assert_eq!(*state, snap.state),
                     (State::HalfOpen, Admission::Probe(_)) => prop_assert!(live_probes < max_probes as usize),
-                    (State::HalfOpen, Admission::Rejected(_)) => prop_assert_eq!(live_probes, max_probes as usize),
+                    (State::HalfOpen, Admission::Rejected { .. }) => prop_assert_eq!(live_probes, max_probes as usize),
                     (s, a) => prop_assert!(false, "snapshot says {:?}, call met {:?}", s, a),
                 }
                 drop(probe);

@@ -121,6 +121,7 @@ impl CircuitBreakerConfig {
         Ok(())
     }
 
+    #[inline]
     pub(crate) fn slow_calls_enabled(&self) -> bool {
         !self.slow_call_duration.is_zero()
     }

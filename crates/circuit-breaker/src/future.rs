@@ -10,7 +10,7 @@ use agentgate_classify::{BoxError, Classify};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
-use crate::breaker::{Admission, Breaker};
+use crate::breaker::{ProbePermit, Shard};
 use crate::CircuitOpen;
 
 pin_project! {
@@ -40,11 +40,16 @@ pin_project! {
 }
 
 /// Carries the admission from `call` to the outcome.
+///
+/// Kept to three plain words: it is written on every call.
 pub(crate) struct Recorder<C> {
-    breaker: Arc<Breaker>,
-    admission: Admission,
-    start: Option<Instant>,
-    classifier: C,
+    pub(crate) shard: Arc<Shard>,
+    /// The half-open permit this call holds, if it is a probe (rare: boxed).
+    pub(crate) probe: Option<Box<ProbePermit>>,
+    /// [`Core::stamp`](crate::breaker::Core::stamp) of the call's start when slow calls
+    /// are detected, else 0.
+    pub(crate) start: u64,
+    pub(crate) classifier: C,
 }
 
 // === impl ResponseFuture ===
@@ -97,27 +102,13 @@ impl<F, C> fmt::Debug for ResponseFuture<F, C> {
 // === impl Recorder ===
 
 impl<C> Recorder<C> {
-    pub(crate) fn new(
-        breaker: Arc<Breaker>,
-        admission: Admission,
-        start: Option<Instant>,
-        classifier: C,
-    ) -> Self {
-        Self {
-            breaker,
-            admission,
-            start,
-            classifier,
-        }
-    }
-
+    #[inline]
     fn finish<T>(self, result: &Result<T, BoxError>)
     where
         C: Classify<T>,
     {
         let classified = self.classifier.classify(result);
-        let elapsed = self.start.map(|s| s.elapsed());
-        self.breaker
-            .finish(self.admission, classified, elapsed, Instant::now);
+        self.shard
+            .finish(self.probe, classified, self.start, Instant::now);
     }
 }

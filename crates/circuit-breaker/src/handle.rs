@@ -4,14 +4,14 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::breaker::{Breaker, Manual};
+use crate::breaker::{Core, Manual};
 use crate::{CircuitBreakerConfig, Reason, State};
 
 /// Reads and steers one breaker from outside the request path (the admin API, the
 /// dashboard, metrics). Cheap to clone; every clone sees the same breaker.
 #[derive(Clone, Debug)]
 pub struct CircuitBreakerHandle {
-    breaker: Arc<Breaker>,
+    breaker: Arc<Core>,
 }
 
 /// A consistent view of a breaker at one instant.
@@ -89,7 +89,7 @@ pub struct ManualChange {
 // === impl CircuitBreakerHandle ===
 
 impl CircuitBreakerHandle {
-    pub(crate) fn new(breaker: Arc<Breaker>) -> Self {
+    pub(crate) fn new(breaker: Arc<Core>) -> Self {
         Self { breaker }
     }
 

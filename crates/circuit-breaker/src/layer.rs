@@ -63,7 +63,7 @@ impl<C> CircuitBreakerLayer<C> {
 
     /// A handle to read and steer this breaker.
     pub fn handle(&self) -> CircuitBreakerHandle {
-        CircuitBreakerHandle::new(self.breaker.clone())
+        CircuitBreakerHandle::new(self.breaker.core().clone())
     }
 
     pub(crate) fn breaker(&self) -> &Arc<Breaker> {
@@ -86,8 +86,8 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
 impl<C> fmt::Debug for CircuitBreakerLayer<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerLayer")
-            .field("agent", self.breaker.name())
-            .field("config", self.breaker.config())
+            .field("agent", self.breaker.core().name())
+            .field("config", self.breaker.core().config())
             .finish()
     }
 }

@@ -6,7 +6,7 @@ use agentgate_classify::{BoxError, Classify};
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::breaker::{Admission, Breaker};
+use crate::breaker::{Admission, Breaker, ProbePermit};
 use crate::future::{Recorder, ResponseFuture};
 use crate::{CircuitBreakerHandle, CircuitBreakerLayer};
 
@@ -56,7 +56,7 @@ impl<S, C> CircuitBreaker<S, C> {
 
     /// A handle to this service's breaker.
     pub fn handle(&self) -> CircuitBreakerHandle {
-        CircuitBreakerHandle::new(self.breaker.clone())
+        CircuitBreakerHandle::new(self.breaker.core().clone())
     }
 }
 
@@ -73,57 +73,71 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // A probe permit already held is kept while the inner service gets ready;
         // any other decision is cheap to take again and must not go stale.
-        let admission = match self.admission.take() {
-            Some(probe @ Admission::Probe(_)) => probe,
-            _ => self.breaker.admit(Instant::now),
-        };
-        if let Admission::Rejected(_) = admission {
-            // Fail fast: never wait on (or even poll) a backend the breaker has given up on.
+        if !matches!(self.admission, Some(Admission::Probe(_))) {
+            let admission = self.breaker.core().admit(Instant::now);
+            if let Admission::Rejected { .. } = admission {
+                // Fail fast: never wait on (or even poll) a backend the breaker has given up on.
+                self.admission = Some(admission);
+                return Poll::Ready(Ok(()));
+            }
             self.admission = Some(admission);
-            return Poll::Ready(Ok(()));
         }
         match self.inner.poll_ready(cx) {
-            Poll::Ready(Ok(())) => {
-                self.admission = Some(admission);
-                Poll::Ready(Ok(()))
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => {
+                // Gives back a probe permit, if one was held.
+                self.admission = None;
+                Poll::Ready(Err(e.into()))
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
-            Poll::Pending => {
-                self.admission = Some(admission);
-                Poll::Pending
-            }
+            Poll::Pending => Poll::Pending,
         }
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let mut admission = self
+        // The closed path, by far the most common, only looks at the decision's tag.
+        if let Some(Admission::Closed) = self.admission {
+            self.admission = None;
+            // The breaker may have tripped since poll_ready: then decide again.
+            if self.breaker.core().is_closed() {
+                return self.called(req, None);
+            }
+            self.admission = Some(self.breaker.core().admit(Instant::now));
+        }
+        let admission = self
             .admission
             .take()
             .expect("CircuitBreaker::call without a successful poll_ready");
-        if let Admission::Closed { generation } = admission {
-            // The breaker may have tripped since poll_ready: decide again (one atomic
-            // load when nothing changed).
-            if !self.breaker.is_current(generation) {
-                admission = self.breaker.admit(Instant::now);
-            }
-        }
         match admission {
-            Admission::Rejected(err) => {
-                self.breaker.count_rejected();
-                ResponseFuture::rejected(err)
-            }
+            Admission::Closed => self.called(req, None),
+            Admission::Probe(permit) => self.called(req, Some(permit)),
             Admission::Disabled => ResponseFuture::called(self.inner.call(req), None),
-            admission => {
-                let start = self.breaker.slow_calls_enabled().then(Instant::now);
-                let recorder = Recorder::new(
-                    self.breaker.clone(),
-                    admission,
-                    start,
-                    self.classifier.clone(),
-                );
-                ResponseFuture::called(self.inner.call(req), Some(recorder))
+            Admission::Rejected { state, retry_after } => {
+                ResponseFuture::rejected(self.breaker.core().reject(state, retry_after))
             }
         }
+    }
+}
+
+impl<S, C: Clone> CircuitBreaker<S, C> {
+    /// Calls the inner service, recording the outcome when it finishes.
+    #[inline]
+    fn called<Req>(&mut self, req: Req, probe: Option<ProbePermit>) -> ResponseFuture<S::Future, C>
+    where
+        S: Service<Req>,
+    {
+        let shard = self.breaker.shard();
+        let start = if shard.core().slow_calls_enabled() {
+            shard.core().stamp(Instant::now())
+        } else {
+            0
+        };
+        let recorder = Recorder {
+            shard,
+            probe: probe.map(Box::new),
+            start,
+            classifier: self.classifier.clone(),
+        };
+        ResponseFuture::called(self.inner.call(req), Some(recorder))
     }
 }
 
@@ -142,7 +156,7 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
 impl<S: fmt::Debug, C> fmt::Debug for CircuitBreaker<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreaker")
-            .field("agent", self.breaker.name())
+            .field("agent", self.breaker.core().name())
             .field("inner", &self.inner)
             .field("admission", &self.admission)
             .finish()

@@ -1,9 +1,17 @@
-//! A lock-free, time-based sliding window of call counts.
+//! A lock-free, time-based sliding window of call counts, sharded so that threads do
+//! not fight over one cache line.
 //!
-//! The window is split into `n` buckets of equal width. Each counter packs the index of
-//! the bucket interval it belongs to (24 bits) with the count (40 bits) in one `AtomicU64`,
-//! so moving a bucket to a new interval and counting into it is one compare-and-swap:
-//! no lock, no lost reset, no count carried over from an old interval.
+//! Time is cut into buckets of `2^shift` nanoseconds (about a twentieth of the window,
+//! so no division on the hot path). Each counter packs the index of the bucket interval
+//! it belongs to (24 bits) with the count (40 bits) in one `AtomicU64`, so moving a
+//! bucket to a new interval and counting into it is one compare-and-swap: no lock, no
+//! count carried over from an old interval. Every shard has its own buckets on its own
+//! cache lines; reading the window sums the shards.
+//!
+//! Counting is a relaxed load and store, not a locked read-modify-write: threads are
+//! spread over the shards (one shard per CPU), so two threads rarely count into the same
+//! shard at the same instant, and when they do one count is lost — a statistical window
+//! can afford that, the hot path cannot afford a locked instruction per call.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,6 +21,8 @@ use tokio::time::Instant;
 const COUNT_BITS: u32 = 40;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 const TAG_MASK: u64 = (1 << 24) - 1;
+/// Buckets per window (at least; rounding bucket widths to powers of two gives 20–40).
+const BUCKETS_PER_WINDOW: u128 = 20;
 
 /// Sums over the live buckets of the window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -22,18 +32,29 @@ pub(crate) struct Totals {
     pub(crate) slow: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Bucket {
     calls: AtomicU64,
     failures: AtomicU64,
     slow: AtomicU64,
 }
 
+/// One shard's buckets, aligned so two shards never share a cache line.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard {
+    buckets: Box<[Bucket]>,
+}
+
 #[derive(Debug)]
 pub(crate) struct Window {
     origin: Instant,
-    bucket_nanos: u64,
-    buckets: Box<[Bucket]>,
+    shift: u32,
+    /// Buckets that are still inside the window, counting the current one.
+    live: u64,
+    /// `slots - 1`, slots being a power of two ≥ `live`.
+    slot_mask: u64,
+    shards: Box<[Shard]>,
 }
 
 // === impl Totals ===
@@ -59,34 +80,44 @@ fn ratio(part: u64, whole: u64) -> f64 {
 // === impl Window ===
 
 impl Window {
-    /// A window of length `window`, one bucket per second between 10 and 120 buckets.
-    pub(crate) fn new(window: Duration, origin: Instant) -> Self {
-        let n = window.as_secs().clamp(10, 120);
-        let bucket_nanos = (window.as_nanos() / u128::from(n)).max(1) as u64;
-        let buckets = (0..n)
-            .map(|_| Bucket {
-                calls: AtomicU64::new(0),
-                failures: AtomicU64::new(0),
-                slow: AtomicU64::new(0),
+    /// A window of length `window` with `shards` shards (a power of two).
+    pub(crate) fn new(window: Duration, origin: Instant, shards: usize) -> Self {
+        let target = (window.as_nanos() / BUCKETS_PER_WINDOW).max(1);
+        let shift = (u128::BITS - 1 - target.leading_zeros()).min(40);
+        let width = 1u128 << shift;
+        let live = window.as_nanos().div_ceil(width).max(1) as u64;
+        let slots = live.next_power_of_two();
+        let shards = (0..shards.max(1))
+            .map(|_| Shard {
+                buckets: (0..slots).map(|_| Bucket::default()).collect(),
             })
             .collect();
         Self {
             origin,
-            bucket_nanos,
-            buckets,
+            shift,
+            live,
+            slot_mask: slots - 1,
+            shards,
         }
     }
 
-    fn interval(&self, now: Instant) -> u64 {
-        // u64 nanoseconds last 584 years; u64 division is much cheaper than u128.
-        let nanos = now.saturating_duration_since(self.origin).as_nanos() as u64;
-        nanos / self.bucket_nanos
+    pub(crate) fn shards(&self) -> usize {
+        self.shards.len()
     }
 
-    /// Counts one call that finished at `now`.
-    pub(crate) fn record(&self, now: Instant, failure: bool, slow: bool) {
+    #[inline]
+    fn interval(&self, now: Instant) -> u64 {
+        // u64 nanoseconds last 584 years.
+        let nanos = now.saturating_duration_since(self.origin).as_nanos() as u64;
+        nanos >> self.shift
+    }
+
+    /// Counts one call that finished at `now`, in shard `shard`.
+    #[inline]
+    pub(crate) fn record(&self, shard: usize, now: Instant, failure: bool, slow: bool) {
         let interval = self.interval(now);
-        let bucket = &self.buckets[(interval % self.buckets.len() as u64) as usize];
+        let shard = &self.shards[shard & (self.shards.len() - 1)];
+        let bucket = &shard.buckets[(interval & self.slot_mask) as usize];
         let tag = interval & TAG_MASK;
         bump(&bucket.calls, tag);
         if failure {
@@ -100,17 +131,16 @@ impl Window {
     /// The counts of the calls that finished within the window ending at `now`.
     pub(crate) fn totals(&self, now: Instant) -> Totals {
         let current = self.interval(now) & TAG_MASK;
-        let n = self.buckets.len() as u64;
         let live = |v: u64| {
             let age = current.wrapping_sub(v >> COUNT_BITS) & TAG_MASK;
-            if age < n {
+            if age < self.live {
                 v & COUNT_MASK
             } else {
                 0
             }
         };
         let mut t = Totals::default();
-        for b in self.buckets.iter() {
+        for b in self.shards.iter().flat_map(|s| s.buckets.iter()) {
             t.calls += live(b.calls.load(Ordering::Relaxed));
             t.failures += live(b.failures.load(Ordering::Relaxed));
             t.slow += live(b.slow.load(Ordering::Relaxed));
@@ -120,7 +150,7 @@ impl Window {
 
     /// Forgets every call (on closing).
     pub(crate) fn clear(&self) {
-        for b in self.buckets.iter() {
+        for b in self.shards.iter().flat_map(|s| s.buckets.iter()) {
             // Tag 0 with count 0 reads as zero whatever the tag's age.
             b.calls.store(0, Ordering::Relaxed);
             b.failures.store(0, Ordering::Relaxed);
@@ -129,19 +159,15 @@ impl Window {
     }
 }
 
+#[inline]
 fn bump(counter: &AtomicU64, tag: u64) {
-    let mut cur = counter.load(Ordering::Relaxed);
-    loop {
-        let next = if cur >> COUNT_BITS == tag {
-            cur + 1
-        } else {
-            (tag << COUNT_BITS) | 1
-        };
-        match counter.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return,
-            Err(actual) => cur = actual,
-        }
-    }
+    let cur = counter.load(Ordering::Relaxed);
+    let next = if cur >> COUNT_BITS == tag {
+        cur + 1
+    } else {
+        (tag << COUNT_BITS) | 1
+    };
+    counter.store(next, Ordering::Relaxed);
 }
 
 #[cfg(test)]
@@ -149,12 +175,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn buckets_are_about_a_twentieth_of_the_window() {
+        let w = Window::new(Duration::from_secs(30), Instant::now(), 1);
+        // 2^30 ns ≈ 1.07 s buckets, 28 of them cover 30 s.
+        assert_eq!((w.shift, w.live, w.slot_mask), (30, 28, 31));
+        let w = Window::new(Duration::from_millis(10), Instant::now(), 1);
+        assert!(w.live >= 20 && w.live <= 40, "{}", w.live);
+    }
+
+    #[test]
     fn counts_slide_out_of_the_window() {
         let t0 = Instant::now();
-        let w = Window::new(Duration::from_secs(10), t0);
-        w.record(t0, true, false);
-        w.record(t0 + Duration::from_millis(500), false, true);
-        w.record(t0 + Duration::from_secs(5), false, false);
+        let w = Window::new(Duration::from_secs(10), t0, 4);
+        let width = Duration::from_nanos(1 << w.shift); // ≈ 0.54 s
+        w.record(0, t0, true, false);
+        w.record(1, t0 + width / 2, false, true);
+        w.record(2, t0 + Duration::from_secs(5), false, false);
         let t = w.totals(t0 + Duration::from_secs(5));
         assert_eq!(
             t,
@@ -164,12 +200,13 @@ mod tests {
                 slow: 1
             }
         );
-        // Bucket 0 ([0s, 1s)) leaves the window once we are in bucket 10.
-        assert_eq!(w.totals(t0 + Duration::from_millis(9_999)).calls, 3);
-        assert_eq!(w.totals(t0 + Duration::from_secs(10)).calls, 1);
+        // Bucket 0 leaves once we are `live` buckets further on.
+        let window = width * w.live as u32;
+        assert_eq!(w.totals(t0 + window - Duration::from_nanos(1)).calls, 3);
+        assert_eq!(w.totals(t0 + window).calls, 1);
         assert_eq!(w.totals(t0 + Duration::from_secs(16)).calls, 0);
         // A bucket reused for a new interval starts from zero.
-        w.record(t0 + Duration::from_secs(20), false, false);
+        w.record(3, t0 + Duration::from_secs(20), false, false);
         assert_eq!(
             w.totals(t0 + Duration::from_secs(20)),
             Totals {
@@ -183,17 +220,18 @@ mod tests {
     }
 
     #[test]
-    fn concurrent_records_are_not_lost() {
+    fn one_writer_per_shard_loses_nothing() {
         let t0 = Instant::now();
-        let w = std::sync::Arc::new(Window::new(Duration::from_secs(30), t0));
+        let w = std::sync::Arc::new(Window::new(Duration::from_secs(30), t0, 4));
         let threads: Vec<_> = (0..4)
             .map(|i| {
                 let w = w.clone();
                 std::thread::spawn(move || {
                     for j in 0..10_000u64 {
                         w.record(
+                            i,
                             t0 + Duration::from_millis(j % 3000),
-                            (i + j) % 2 == 0,
+                            (i as u64 + j) % 2 == 0,
                             false,
                         );
                     }
