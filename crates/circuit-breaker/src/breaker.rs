@@ -120,12 +120,11 @@ impl Breaker {
     }
 }
 
-/// Shards: the number of CPUs rounded up to a power of two, at most 16.
+/// Shards: four per CPU (so threads that outnumber CPUs rarely share one), rounded up to
+/// a power of two, between 4 and 64.
 fn shard_count() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .next_power_of_two()
-        .min(16)
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cpus * 4).next_power_of_two().clamp(4, 64)
 }
 
 /// A small number per thread, handed out in turn, so threads spread over the shards.
@@ -881,7 +880,7 @@ mod tests {
                 prop_assert_eq!(snap.half_open_in_flight as usize, if snap.state == State::HalfOpen { live_probes } else { 0 });
                 let probe = b.admit(|| now);
                 match (snap.state, &probe) {
-                    (State::Closed, Admission::Closed { .. }) | (State::Disabled, Admission::Disabled) => {}
+                    (State::Closed, Admission::Closed) | (State::Disabled, Admission::Disabled) => {}
                     (State::Open | State::ForcedOpen, Admission::Rejected { state, .. }) => prop_assert_eq!(*state, snap.state),
                     (State::HalfOpen, Admission::Probe(_)) => prop_assert!(live_probes < max_probes as usize),
                     (State::HalfOpen, Admission::Rejected { .. }) => prop_assert_eq!(live_probes, max_probes as usize),
