@@ -41,7 +41,10 @@ pub(crate) struct Breaker {
 }
 
 /// What a response future holds: the core, and which shard of the window to count in.
+///
+/// Aligned so that the reference counts of two shards never share a cache line.
 #[derive(Debug)]
+#[repr(align(128))]
 pub(crate) struct Shard {
     core: Arc<Core>,
     index: usize,
