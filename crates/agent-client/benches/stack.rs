@@ -1,2 +1,288 @@
-//! Placeholder until the stack bench lands.
-fn main() {}
+//! What agentgate's stack costs per call.
+//!
+//! - `stack/bare` vs `stack/full`: the full stack (progress → metrics → retry → circuit
+//!   breaker → timeout) around an always-ready in-memory service, against that service
+//!   alone. Target: ≤ 1 µs/call of overhead.
+//! - `client/bare_hyper` vs `client/agentgate`: 64 concurrent requests at a time through
+//!   a bare hyper-util client and through `AgentClient`, against the same local hyper
+//!   server. Target: agentgate ≥ 0.95× the bare client's throughput.
+//!
+//! With `ABLATE=1` the client group also runs the stack built up one layer at a time
+//! (client, + timeout, + breaker, + metrics, + retry, full), to show what each costs.
+#![allow(missing_docs)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use agentgate_agent_client::{
+    stack, AgentClient, AgentConfig, AgentMetrics, HttpClient, StackParts,
+};
+use agentgate_circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
+use agentgate_retry::{RetryBody, RetryConfig, RetryPolicy};
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tower::Service;
+
+/// Polls a future that is expected to be ready at once.
+fn now<F: Future>(fut: F) -> F::Output {
+    let waker = std::task::Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    match pin!(fut).poll(&mut cx) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("in-memory call was not ready at once"),
+    }
+}
+
+fn one_call<S>(svc: &mut S) -> Response<()>
+where
+    S: Service<Request<RetryBody>, Response = Response<()>>,
+    S::Error: std::fmt::Debug,
+{
+    match svc.poll_ready(&mut Context::from_waker(std::task::Waker::noop())) {
+        Poll::Ready(Ok(())) => {}
+        _ => panic!("not ready"),
+    }
+    let req = Request::get("http://agent/process")
+        .body(RetryBody::empty())
+        .unwrap();
+    now(svc.call(req)).unwrap()
+}
+
+fn in_memory_stack(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let inner = tower::service_fn(|_req: Request<RetryBody>| {
+        std::future::ready(Ok::<_, Infallible>(Response::new(())))
+    });
+    let parts = StackParts {
+        metrics: Arc::new(AgentMetrics::new("bench")),
+        retry: RetryPolicy::try_new("bench", RetryConfig::default()).unwrap(),
+        breaker: CircuitBreakerLayer::try_new("bench", CircuitBreakerConfig::default()).unwrap(),
+        timeout: Duration::from_secs(30),
+    };
+    let mut full = stack(&parts, inner);
+    let mut bare = inner;
+
+    let mut group = c.benchmark_group("stack");
+    group
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(30);
+    group.bench_function("bare", |b| {
+        b.iter(|| std::hint::black_box(one_call(&mut bare)))
+    });
+    group.bench_function("full", |b| {
+        b.iter(|| std::hint::black_box(one_call(&mut full)))
+    });
+    group.finish();
+    assert_eq!(
+        parts.breaker.handle().snapshot().state,
+        agentgate_circuit_breaker::State::Closed
+    );
+}
+
+/// A local hyper server answering `{}` to everything, on its own thread and runtime.
+fn start_server() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+const CONCURRENCY: usize = 64;
+
+/// Runs `total` GETs, `CONCURRENCY` at a time, through `send`; returns the elapsed time.
+async fn run<F, Fut>(total: u64, send: F) -> Duration
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let start = tokio::time::Instant::now();
+    let per_task = total.div_ceil(CONCURRENCY as u64);
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let send = send.clone();
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    send().await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    start.elapsed()
+}
+
+fn through_hyper(c: &mut Criterion) {
+    let addr = start_server();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url: http::Uri = format!("http://{addr}/echo").parse().unwrap();
+
+    let bare: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build_http();
+    let agent = rt.block_on(async {
+        let mut cfg = AgentConfig::new(format!("http://{addr}").parse().unwrap());
+        if std::env::var("NO_RETRY").is_ok() {
+            cfg.retry.max_attempts = 1;
+        }
+        AgentClient::new("bench-http", cfg).unwrap()
+    });
+
+    let mut group = c.benchmark_group("client");
+    group
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(20);
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("bare_hyper", |b| {
+        b.iter_custom(|iters| {
+            let (bare, url) = (bare.clone(), url.clone());
+            rt.block_on(run(iters, move || {
+                let (bare, url) = (bare.clone(), url.clone());
+                async move {
+                    let req = Request::get(url).body(RetryBody::empty()).unwrap();
+                    let res = bare.request(req).await.unwrap();
+                    res.into_body().collect().await.unwrap();
+                }
+            }))
+        })
+    });
+    group.bench_function("agentgate", |b| {
+        b.iter_custom(|iters| {
+            let agent = agent.clone();
+            rt.block_on(run(iters, move || {
+                let agent = agent.clone();
+                async move {
+                    let req = Request::get("/echo").body(RetryBody::empty()).unwrap();
+                    let res = agent.send(req).await.unwrap();
+                    res.into_body().collect().await.unwrap();
+                }
+            }))
+        })
+    });
+    if std::env::var("ABLATE").is_ok() {
+        use tower::util::BoxCloneSyncService;
+        use tower::{ServiceBuilder, ServiceExt};
+        type Svc = BoxCloneSyncService<
+            Request<RetryBody>,
+            Response<Incoming>,
+            agentgate_classify::BoxError,
+        >;
+        let shared = agentgate_agent_client::SharedClient::new(bare.clone());
+        let parts = StackParts {
+            metrics: Arc::new(AgentMetrics::new("abl")),
+            retry: RetryPolicy::try_new("abl", RetryConfig::default()).unwrap(),
+            breaker: CircuitBreakerLayer::try_new("abl", CircuitBreakerConfig::default()).unwrap(),
+            timeout: Duration::from_secs(30),
+        };
+        let t = Duration::from_secs(30);
+        let variants: Vec<(&str, Svc)> = vec![
+            (
+                "a_client",
+                BoxCloneSyncService::new(
+                    ServiceBuilder::new()
+                        .map_err(Into::<agentgate_classify::BoxError>::into)
+                        .service(shared.clone()),
+                ),
+            ),
+            (
+                "b_timeout",
+                BoxCloneSyncService::new(ServiceBuilder::new().timeout(t).service(shared.clone())),
+            ),
+            (
+                "c_breaker",
+                BoxCloneSyncService::new(
+                    ServiceBuilder::new()
+                        .layer(parts.breaker.clone())
+                        .timeout(t)
+                        .service(shared.clone()),
+                ),
+            ),
+            (
+                "d_metrics",
+                BoxCloneSyncService::new(
+                    ServiceBuilder::new()
+                        .layer(agentgate_agent_client::AgentMetricsLayer::new(
+                            parts.metrics.clone(),
+                        ))
+                        .layer(parts.breaker.clone())
+                        .timeout(t)
+                        .service(shared.clone()),
+                ),
+            ),
+            (
+                "e_retry",
+                BoxCloneSyncService::new(
+                    ServiceBuilder::new()
+                        .layer(agentgate_retry::RetryLayer::new(parts.retry.clone()))
+                        .layer(agentgate_agent_client::AgentMetricsLayer::new(
+                            parts.metrics.clone(),
+                        ))
+                        .layer(parts.breaker.clone())
+                        .timeout(t)
+                        .service(shared.clone()),
+                ),
+            ),
+            ("f_full", stack(&parts, shared.clone())),
+        ];
+        for (name, svc) in variants {
+            let url = url.clone();
+            group.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    let (svc, url) = (svc.clone(), url.clone());
+                    rt.block_on(run(iters, move || {
+                        let (svc, url) = (svc.clone(), url.clone());
+                        async move {
+                            let req = Request::get(url).body(RetryBody::empty()).unwrap();
+                            let res = svc.oneshot(req).await.unwrap();
+                            res.into_body().collect().await.unwrap();
+                        }
+                    }))
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, in_memory_stack, through_hyper);
+criterion_main!(benches);

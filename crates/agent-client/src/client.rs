@@ -19,6 +19,37 @@ use crate::{AgentConfig, AgentConfigError, AgentMetrics, AgentStats, JsonBody};
 /// The transport under every agent's stack: one pooled keep-alive HTTP/1 client.
 pub type HttpClient = Client<HttpConnector, RetryBody>;
 
+/// The agent's client behind an `Arc`: hyper-util's `Client` is a large struct, and the
+/// stack is cloned per call (tower's `Retry` clones its inner service), so sharing it
+/// keeps each clone to one reference count.
+#[derive(Clone, Debug)]
+pub struct SharedClient(Arc<HttpClient>);
+
+impl SharedClient {
+    /// Shares `client`.
+    pub fn new(client: HttpClient) -> Self {
+        Self(Arc::new(client))
+    }
+}
+
+impl tower_service::Service<Request<RetryBody>> for SharedClient {
+    type Response = Response<Incoming>;
+    type Error = hyper_util::client::legacy::Error;
+    type Future = hyper_util::client::legacy::ResponseFuture;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // The pool hands out or opens connections inside the response future.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<RetryBody>) -> Self::Future {
+        self.0.request(req)
+    }
+}
+
 /// Calls one agent through its full resilience stack.
 ///
 /// Holds one pooled hyper-util client and two stacks over it that share a breaker,
@@ -46,7 +77,7 @@ impl AgentClient {
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .pool_idle_timeout(config.pool_idle_timeout)
             .build(connector);
-        Self::with_transport(name, config, client)
+        Self::with_transport(name, config, SharedClient::new(client))
     }
 
     /// Builds the client over a transport of the caller's (tests, benches, other
@@ -135,7 +166,20 @@ impl AgentClient {
     }
 
     fn resolve(&self, mut req: Request<RetryBody>) -> Result<Request<RetryBody>, BoxError> {
-        if req.uri().scheme().is_none() {
+        if req.uri().scheme().is_some() {
+            return Ok(req);
+        }
+        let base_path = self.base.path().trim_end_matches('/');
+        if base_path.is_empty() {
+            // The common case: reuse the request's path as it is (no formatting, no parsing).
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            parts.scheme = self.base.scheme().cloned();
+            parts.authority = self.base.authority().cloned();
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(PathAndQuery::from_static("/"));
+            }
+            *req.uri_mut() = Uri::from_parts(parts)?;
+        } else {
             let pq = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
             *req.uri_mut() = self.uri_for(pq)?;
         }

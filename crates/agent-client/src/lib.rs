@@ -2,7 +2,7 @@
 //! ([`stack`]), in agentgate's resilience stack:
 //!
 //! ```text
-//! progress → metrics → retry → circuit breaker → per-attempt timeout → client
+//! progress → retry → metrics → circuit breaker → per-attempt timeout → client
 //! ```
 //!
 //! [`AgentClient`] is built from an agent's config (SPEC §2 `[defaults]` merged with
@@ -35,7 +35,7 @@ mod json;
 mod metrics;
 mod stack;
 
-pub use client::{AgentClient, HttpClient};
+pub use client::{AgentClient, HttpClient, SharedClient};
 pub use config::{check_url, AgentConfig, AgentConfigError};
 pub use json::JsonBody;
 pub use metrics::{

@@ -1,15 +1,23 @@
 //! Per-attempt agent metrics: `agentgate_agent_requests_total{agent,outcome}`,
 //! `agentgate_agent_request_duration_seconds{agent}`, `agentgate_agent_retries_total{agent}`,
 //! plus the same figures as atomics for the JSON metrics API.
+//!
+//! The layer sits under the retry layer and over the circuit breaker, so it sees every
+//! attempt — including the ones the breaker rejects — and nothing else: one outcome per
+//! attempt, as SPEC §4 counts them, with no per-request state.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::task::{ready, Context, Poll};
 
-use agentgate_retry::{AttemptLedger, AttemptObserver, AttemptOutcome, AttemptRecord};
-use http::Request;
+use agentgate_classify::BoxError;
+use agentgate_retry::{attempt_of, AttemptOutcome, AttemptRecord};
+use http::{Request, Response};
 use metrics::{Counter, Histogram};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -60,13 +68,13 @@ pub struct AgentStats {
     pub timeouts: u64,
     /// Attempts the breaker rejected.
     pub rejected: u64,
-    /// Retries scheduled.
+    /// Retries made (attempts after the first).
     pub retries: u64,
     /// Mean duration of attempts that reached the agent, in milliseconds.
     pub avg_latency_ms: f64,
 }
 
-/// Installs [`AgentMetrics`] as an observer of every request's attempt ledger.
+/// Counts each attempt into [`AgentMetrics`].
 #[derive(Clone, Debug)]
 pub struct AgentMetricsLayer {
     metrics: Arc<AgentMetrics>,
@@ -124,8 +132,9 @@ impl AgentMetrics {
     }
 }
 
-impl AttemptObserver for AgentMetrics {
-    fn attempt_finished(&self, record: &AttemptRecord) {
+impl AgentMetrics {
+    /// Counts one finished attempt.
+    pub fn record(&self, record: &AttemptRecord) {
         let (index, counter) = match record.outcome {
             AttemptOutcome::Success => (0, &self.successes),
             AttemptOutcome::Failure => (1, &self.failures),
@@ -135,6 +144,10 @@ impl AttemptObserver for AgentMetrics {
         self.outcomes[index].increment(1);
         counter.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
+        if record.attempt > 1 {
+            self.retries_counter.increment(1);
+            self.retries.fetch_add(1, Ordering::Relaxed);
+        }
         // Rejections never reached the agent: their "latency" would only flatter it.
         if record.outcome != AttemptOutcome::Rejected {
             self.duration.record(record.duration.as_secs_f64());
@@ -142,11 +155,6 @@ impl AttemptObserver for AgentMetrics {
                 .fetch_add(record.duration.as_micros() as u64, Ordering::Relaxed);
             self.timed.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    fn retry_scheduled(&self, _next_attempt: u32, _delay: Duration) {
-        self.retries_counter.increment(1);
-        self.retries.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -170,21 +178,58 @@ impl<S> Layer<S> for AgentMetricsLayer {
     }
 }
 
-impl<S, B> Service<Request<B>> for AgentMetricsService<S>
+impl<S, B, RB> Service<Request<B>> for AgentMetricsService<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
 {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
+    type Response = Response<RB>;
+    type Error = BoxError;
+    type Future = AgentMetricsFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let ledger = AttemptLedger::of(&mut req);
-        ledger.observe(self.metrics.clone());
-        self.inner.call(req)
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        AgentMetricsFuture {
+            attempt: attempt_of(req.headers()),
+            inner: self.inner.call(req),
+            metrics: Some(self.metrics.clone()),
+            start: Instant::now(),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of one measured attempt.
+    #[derive(Debug)]
+    pub struct AgentMetricsFuture<F> {
+        #[pin]
+        inner: F,
+        metrics: Option<Arc<AgentMetrics>>,
+        attempt: u32,
+        start: Instant,
+    }
+}
+
+impl<F, RB, E> Future for AgentMetricsFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<RB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx)).map_err(Into::into);
+        if let Some(metrics) = this.metrics.take() {
+            metrics.record(&AttemptRecord::from_result(
+                *this.attempt,
+                &result,
+                this.start.elapsed(),
+            ));
+        }
+        Poll::Ready(result)
     }
 }

@@ -36,15 +36,17 @@ pub struct StackParts {
 /// Wraps `inner` (the agent's transport) in the full stack, outermost first:
 ///
 /// ```text
-/// progress → metrics → retry → circuit breaker → per-attempt timeout → inner
+/// progress → retry → metrics → circuit breaker → per-attempt timeout → inner
 /// ```
 ///
 /// - progress outermost: it sees the whole call and, through the attempt ledger, each
 ///   attempt and retry, and it reports even calls the breaker rejects;
-/// - metrics outside retry, observing the same ledger, so it counts one outcome per
-///   attempt (including breaker rejections) and every retry;
 /// - retry outside the breaker, so every attempt passes the breaker and an open breaker
 ///   fails fast instead of being retried;
+/// - metrics between the two: it sees each attempt, breaker rejections included, so it
+///   counts one outcome per attempt (SPEC §4) without any per-request state (outside the
+///   retry it could only count attempts through a per-request ledger, which cost more
+///   than the rest of the stack together);
 /// - the timeout inside the breaker, so a timed-out attempt counts as a failure.
 pub fn stack<S, B>(parts: &StackParts, inner: S) -> AgentService<B>
 where
@@ -55,8 +57,8 @@ where
 {
     let svc = ServiceBuilder::new()
         .layer(ProgressLayer::new())
-        .layer(AgentMetricsLayer::new(parts.metrics.clone()))
         .layer(RetryLayer::new(parts.retry.clone()))
+        .layer(AgentMetricsLayer::new(parts.metrics.clone()))
         .layer(parts.breaker.clone())
         .layer(TimeoutLayer::new(parts.timeout))
         .service(inner);

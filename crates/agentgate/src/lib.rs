@@ -4,6 +4,11 @@
 //!
 //! - [`classify`]: failure classes (what counts against a breaker, what may be retried).
 //! - [`circuit_breaker`]: [`CircuitBreakerLayer`], resilience4j-grade breaker semantics.
+//! - [`retry`]: [`RetryLayer`] on tower's `Retry`: jittered backoff, budget,
+//!   `Retry-After`, idempotency guard, replayable bodies, attempt ledger.
+//! - [`progress`]: per-query progress events, a hub with gap-free replay, [`ProgressLayer`].
+//! - [`agent_client`]: [`AgentClient`], one pooled hyper-util client per agent wrapped in
+//!   the whole stack (`progress → retry → metrics → circuit breaker → timeout → client`).
 //!
 //! # Example
 //!
@@ -25,8 +30,15 @@
 //! # }
 //! ```
 
+pub use agentgate_agent_client as agent_client;
 pub use agentgate_circuit_breaker as circuit_breaker;
 pub use agentgate_classify as classify;
+pub use agentgate_progress as progress;
+pub use agentgate_retry as retry;
+
+pub use agentgate_agent_client::{AgentClient, AgentConfig};
+pub use agentgate_progress::{MemoryHub, ProgressHub, ProgressLayer};
+pub use agentgate_retry::{RetryBody, RetryConfig, RetryLayer, RetryPolicy};
 
 pub use agentgate_circuit_breaker::{
     CircuitBreaker, CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitOpen,

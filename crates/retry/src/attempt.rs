@@ -1,23 +1,50 @@
-//! The per-attempt stage under tower's `Retry`: numbers each attempt, stamps
-//! `x-agentgate-attempt`, and writes the attempt's outcome to the ledger.
+//! The per-attempt stage under tower's `Retry`: reads the attempt number the retry
+//! layer stamped, tells the response how many attempts were made, and writes the
+//! attempt's outcome to the request's ledger when the caller asked for one.
+//!
+//! Nothing here allocates on a call without a ledger: attempt numbers travel in the
+//! `x-agentgate-attempt` header (static values), not in per-request state.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use agentgate_classify::BoxError;
-use http::{HeaderValue, Request, Response};
+use http::header::HeaderName;
+use http::{HeaderMap, HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::{AttemptLedger, AttemptRecord};
 
-/// Header carrying the 1-based attempt number to the agent (SPEC §3).
-pub const ATTEMPT_HEADER: &str = "x-agentgate-attempt";
+/// Request header carrying the 1-based attempt number to the agent (SPEC §3).
+pub const ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-agentgate-attempt");
+/// Response header carrying the number of attempts made (SPEC §3, reverse proxy).
+pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-agentgate-attempts");
 
-/// Numbers and records each attempt. Used by [`crate::RetryLayer`]; public so that
-/// other stacks can record attempts the same way.
+const NUMBERS: [&str; 17] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+];
+
+/// The header value for attempt `n` (static up to 16, so no allocation).
+pub(crate) fn number_value(n: u32) -> HeaderValue {
+    match NUMBERS.get(n as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(n),
+    }
+}
+
+/// The attempt number stamped on a request (1 when there is none).
+pub fn attempt_of(headers: &HeaderMap) -> u32 {
+    headers
+        .get(ATTEMPT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Records each attempt. Used by [`crate::RetryLayer`] under tower's `Retry`.
 #[derive(Clone, Debug)]
 pub struct Attempt<S> {
     inner: S,
@@ -31,7 +58,7 @@ pin_project! {
         inner: F,
         ledger: Option<AttemptLedger>,
         attempt: u32,
-        start: Instant,
+        start: Option<Instant>,
     }
 }
 
@@ -60,16 +87,14 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let ledger = req.extensions().get::<AttemptLedger>().cloned();
-        let attempt = ledger.as_ref().map_or(1, AttemptLedger::begin);
-        req.headers_mut()
-            .insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
+        let attempt = attempt_of(req.headers());
         AttemptFuture {
+            start: ledger.as_ref().map(|_| Instant::now()),
             inner: self.inner.call(req),
             ledger,
             attempt,
-            start: Instant::now(),
         }
     }
 }
@@ -83,13 +108,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx)).map_err(Into::into);
+        let mut result = ready!(this.inner.poll(cx)).map_err(Into::into);
         if let Some(ledger) = this.ledger.take() {
-            ledger.finish(AttemptRecord::from_result(
-                *this.attempt,
-                &result,
-                this.start.elapsed(),
-            ));
+            let elapsed = this.start.map(|s| s.elapsed()).unwrap_or_default();
+            ledger.finish(AttemptRecord::from_result(*this.attempt, &result, elapsed));
+        }
+        if let Ok(res) = &mut result {
+            res.headers_mut()
+                .insert(ATTEMPTS_HEADER, number_value(*this.attempt));
         }
         Poll::Ready(result)
     }

@@ -1,6 +1,6 @@
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use agentgate_classify::BoxError;
 use http::{Request, Response};
@@ -9,13 +9,17 @@ use tower::retry::Retry;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{Attempt, AttemptLedger, RetryBody, RetryPolicy};
+use crate::attempt::{number_value, ATTEMPT_HEADER};
+#[cfg(doc)]
+use crate::AttemptLedger;
+use crate::{Attempt, RetryBody, RetryPolicy};
 
 /// Retries calls to one agent with [`RetryPolicy`], on tower's own `Retry`.
 ///
-/// Under the retry sits an [`Attempt`] stage that numbers attempts. The layer makes sure
-/// every request carries an [`AttemptLedger`] (keeping the caller's, if any) and copies
-/// it into the response's extensions.
+/// Each attempt carries `x-agentgate-attempt: n`; the response carries
+/// `x-agentgate-attempts: n`, the number of attempts made. A caller that wants every
+/// attempt's outcome puts an [`AttemptLedger`] in the request's extensions first; under
+/// the retry sits an [`Attempt`] stage that writes to it.
 #[derive(Clone, Debug)]
 pub struct RetryLayer {
     policy: RetryPolicy,
@@ -32,7 +36,6 @@ pin_project! {
     pub struct RetryFuture<F> {
         #[pin]
         inner: F,
-        ledger: AttemptLedger,
     }
 }
 
@@ -68,10 +71,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<RetryBody>) -> Self::Future {
-        let ledger = AttemptLedger::of(&mut req);
+        req.headers_mut().insert(ATTEMPT_HEADER, number_value(1));
         RetryFuture {
             inner: self.inner.call(req),
-            ledger,
         }
     }
 }
@@ -83,19 +85,12 @@ where
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut result = ready!(this.inner.poll(cx));
-        if let Ok(res) = &mut result {
-            res.extensions_mut().insert(this.ledger.clone());
-        }
-        Poll::Ready(result)
+        self.project().inner.poll(cx)
     }
 }
 
 impl<F> std::fmt::Debug for RetryFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RetryFuture")
-            .field("ledger", &self.ledger)
-            .finish_non_exhaustive()
+        f.debug_struct("RetryFuture").finish_non_exhaustive()
     }
 }

@@ -3,8 +3,8 @@
 //! the pipeline and the proxy read it afterwards (`stages[].attempts`,
 //! `x-agentgate-attempts`).
 //!
-//! The ledger travels in the request's extensions (and is copied into the response's),
-//! so a caller that wants it inserts one before calling and keeps a clone.
+//! The ledger travels in the request's extensions, so a caller that wants it inserts
+//! one before calling and keeps a clone. Calls without one pay nothing for it.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -61,7 +61,6 @@ pub struct AttemptLedger {
 
 #[derive(Default)]
 struct Inner {
-    started: AtomicU32,
     records: Mutex<Vec<AttemptRecord>>,
     observers: Mutex<Vec<Arc<dyn AttemptObserver>>>,
 }
@@ -159,14 +158,9 @@ impl AttemptLedger {
         lock(&self.inner.observers).push(observer);
     }
 
-    /// Starts the next attempt; returns its 1-based number.
-    pub fn begin(&self) -> u32 {
-        self.inner.started.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// Attempts started so far (the value of `x-agentgate-attempts`).
+    /// Attempts finished so far.
     pub fn attempts(&self) -> u32 {
-        self.inner.started.load(Ordering::Relaxed)
+        lock(&self.inner.records).len() as u32
     }
 
     /// Records a finished attempt and tells the observers.

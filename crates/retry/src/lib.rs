@@ -19,8 +19,9 @@
 //!   exhausted budget counts `agentgate_retry_budget_exhausted_total{agent}`;
 //! - only requests whose body was small enough to keep ([`RetryBody`]).
 //!
-//! Each attempt carries `x-agentgate-attempt: n`, and its outcome is written to the
-//! request's [`AttemptLedger`], which observers (metrics, progress) watch and callers read.
+//! Each attempt carries `x-agentgate-attempt: n` and the response
+//! `x-agentgate-attempts: n`. A caller that inserted an [`AttemptLedger`] in the request
+//! gets every attempt's outcome written to it, and its observers (progress events) told.
 //!
 //! # Example
 //!
@@ -46,9 +47,12 @@
 //!     }
 //! });
 //! let svc = RetryLayer::new(policy).layer(agent);
-//! let res = svc.oneshot(http::Request::get("/x").body(RetryBody::empty())?).await?;
+//! let ledger = AttemptLedger::new();
+//! let mut req = http::Request::get("/x").body(RetryBody::empty())?;
+//! req.extensions_mut().insert(ledger.clone());
+//! let res = svc.oneshot(req).await?;
 //! assert_eq!(res.status(), 200);
-//! let ledger = res.extensions().get::<AttemptLedger>().unwrap();
+//! assert_eq!(res.headers()["x-agentgate-attempts"], "2");
 //! assert_eq!(ledger.attempts(), 2);
 //! # Ok(())
 //! # }
@@ -62,7 +66,7 @@ mod layer;
 mod ledger;
 mod policy;
 
-pub use attempt::{Attempt, AttemptFuture, ATTEMPT_HEADER};
+pub use attempt::{attempt_of, Attempt, AttemptFuture, ATTEMPTS_HEADER, ATTEMPT_HEADER};
 pub use backoff::Backoff;
 pub use body::RetryBody;
 pub use config::{ConfigError, Jitter, RetryConfig, RetryOn};

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::retry::Policy;
 
+use crate::attempt::{number_value, ATTEMPT_HEADER};
 use crate::{
     AttemptLedger, Backoff, ConfigError, Deadline, RetryAllowance, RetryBody, RetryConfig, RetryOn,
 };
@@ -246,6 +247,9 @@ impl<B> Policy<Request<RetryBody>, Response<B>, BoxError> for RetryPolicy {
         *copy.version_mut() = req.version();
         *copy.headers_mut() = req.headers().clone();
         *copy.extensions_mut() = req.extensions().clone();
+        // The copy is the next attempt's request.
+        copy.headers_mut()
+            .insert(ATTEMPT_HEADER, number_value(self.sent + 1));
         Some(copy)
     }
 }
