@@ -21,6 +21,11 @@ use crate::{
     AttemptLedger, Backoff, ConfigError, Deadline, RetryAllowance, RetryBody, RetryConfig, RetryOn,
 };
 
+/// Header telling the agent how long the caller will still wait (SPEC §3); kept
+/// current on retries when the request carries a [`Deadline`].
+pub const DEADLINE_HEADER: http::HeaderName =
+    http::HeaderName::from_static("x-agentgate-deadline-ms");
+
 /// How long the budget remembers requests (as in Linkerd and Finagle).
 const BUDGET_TTL: Duration = Duration::from_secs(10);
 
@@ -226,6 +231,15 @@ impl<B> Policy<Request<RetryBody>, Response<B>, BoxError> for RetryPolicy {
         let delay = self.decide(req, result).ok()?;
         if let Some(ledger) = req.extensions().get::<AttemptLedger>() {
             ledger.retry_scheduled(self.sent + 1, delay);
+        }
+        // Keep `x-agentgate-deadline-ms` true for the retry: the time left when it is sent.
+        if let Some(Deadline(deadline)) = req.extensions().get::<Deadline>().copied() {
+            if req.headers().contains_key(DEADLINE_HEADER) {
+                let at = Instant::now() + delay;
+                let left = deadline.saturating_duration_since(at).as_millis() as u64;
+                req.headers_mut()
+                    .insert(DEADLINE_HEADER, http::HeaderValue::from(left));
+            }
         }
         Some(Box::pin(tokio::time::sleep(delay)))
     }

@@ -458,3 +458,35 @@ async fn the_budget_caps_retries() {
     // `min_per_sec = 1` over tower's 10 s window allows about 10 retries, not 50.
     assert!((1..=15).contains(&retries), "{retries} retries");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_carries_the_time_left_when_it_is_sent() {
+    let left: Arc<Mutex<Vec<String>>> = Arc::default();
+    let svc = tower::service_fn({
+        let left = left.clone();
+        move |req: Request<RetryBody>| {
+            let mut left = left.lock().unwrap();
+            left.push(
+                req.headers()["x-agentgate-deadline-ms"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+            let status = if left.len() == 1 { 503 } else { 200 };
+            async move { Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap()) }
+        }
+    });
+    let mut req = get();
+    req.extensions_mut()
+        .insert(Deadline(Instant::now() + Duration::from_millis(5000)));
+    req.headers_mut()
+        .insert("x-agentgate-deadline-ms", http::HeaderValue::from(5000u64));
+    let res = retry(config(Jitter::None))
+        .layer(svc)
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // The retry is sent 100 ms later, with 100 ms less left.
+    assert_eq!(*left.lock().unwrap(), ["5000", "4900"]);
+}
