@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use agentgate_classify::{is_failure_status, BoxError, FailureClass};
+use agentgate_classify::{BoxError, FailureClass};
 use agentgate_retry::{AttemptLedger, AttemptObserver, AttemptOutcome, AttemptRecord};
 use http::{Request, Response};
 use pin_project_lite::pin_project;
@@ -34,7 +34,7 @@ pub struct ProgressContext {
 /// Emits, for each call carrying a [`ProgressContext`]: `progress/started` (attempt 1),
 /// an `error` event for every failed attempt, `progress/retrying` (attempt n, with
 /// `{"delay_ms"}`) for every retry, and `progress/completed` when the agent answered
-/// with a non-failure status. Fallback, skip, stage failure and the terminal events
+/// with a 2xx. Fallback, skip, stage failure and the terminal events
 /// belong to the pipeline, which knows what comes next.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProgressLayer {
@@ -115,7 +115,9 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx)).map_err(Into::into);
         if let (Some(ctx), Ok(res)) = (this.ctx.take(), &result) {
-            if !is_failure_status(res.status()) {
+            // Only a 2xx completes a stage: the pipeline treats any other answer as a
+            // failure and goes on to fallbacks.
+            if res.status().is_success() {
                 ctx.emit(StageStatus::Completed, ctx.progress_end, None, None);
             }
         }

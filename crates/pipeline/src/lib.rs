@@ -1,0 +1,126 @@
+//! Runs queries through pipelines of agent stages (SPEC §3): stages in order, each with
+//! its fallbacks, one deadline and one retry allowance for the whole query, progress
+//! events for clients, and records kept for `query_retention`.
+//!
+//! # Where it sits
+//!
+//! The gateway's HTTP and WebSocket routes call [`Engine::submit`], [`Engine::get`] and
+//! [`Engine::cancel`]; the engine calls agents through their [`AgentClient`]s, whose
+//! stacks (`progress → retry → metrics → circuit breaker → timeout`) do everything that
+//! concerns one agent call. The engine adds what concerns the query:
+//!
+//! - **the stage contract**: stage *k* POSTs `{"query_id","query","context","results"}`
+//!   (the outputs of the stages before it) to `agent.url + path` with `x-query-id`,
+//!   `x-agentgate-stage`, `x-agentgate-deadline-ms`, an `idempotency-key` of
+//!   `"{query_id}:{stage}"` (the same for every retry and fallback, so agents can
+//!   deduplicate, and so the retry layer may retry the POST) and the client's
+//!   `traceparent`. A 2xx JSON answer is the stage's output;
+//! - **fallbacks**: when a stage fails after its retries, or its breaker is open, its
+//!   `fallback` entries are tried in order — another agent (same path, body and key),
+//!   then a static value. If all fail, an `optional` stage is skipped and the query goes
+//!   on; otherwise the query fails with the primary failure's kind (`circuit_open` when
+//!   the stage's breaker was open: HTTP 503 with `Retry-After`);
+//! - **one deadline**: the pipeline's `deadline`, from submit, bounds every agent call
+//!   (the request in flight is dropped when it runs out) and every backoff (the retry
+//!   policy reads the [`Deadline`](agentgate_retry::Deadline) extension). Once it has
+//!   run out, agent fallbacks are skipped, static ones still apply, optional stages are
+//!   skipped, and otherwise the query fails with kind `deadline` (HTTP 504);
+//! - **one retry allowance**: the pipeline's `retry_allowance` is shared by every stage
+//!   of a query ([`RetryAllowance`](agentgate_retry::RetryAllowance)), so a query that
+//!   meets several flaky agents cannot multiply its load on them;
+//! - **progress**: each query's events go to its stream in the [`ProgressHub`]. The
+//!   agent stacks report started / error / retrying / completed for each call; the
+//!   engine reports `fallback`, a static output's `completed`, `skipped`, the `failed`
+//!   stage, and the one terminal event (`completed`, `failed` or `cancelled`). Each
+//!   stage owns a slice of the progress bar proportional to its `weight`; `progress`
+//!   never decreases and is 100 before `completed`;
+//! - **records**: [`QueryRecord`]s of running queries, and of finished ones for
+//!   [`EngineSettings::retention`] (at most [`EngineSettings::max_records`], oldest
+//!   finished dropped first), with [`QueryRecord::http_status`] and
+//!   [`QueryRecord::retry_after`] for the gateway's answers;
+//! - **figures**: [`QueryStats`] for the JSON metrics API and the Prometheus series
+//!   `agentgate_queries_total{pipeline,outcome}`,
+//!   `agentgate_query_duration_seconds{pipeline}` and
+//!   `agentgate_stage_fallbacks_total{pipeline,stage}` ([`describe_metrics`]).
+//!
+//! Cancelling a query ([`Engine::cancel`], or [`Engine::drain`] when the grace period
+//! is over) stops its task at once: the request in flight to an agent is dropped, and
+//! the terminal event is `cancelled`.
+//!
+//! # Example
+//!
+//! A one-stage pipeline whose agent's breaker is open: the stage's static fallback
+//! answers, and the query completes without any network traffic.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use std::sync::Arc;
+//!
+//! use agentgate_agent_client::{AgentClient, AgentConfig};
+//! use agentgate_pipeline::{
+//!     Engine, EngineSettings, Fallback, PipelineConfig, QueryInput, QueryStatus, StageConfig,
+//!     StageOutcome,
+//! };
+//! use agentgate_progress::{HubConfig, MemoryHub};
+//! use serde_json::json;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let nlp = AgentClient::new("nlp", AgentConfig::new("http://127.0.0.1:7001".parse()?))?;
+//! nlp.breaker().force_open(None); // as an operator would through the admin API
+//!
+//! let pipeline: PipelineConfig = toml::from_str(r#"
+//!     deadline = "10s"
+//!     [[stages]]
+//!     name = "nlp_processing"
+//!     agent = "nlp"
+//!     path = "/process"
+//!     fallback = [ { static = { intent = "unknown" } } ]
+//! "#)?;
+//! pipeline.validate(|agent| agent == "nlp")?;
+//!
+//! let engine = Engine::new(
+//!     BTreeMap::from([("default".to_owned(), pipeline)]),
+//!     BTreeMap::from([("nlp".to_owned(), nlp)]),
+//!     Arc::new(MemoryHub::new(HubConfig::default())),
+//!     EngineSettings::default(),
+//! );
+//! let submitted = engine.submit(QueryInput::new("what is agentgate?"))?;
+//! let record = submitted.finished().await;
+//! assert_eq!(record.status, QueryStatus::Completed);
+//! assert_eq!(record.result, Some(json!({"nlp_processing": {"intent": "unknown"}})));
+//! assert_eq!(record.stages[0].status, StageOutcome::Fallback);
+//! assert_eq!(record.stages[0].attempts[0].error.as_deref(), Some("circuit_open"));
+//! assert_eq!(record.http_status(), 200);
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - `config`: the `[pipelines.P]` keys and their validation;
+//! - `engine`: [`Engine`] — submit, records, cancel, drain; ends each query exactly once;
+//! - `query`: running one query's stages, fallbacks and skips;
+//! - `call`: one stage call to one agent, under the deadline;
+//! - `record`: the JSON records clients read, and the retention store;
+//! - `plan`, `stats`, `metrics`: progress ranges, [`QueryStats`], Prometheus series.
+//!
+//! [`AgentClient`]: agentgate_agent_client::AgentClient
+//! [`ProgressHub`]: agentgate_progress::ProgressHub
+
+mod call;
+pub mod config;
+mod engine;
+mod error;
+mod metrics;
+mod plan;
+mod query;
+mod record;
+mod stats;
+
+pub use config::{Fallback, PipelineConfig, PipelineConfigError, StageConfig};
+pub use engine::{Engine, EngineSettings, Submitted};
+pub use error::{CancelError, SubmitError};
+pub use metrics::describe_metrics;
+pub use query::QueryInput;
+pub use record::{AttemptJson, QueryError, QueryRecord, QueryStatus, StageOutcome, StageRecord};
+pub use stats::QueryStats;

@@ -1,0 +1,410 @@
+//! What a query looks like to clients (`GET /api/query/{id}`, the answer to
+//! `POST /api/query`), and the store that keeps those records for `query_retention`.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use agentgate_progress::{attempt_error_kind, QueryPublisher};
+use agentgate_retry::AttemptRecord;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+/// Where a query is (`status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryStatus {
+    /// Stages are still running.
+    Running,
+    /// Every stage produced an output or was skipped; `result` holds the outputs.
+    Completed,
+    /// A required stage failed; `error` says which and why.
+    Failed,
+    /// Cancelled by a client or by shutdown.
+    Cancelled,
+}
+
+/// Why a query failed: SPEC's `{"stage","kind","message"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryError {
+    /// The stage that failed.
+    pub stage: String,
+    /// `status`, `connect`, `timeout`, `reset`, `bad_response`, `circuit_open`,
+    /// `deadline` (or `internal` if the engine itself broke).
+    pub kind: String,
+    /// A short human-readable reason; never internals.
+    pub message: String,
+}
+
+/// One query as clients see it.
+///
+/// Also `Deserialize`, so a record can travel between replicas; `retry_after` does not
+/// travel (a deserialized `circuit_open` record says 1 second).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueryRecord {
+    /// The query's id (a UUID).
+    pub query_id: String,
+    /// Where the query is.
+    pub status: QueryStatus,
+    /// The pipeline it runs.
+    pub pipeline: String,
+    /// `{stage: output}`, when completed. Skipped stages have no entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Why it failed, when failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<QueryError>,
+    /// The stages finished so far, in order.
+    pub stages: Vec<StageRecord>,
+    /// Wall time from submit to the end, when finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// When the breaker that failed the query lets probes through again.
+    #[serde(skip, default)]
+    retry_at: Option<Instant>,
+}
+
+/// How a stage ended (`stages[].status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageOutcome {
+    /// The stage's own agent answered.
+    Completed,
+    /// A fallback (another agent, or the static value) supplied the output.
+    Fallback,
+    /// An optional stage failed and the query went on without it.
+    Skipped,
+    /// The stage failed, and with it the query.
+    Failed,
+}
+
+/// One stage of a query.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// The stage's name.
+    pub name: String,
+    /// How it ended.
+    pub status: StageOutcome,
+    /// The stage's own agent (fallback agents are named in `fallback`).
+    pub agent: String,
+    /// Every attempt made for the stage: the stage's agent's first, then each fallback
+    /// agent's, in order (`attempt` restarts at 1 for each agent).
+    pub attempts: Vec<AttemptJson>,
+    /// The fallback that supplied the output: an agent's name or `"static"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    /// Wall time of the stage, fallbacks included.
+    pub duration_ms: u64,
+}
+
+/// One attempt: `{"attempt","status"?,"error"?,"duration_ms"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptJson {
+    /// 1-based, per agent call.
+    pub attempt: u32,
+    /// The status the agent answered with, if it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Why the attempt failed: a failure class (`status` for any answer that is not
+    /// 2xx), `circuit_open`, or `deadline` for an attempt cut off by the query deadline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// How long the attempt took.
+    pub duration_ms: u64,
+}
+
+/// The records of running and recently finished queries.
+///
+/// Running records are never evicted. Finished ones are dropped once older than
+/// `retention`, and the oldest finished go first whenever more than `max_records`
+/// records are held.
+#[derive(Debug)]
+pub(crate) struct Records {
+    retention: Duration,
+    max_records: usize,
+    entries: HashMap<String, Entry>,
+    /// Finished queries, oldest first.
+    finished: VecDeque<(Instant, String)>,
+}
+
+/// One query's record and what it takes to finish it.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) record: QueryRecord,
+    pub(crate) started: Instant,
+    /// Publishes the terminal event (whoever finishes the query).
+    pub(crate) publisher: QueryPublisher,
+    /// Tells `Submitted::finished` the final record. Taken when the query finishes.
+    pub(crate) done: Option<watch::Sender<Option<QueryRecord>>>,
+    /// Stops the query's task. Taken when the query finishes.
+    pub(crate) abort: Option<AbortHandle>,
+}
+
+// === impl QueryStatus ===
+
+impl QueryStatus {
+    /// The SPEC name (`running`, `completed`, …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            QueryStatus::Running => "running",
+            QueryStatus::Completed => "completed",
+            QueryStatus::Failed => "failed",
+            QueryStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Anything but `running`.
+    pub const fn is_finished(self) -> bool {
+        !matches!(self, QueryStatus::Running)
+    }
+}
+
+// === impl QueryRecord ===
+
+impl QueryRecord {
+    /// A query that has just started.
+    pub(crate) fn running(query_id: String, pipeline: String) -> Self {
+        Self {
+            query_id,
+            status: QueryStatus::Running,
+            pipeline,
+            result: None,
+            error: None,
+            stages: Vec::new(),
+            duration_ms: None,
+            retry_at: None,
+        }
+    }
+
+    pub(crate) fn set_retry_at(&mut self, at: Option<Instant>) {
+        self.retry_at = at;
+    }
+
+    /// The HTTP status that answers a request for this record:
+    ///
+    /// - `completed`, `running`, `cancelled`: 200 — the record itself is the answer and
+    ///   its `status` says where the query is;
+    /// - `failed`: 503 when a breaker was open (`circuit_open`), 504 when the deadline ran
+    ///   out (`deadline`), 500 when the engine itself broke (`internal`), else 502 (an
+    ///   agent failed).
+    pub fn http_status(&self) -> u16 {
+        match self.status {
+            QueryStatus::Running | QueryStatus::Completed | QueryStatus::Cancelled => 200,
+            QueryStatus::Failed => match self.error.as_ref().map(|e| e.kind.as_str()) {
+                Some("circuit_open") => 503,
+                Some("deadline") => 504,
+                Some("internal") => 500,
+                _ => 502,
+            },
+        }
+    }
+
+    /// For a query failed by an open breaker: how long until that breaker lets a probe
+    /// through, rounded up to whole seconds and at least 1 (the `Retry-After` of the
+    /// 503). `None` for every other record.
+    pub fn retry_after(&self) -> Option<Duration> {
+        let failed_open = self.status == QueryStatus::Failed
+            && self
+                .error
+                .as_ref()
+                .is_some_and(|e| e.kind == "circuit_open");
+        if !failed_open {
+            return None;
+        }
+        let left = self
+            .retry_at
+            .map(|at| at.saturating_duration_since(Instant::now()))
+            .unwrap_or_default();
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        Some(Duration::from_secs(secs.max(1)))
+    }
+}
+
+// === impl AttemptJson ===
+
+impl AttemptJson {
+    /// An attempt as the retry layer's ledger recorded it.
+    pub(crate) fn from_record(record: &AttemptRecord) -> Self {
+        let error = match record.status {
+            Some(s) if (200..300).contains(&s) => None,
+            // Any other answer fails the stage, even one the breaker calls a success.
+            Some(_) => Some("status".to_owned()),
+            None => Some(attempt_error_kind(record).to_owned()),
+        };
+        Self {
+            attempt: record.attempt,
+            status: record.status,
+            error,
+            duration_ms: millis(record.duration),
+        }
+    }
+}
+
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+// === impl Records ===
+
+impl Records {
+    pub(crate) fn new(retention: Duration, max_records: usize) -> Self {
+        Self {
+            retention,
+            max_records,
+            entries: HashMap::new(),
+            finished: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn insert(&mut self, entry: Entry) {
+        self.entries.insert(entry.record.query_id.clone(), entry);
+        self.evict(Instant::now());
+    }
+
+    pub(crate) fn get(&self, query_id: &str) -> Option<&Entry> {
+        self.entries.get(query_id)
+    }
+
+    pub(crate) fn get_mut(&mut self, query_id: &str) -> Option<&mut Entry> {
+        self.entries.get_mut(query_id)
+    }
+
+    /// The ids of running queries.
+    pub(crate) fn running(&self) -> Vec<String> {
+        self.entries
+            .values()
+            .filter(|e| e.record.status == QueryStatus::Running)
+            .map(|e| e.record.query_id.clone())
+            .collect()
+    }
+
+    /// Records that `query_id` finished `at`, then evicts what is due.
+    pub(crate) fn finished(&mut self, query_id: String, at: Instant) {
+        self.finished.push_back((at, query_id));
+        self.evict(at);
+    }
+
+    /// Drops finished records past their retention, and the oldest finished ones while
+    /// more than `max_records` are held.
+    pub(crate) fn evict(&mut self, now: Instant) {
+        while let Some((at, _)) = self.finished.front() {
+            let expired = now.saturating_duration_since(*at) >= self.retention;
+            if !expired && self.entries.len() <= self.max_records {
+                break;
+            }
+            if let Some((_, id)) = self.finished.pop_front() {
+                self.entries.remove(&id);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn failed(kind: &str) -> QueryRecord {
+        QueryRecord {
+            status: QueryStatus::Failed,
+            error: Some(QueryError {
+                stage: "nlp".into(),
+                kind: kind.into(),
+                message: "m".into(),
+            }),
+            ..QueryRecord::running("q".into(), "default".into())
+        }
+    }
+
+    #[test]
+    fn http_statuses() {
+        assert_eq!(failed("circuit_open").http_status(), 503);
+        assert_eq!(failed("deadline").http_status(), 504);
+        assert_eq!(failed("status").http_status(), 502);
+        assert_eq!(failed("connect").http_status(), 502);
+        assert_eq!(failed("internal").http_status(), 500);
+        let mut done = QueryRecord::running("q".into(), "p".into());
+        assert_eq!(done.http_status(), 200);
+        done.status = QueryStatus::Cancelled;
+        assert_eq!(done.http_status(), 200);
+        assert_eq!(done.retry_after(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_rounds_up_and_is_at_least_one_second() {
+        let mut r = failed("circuit_open");
+        assert_eq!(r.retry_after(), Some(Duration::from_secs(1)));
+        r.set_retry_at(Some(Instant::now() + Duration::from_millis(2100)));
+        assert_eq!(r.retry_after(), Some(Duration::from_secs(3)));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(r.retry_after(), Some(Duration::from_secs(1)));
+        let mut other = failed("status");
+        other.set_retry_at(Some(Instant::now() + Duration::from_secs(9)));
+        assert_eq!(other.retry_after(), None);
+    }
+
+    #[test]
+    fn json_shape() {
+        let mut r = QueryRecord::running("q1".into(), "default".into());
+        r.stages.push(StageRecord {
+            name: "nlp".into(),
+            status: StageOutcome::Fallback,
+            agent: "nlp".into(),
+            attempts: vec![AttemptJson {
+                attempt: 1,
+                status: Some(503),
+                error: Some("status".into()),
+                duration_ms: 3,
+            }],
+            fallback: Some("static".into()),
+            duration_ms: 4,
+        });
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            json!({"query_id":"q1","status":"running","pipeline":"default","stages":[
+                {"name":"nlp","status":"fallback","agent":"nlp",
+                 "attempts":[{"attempt":1,"status":503,"error":"status","duration_ms":3}],
+                 "fallback":"static","duration_ms":4}]})
+        );
+    }
+
+    fn entry(id: &str, status: QueryStatus) -> Entry {
+        use agentgate_progress::{HubConfig, MemoryHub, ProgressHub};
+        let hub = MemoryHub::new(HubConfig::default());
+        let mut record = QueryRecord::running(id.into(), "p".into());
+        record.status = status;
+        Entry {
+            record,
+            started: Instant::now(),
+            publisher: hub.open(id).unwrap(),
+            done: None,
+            abort: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eviction_keeps_running_records_and_drops_oldest_finished() {
+        let mut records = Records::new(Duration::from_secs(60), 3);
+        records.insert(entry("running", QueryStatus::Running));
+        for id in ["a", "b", "c"] {
+            records.insert(entry(id, QueryStatus::Completed));
+            records.finished(id.into(), Instant::now());
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        // Four held, three allowed: the oldest finished went.
+        assert_eq!(records.len(), 3);
+        assert!(records.get("a").is_none() && records.get("running").is_some());
+        // Past retention, every finished record goes; the running one stays.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        records.evict(Instant::now());
+        assert_eq!(records.running(), ["running"]);
+        assert_eq!(records.len(), 1);
+    }
+}
