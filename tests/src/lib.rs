@@ -77,3 +77,223 @@ impl Drop for ScriptedServer {
         self.task.abort();
     }
 }
+
+/// An agent that answers every request with a JSON description of what it received:
+/// method, path, query, all headers, and the body's length and (when small) text.
+/// Streams nothing back but that summary, so large uploads can be checked.
+#[derive(Debug)]
+pub struct EchoServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl EchoServer {
+    /// Starts an echo server; `status_for(n)` is the status of the n-th request.
+    pub async fn start(status_for: impl Fn(usize) -> StatusCode + Send + Sync + 'static) -> Self {
+        use http_body_util::BodyExt;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let status_for = Arc::new(status_for);
+        let task = {
+            let hits = hits.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let hits = hits.clone();
+                    let status_for = status_for.clone();
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req: Request<Incoming>| {
+                            let n = hits.fetch_add(1, Ordering::SeqCst);
+                            let status = status_for(n);
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let headers: serde_json::Map<String, serde_json::Value> = parts
+                                    .headers
+                                    .iter()
+                                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                                    .collect();
+                                let summary = serde_json::json!({
+                                    "method": parts.method.as_str(),
+                                    "path": parts.uri.path(),
+                                    "query": parts.uri.query(),
+                                    "headers": headers,
+                                    "body_len": body.len(),
+                                    "body_sum": body.iter().map(|b| u64::from(*b)).sum::<u64>(),
+                                    "body": if body.len() <= 4096 { String::from_utf8_lossy(&body).into_owned() } else { String::new() },
+                                });
+                                Ok::<_, Infallible>(
+                                    Response::builder()
+                                        .status(status)
+                                        .header("content-type", "application/json")
+                                        .header("x-agent-answer", "1")
+                                        .header("connection", "x-agent-private")
+                                        .header("x-agent-private", "hop")
+                                        .body(Full::new(Bytes::from(summary.to_string())))
+                                        .expect("valid response"),
+                                )
+                            }
+                        });
+                        let _ = auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            })
+        };
+        Self { addr, hits, task }
+    }
+
+    /// Requests received so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A gateway started in-process on `127.0.0.1:0` (public and admin listeners).
+#[derive(Debug)]
+pub struct Gateway {
+    /// Public listener.
+    pub addr: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// The gateway's state (engine, agents, breakers).
+    pub state: agentgate_gateway::AppState,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), agentgate_gateway::GatewayError>>>,
+}
+
+impl Gateway {
+    /// Loads `toml` (its listen addresses are ignored) and serves it.
+    pub async fn start(toml: &str) -> Self {
+        let config =
+            agentgate_gateway::Config::from_toml(toml, "test.toml").expect("valid test config");
+        let state = agentgate_gateway::build_state(config).expect("gateway state");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (addr, admin_addr) = (
+            listener.local_addr().expect("addr"),
+            admin.local_addr().expect("addr"),
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(agentgate_gateway::serve(
+            state.clone(),
+            listener,
+            Some(admin),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            addr,
+            admin: admin_addr,
+            state,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// `http://addr{path}` on the public listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `http://admin{path}` on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Begins shutdown; returns the serving task to await.
+    pub fn shutdown(&mut self) -> JoinHandle<Result<(), agentgate_gateway::GatewayError>> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().expect("not yet shut down")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// What a test request got back.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The body as JSON (panics with the body text if it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// Sends one request over a fresh connection-pooled client and reads the whole answer.
+pub async fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = client
+        .request(req.body(Full::new(body.into())).expect("valid request"))
+        .await
+        .expect("gateway answered");
+    let (parts, body) = res.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.expect("whole body").to_bytes(),
+    }
+}
+
+/// `POST url` with a JSON body.
+pub async fn post_json(url: &str, body: &serde_json::Value) -> Answer {
+    send(
+        "POST",
+        url,
+        &[("content-type", "application/json")],
+        body.to_string(),
+    )
+    .await
+}

@@ -1,41 +1,243 @@
-//! The `agentgate` command line. Only CLI parsing, tracing and signals live here.
+//! The `agentgate` command line: CLI parsing, tracing and signals. Everything else
+//! lives in the crates (`agentgate_gateway::run`, `agentgate_mock_agent::serve`).
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use agentgate_gateway::demo::{demo_config, DemoAddrs};
+use agentgate_gateway::Config;
+use agentgate_mock_agent::{Behavior, MockAgent, MockAgentArgs};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::net::TcpListener;
 
 /// A resilient, WebSocket-native gateway for HTTP agent services.
 #[derive(Debug, Parser)]
-#[command(name = "agentgate", version)]
+#[command(name = "agentgate", version, about)]
 struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Json,
+    Pretty,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the gateway with a config file.
-    Run,
-    /// Validate a config file.
-    Check,
-    /// Start the gateway with in-process mock agents on an embedded config.
-    Demo,
+    Run {
+        /// The config file (or `AGENTGATE_CONFIG`).
+        #[arg(long, env = "AGENTGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file: exit 0 with a one-line summary, or non-zero with
+    /// `file:line:col: message`.
+    Check {
+        /// The config file (or `AGENTGATE_CONFIG`).
+        #[arg(long, env = "AGENTGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Start the gateway on an embedded config with in-process mock agents.
+    Demo {
+        /// Public listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Admin listener (metrics, breakers, dashboard).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+    },
     /// Run one fault-injecting mock agent.
-    MockAgent,
+    MockAgent(MockAgentArgs),
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs go to stderr; stdout carries what commands print (`check`'s summary, the demo's URLs).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("signal received");
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let listener = bind(config.server.listen, "server.listen").await?;
+    let admin = match config.server.admin_listen {
+        Some(addr) => Some(bind(addr, "server.admin_listen").await?),
+        None => None,
+    };
+    serve_on(config, listener, admin).await
+}
+
+async fn serve_on(
+    config: Config,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+) -> Result<(), String> {
+    tracing::info!(
+        listen = %listener.local_addr().map_err(|e| e.to_string())?,
+        admin = ?admin.as_ref().and_then(|a| a.local_addr().ok()),
+        "agentgate listening"
+    );
+    agentgate_gateway::run(listener, admin, config, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), String> {
+    // Bind first, so `--listen 127.0.0.1:0` works and the printed URLs are the real ones.
+    let listener = bind(listen, "--listen").await?;
+    let admin = bind(admin_listen, "--admin-listen").await?;
+    let listen = listener.local_addr().map_err(|e| e.to_string())?;
+    let admin_listen = admin.local_addr().map_err(|e| e.to_string())?;
+    let start = |b: Behavior| async move {
+        MockAgent::start(b)
+            .await
+            .map_err(|e| format!("mock agent: {e}"))
+    };
+    // nlp is flaky: down 15 s of every 45 s, and 10% errors otherwise, so its breaker
+    // visibly trips, the backup takes over, and it recovers.
+    let nlp = start(Behavior {
+        name: "nlp".into(),
+        error_rate: 0.1,
+        latency: std::time::Duration::from_millis(20),
+        outage_down: std::time::Duration::from_secs(15),
+        outage_every: std::time::Duration::from_secs(45),
+        ..Behavior::default()
+    })
+    .await?;
+    let nlp_backup = start(Behavior {
+        name: "nlp_backup".into(),
+        latency: std::time::Duration::from_millis(40),
+        ..Behavior::default()
+    })
+    .await?;
+    let data = start(Behavior {
+        name: "data".into(),
+        latency: std::time::Duration::from_millis(30),
+        latency_jitter: std::time::Duration::from_millis(30),
+        ..Behavior::default()
+    })
+    .await?;
+    let viz = start(Behavior {
+        name: "viz".into(),
+        error_rate: 0.05,
+        latency: std::time::Duration::from_millis(15),
+        ..Behavior::default()
+    })
+    .await?;
+    let text = demo_config(&DemoAddrs {
+        listen: listen.to_string(),
+        admin_listen: admin_listen.to_string(),
+        nlp: nlp.url(),
+        nlp_backup: nlp_backup.url(),
+        data: data.url(),
+        viz: viz.url(),
+    });
+    let config = Config::from_toml(&text, "<demo>").map_err(|e| e.to_string())?;
+    println!(
+        "agentgate demo\n\
+         \n  gateway    http://{listen}\n  query      curl -s -X POST http://{listen}/api/query -H 'content-type: application/json' -d '{{\"query\":\"show sales by region\"}}'\n  proxy      curl -s http://{listen}/agents/data/query\n  websocket  ws://{listen}/ws\n  metrics    http://{admin_listen}/metrics\n  JSON       http://{admin_listen}/api/orchestration/metrics\n  breakers   http://{admin_listen}/api/orchestration/circuit-breakers\n  dashboard  http://{admin_listen}/dashboard\n\
+         \n  mock agents: nlp {} (flaky: down 15 s every 45 s), nlp_backup {}, data {}, viz {}\n  Ctrl-C stops everything.\n",
+        nlp.url(),
+        nlp_backup.url(),
+        data.url(),
+        viz.url()
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let result = serve_on(config, listener, Some(admin)).await;
+    drop((nlp, nlp_backup, data, viz));
+    result
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let name = match cli.command {
-        Command::Run => "run",
-        Command::Check => "check",
-        Command::Demo => "demo",
-        Command::MockAgent => "mock-agent",
+    init_tracing(cli.log_format);
+    if let Command::Check { config } = &cli.command {
+        return match Config::load(config) {
+            Ok(c) => {
+                println!("{}", c.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agentgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    eprintln!(
-        "agentgate {name}: not built yet. This release ships the resilience layers \
-         (crates/circuit-breaker, crates/classify); the gateway binary lands with the \
-         gateway issue (#4)."
-    );
-    ExitCode::from(2)
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { config } => {
+                serve(Config::load(&config).map_err(|e| e.to_string())?).await
+            }
+            Command::Demo {
+                listen,
+                admin_listen,
+            } => demo(listen, admin_listen).await,
+            Command::MockAgent(args) => {
+                let listener = bind(args.listen, "--listen").await?;
+                tracing::info!(listen = %args.listen, "mock agent listening");
+                agentgate_mock_agent::serve(listener, args.behavior, shutdown_signal())
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Command::Check { .. } => unreachable!("handled above"),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agentgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

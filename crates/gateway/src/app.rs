@@ -1,0 +1,85 @@
+//! The routers: public and admin (SPEC §3, §4).
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::Router;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+use crate::error::ApiError;
+use crate::routes::{admin, health, proxy, query};
+use crate::AppState;
+
+/// The public listener's routes. When the config has no `admin_listen`, the admin
+/// routes are served here too, and then reading them also needs the admin token.
+pub fn public_app(state: AppState) -> Router {
+    let mut router = Router::new()
+        .route("/api/query", post(query::submit))
+        .route("/api/query/{id}", get(query::get).delete(query::cancel))
+        .route("/agents/{agent}", any(proxy::proxy))
+        .route("/agents/{agent}/{*path}", any(proxy::proxy))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz));
+    if state.config().server.admin_listen.is_none() {
+        router = router.merge(
+            admin_routes()
+                .route_layer(middleware::from_fn_with_state(state.clone(), require_token)),
+        );
+    }
+    finish(router, state)
+}
+
+/// The admin listener's routes.
+pub fn admin_app(state: AppState) -> Router {
+    let router = admin_routes()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz));
+    finish(router, state)
+}
+
+fn admin_routes() -> Router<AppState> {
+    Router::new()
+        .route("/metrics", get(admin::prometheus))
+        .route("/api/orchestration/metrics", get(admin::metrics_json))
+        .route("/api/orchestration/health", get(admin::health_json))
+        .route("/api/orchestration/circuit-breakers", get(admin::breakers))
+        .route(
+            "/api/orchestration/circuit-breakers/reset",
+            post(admin::reset_all),
+        )
+        .route(
+            "/api/orchestration/circuit-breakers/{agent}/{action}",
+            post(admin::act),
+        )
+}
+
+fn finish(router: Router<AppState>, state: AppState) -> Router {
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match admin::authorize(&state, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn not_found() -> Response {
+    ApiError::not_found("not_found", "no such route").into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+    .into_response()
+}

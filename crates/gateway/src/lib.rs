@@ -1,0 +1,21 @@
+//! The agentgate gateway: configuration, routes and serving.
+//!
+//! - [`config`]: the TOML config of SPEC §2, with `file:line:col` errors.
+//! - [`app`]: the public router (queries, reverse proxy, health) and the admin router
+//!   (Prometheus, JSON metrics, health, circuit breakers).
+//! - [`error`]: the one place errors become HTTP answers.
+//! - [`server`]: [`run`]`(listener, admin_listener, config, shutdown)` — what the binary
+//!   calls and what tests start in-process on `127.0.0.1:0`.
+//! - [`demo`]: the embedded demo configuration.
+
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod routes;
+pub mod server;
+mod state;
+
+pub use config::{Config, ConfigError};
+pub use server::{build_state, prometheus, run, serve, GatewayError};
+pub use state::AppState;

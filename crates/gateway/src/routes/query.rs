@@ -1,0 +1,260 @@
+//! `POST /api/query`, `GET /api/query/{id}`, `DELETE /api/query/{id}` (SPEC §3).
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use agentgate_pipeline::{CancelError, QueryInput, QueryRecord, SubmitError};
+
+use crate::error::{retry_after_value, ApiError};
+use crate::AppState;
+
+/// The body of `POST /api/query`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryRequest {
+    query: String,
+    #[serde(default)]
+    context: Option<Map<String, Value>>,
+    #[serde(default)]
+    pipeline: Option<String>,
+}
+
+/// Submits a query; answers when it finished, or at once with
+/// `Prefer: respond-async` (202).
+pub(crate) async fn submit(State(state): State<AppState>, req: Request) -> Response {
+    match submit_inner(state, req).await {
+        Ok(res) => res,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn submit_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
+    if state.is_draining() {
+        return Err(ApiError::draining());
+    }
+    let (parts, body) = req.into_parts();
+    let body = read_json_body(&parts.headers, body, state.config().server.max_body_bytes).await?;
+    let input = parse_query(&body)?;
+    let traceparent = parts
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let respond_async = prefers_async(&parts.headers);
+    let submitted = state
+        .engine()
+        .submit(QueryInput {
+            traceparent,
+            ..input
+        })
+        .map_err(|e| match e {
+            SubmitError::UnknownPipeline(name) => {
+                ApiError::not_found("unknown_pipeline", format!("no pipeline named `{name}`"))
+            }
+            SubmitError::ShuttingDown => ApiError::draining(),
+        })?;
+    if respond_async {
+        let location = format!("/api/query/{}", submitted.query_id);
+        let mut res = (
+            StatusCode::ACCEPTED,
+            Json(json!({ "query_id": submitted.query_id, "status": "accepted" })),
+        )
+            .into_response();
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            res.headers_mut().insert(header::LOCATION, v);
+        }
+        return Ok(res);
+    }
+    Ok(record_response(&submitted.finished().await))
+}
+
+/// The record of a query, running or finished.
+pub(crate) async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.engine().get(&id) {
+        Some(record) => Json(record).into_response(),
+        None => unknown_query(&id).into_response(),
+    }
+}
+
+/// Cancels a running query.
+pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.engine().cancel(&id) {
+        Ok(record) => Json(record).into_response(),
+        Err(CancelError::NotFound) => unknown_query(&id).into_response(),
+        Err(CancelError::AlreadyFinished(record)) => (
+            StatusCode::CONFLICT,
+            Json(json!({
+                "error": {
+                    "kind": "already_finished",
+                    "message": format!("query `{id}` already finished ({})", status_name(&record)),
+                }
+            })),
+        )
+            .into_response(),
+    }
+}
+
+fn status_name(record: &QueryRecord) -> String {
+    serde_json::to_value(record)
+        .ok()
+        .and_then(|v| v.get("status").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn unknown_query(id: &str) -> ApiError {
+    ApiError::not_found(
+        "unknown_query",
+        format!("no query `{id}` (it never existed or is no longer retained)"),
+    )
+}
+
+/// A finished query as SPEC §3 answers it: 200, or 503 (+ `Retry-After`) / 504 / 502.
+pub(crate) fn record_response(record: &QueryRecord) -> Response {
+    let status = StatusCode::from_u16(record.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut res = (status, Json(record)).into_response();
+    if let Some(d) = record.retry_after() {
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, retry_after_value(d));
+    }
+    res
+}
+
+fn prefers_async(headers: &HeaderMap) -> bool {
+    headers.get_all("prefer").iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+        })
+    })
+}
+
+/// Reads a JSON request body: `application/json` (415 otherwise), at most `limit` bytes
+/// (413), valid UTF-8 (400).
+pub(crate) async fn read_json_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime != "application/json" && !(mime.starts_with("application/") && mime.ends_with("+json"))
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            if content_type.is_empty() {
+                "the body must be JSON: set `content-type: application/json`".to_owned()
+            } else {
+                format!("the body must be JSON, not `{content_type}`")
+            },
+        ));
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => return Err(ApiError::too_large(limit)),
+        Err(_) => return Err(ApiError::bad_request("the request body could not be read")),
+    };
+    if std::str::from_utf8(&bytes).is_err() {
+        return Err(ApiError::bad_request("the body is not valid UTF-8"));
+    }
+    Ok(bytes)
+}
+
+/// Parses and checks a query request. serde_json's recursion limit (128) bounds
+/// nesting, so a deeply nested body is a 400, never a stack overflow.
+fn parse_query(body: &[u8]) -> Result<QueryInput, ApiError> {
+    let req: QueryRequest = serde_json::from_slice(body).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Syntax | Category::Eof => {
+                ApiError::bad_request(format!("malformed JSON: {e}"))
+            }
+            Category::Data => ApiError::bad_request(format!("invalid query: {e}")),
+            Category::Io => ApiError::bad_request("the request body could not be read"),
+        }
+    })?;
+    if req.query.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid query: `query` must not be empty",
+        ));
+    }
+    Ok(QueryInput {
+        query: req.query,
+        context: req.context.unwrap_or_default(),
+        pipeline: req.pipeline,
+        traceparent: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_bodies() {
+        assert!(parse_query(br#"{"query":"hi"}"#).is_ok());
+        let cases: [(&[u8], &str); 6] = [
+            (b"{", "malformed JSON"),
+            (
+                br#"{"query": 5}"#,
+                "invalid query: invalid type: integer `5`, expected a string",
+            ),
+            (br#"{"query":"x","context":[1]}"#, "invalid query"),
+            (br#"{"query":"x","extra":1}"#, "unknown field `extra`"),
+            (br#"{"context":{}}"#, "missing field `query`"),
+            (br#"{"query":"  "}"#, "must not be empty"),
+        ];
+        for (body, want) in cases {
+            let err = parse_query(body).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert!(
+                err.message.contains(want),
+                "{:?}: {}",
+                String::from_utf8_lossy(body),
+                err.message
+            );
+        }
+        let deep = format!(
+            "{{\"query\":\"x\",\"context\":{{\"a\":{}1{}}}}}",
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        assert_eq!(
+            parse_query(deep.as_bytes()).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn prefer_header() {
+        let mut h = HeaderMap::new();
+        assert!(!prefers_async(&h));
+        h.insert(
+            "prefer",
+            HeaderValue::from_static("return=minimal, respond-async"),
+        );
+        assert!(prefers_async(&h));
+    }
+}

@@ -1,0 +1,269 @@
+//! Serving: listeners, connections, graceful shutdown (SPEC §5).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use agentgate_agent_client::AgentClient;
+use agentgate_circuit_breaker::State as BreakerState;
+use agentgate_pipeline::{Engine, EngineSettings};
+use agentgate_progress::{HubConfig, MemoryHub, ProgressHub};
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use crate::app::{admin_app, public_app};
+use crate::config::{Config, ProgressBackend};
+use crate::AppState;
+
+/// How long a client may take to send a request's head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Histogram buckets for agent and query latencies: 1 ms … 60 s.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// An agent's client could not be built.
+    #[error("agent `{agent}`: {source}")]
+    Agent {
+        /// The agent.
+        agent: String,
+        /// What was wrong.
+        source: agentgate_agent_client::AgentConfigError,
+    },
+    /// A progress backend that is not available in this build.
+    #[error("progress.backend = \"redis\" is not supported yet; use \"memory\"")]
+    Backend,
+    /// Listening failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The process-wide Prometheus recorder (metrics are per process, as in Envoy and
+/// Linkerd). The first gateway started in a process installs it.
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("duration_seconds".into()),
+                    &LATENCY_BUCKETS,
+                )
+                .expect("non-empty buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            describe_metrics();
+            handle
+        })
+        .clone()
+}
+
+fn describe_metrics() {
+    agentgate_circuit_breaker::describe_metrics();
+    agentgate_agent_client::describe_metrics();
+    metrics::describe_counter!(
+        "agentgate_retry_budget_exhausted_total",
+        "Retries refused by an agent's retry budget"
+    );
+    metrics::describe_counter!(
+        "agentgate_queries_total",
+        "Queries finished, by pipeline and outcome"
+    );
+    metrics::describe_histogram!(
+        "agentgate_query_duration_seconds",
+        metrics::Unit::Seconds,
+        "Duration of finished queries"
+    );
+    metrics::describe_counter!(
+        "agentgate_stage_fallbacks_total",
+        "Fallbacks taken, by pipeline and stage"
+    );
+    metrics::describe_gauge!("agentgate_health_score", "Health score 0..100");
+}
+
+/// Builds the gateway's state from `config`: one client per agent, the progress hub,
+/// the query engine.
+pub fn build_state(config: Config) -> Result<AppState, GatewayError> {
+    let prometheus = prometheus();
+    let mut agents = BTreeMap::new();
+    for (name, agent) in &config.agents {
+        let client =
+            AgentClient::new(name, agent.clone()).map_err(|source| GatewayError::Agent {
+                agent: name.clone(),
+                source,
+            })?;
+        agents.insert(name.clone(), client);
+    }
+    if config.progress.backend != ProgressBackend::Memory {
+        return Err(GatewayError::Backend);
+    }
+    let hub: Arc<dyn ProgressHub> = Arc::new(MemoryHub::new(HubConfig {
+        replay_events: config.progress.replay_events,
+        retention: config.server.query_retention,
+        ..HubConfig::default()
+    }));
+    let engine = Engine::new(
+        config.pipelines.clone(),
+        agents,
+        hub,
+        EngineSettings {
+            retention: config.server.query_retention,
+            ..EngineSettings::default()
+        },
+    );
+    Ok(AppState::new(config, engine, prometheus))
+}
+
+/// Runs the gateway on `listener` (public routes) and `admin_listener` (admin routes;
+/// `None` serves them on `listener`) until `shutdown` resolves, then drains: `/readyz`
+/// answers 503, new queries are refused, running queries get `shutdown_grace` to
+/// finish, open connections are closed, and `run` returns.
+pub async fn run(
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), GatewayError> {
+    let state = build_state(config)?;
+    serve(state, listener, admin_listener, shutdown).await
+}
+
+/// [`run`] with a state built by [`build_state`] (tests keep a clone of the state).
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), GatewayError> {
+    let loggers = spawn_transition_logs(&state);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let graceful = Arc::new(GracefulShutdown::new());
+    let mut accept = vec![tokio::spawn(accept_loop(
+        listener,
+        public_app(state.clone()),
+        stop_rx.clone(),
+        graceful.clone(),
+    ))];
+    if let Some(admin) = admin_listener {
+        accept.push(tokio::spawn(accept_loop(
+            admin,
+            admin_app(state.clone()),
+            stop_rx.clone(),
+            graceful.clone(),
+        )));
+    }
+
+    shutdown.await;
+    let grace = state.config().server.shutdown_grace;
+    tracing::info!(grace = ?grace, "shutting down: draining running queries");
+    state.start_draining();
+    state.engine().drain(grace).await;
+
+    let _ = stop_tx.send(true);
+    for task in accept {
+        let _ = task.await;
+    }
+    for task in loggers {
+        task.abort();
+    }
+    // Connections finish their current request and close; give them a moment.
+    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close in time");
+    }
+    tracing::info!("shut down");
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+    graceful: Arc<GracefulShutdown>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = async { let _ = stop.wait_for(|stop| *stop).await; } => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+            app.clone().oneshot(req)
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Logs every breaker transition: `warn` when a breaker opens, `info` otherwise.
+fn spawn_transition_logs(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    state
+        .engine()
+        .agents()
+        .values()
+        .map(|agent| {
+            let mut events = agent.breaker().subscribe();
+            tokio::spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(t) => {
+                            if matches!(t.to, BreakerState::Open | BreakerState::ForcedOpen) {
+                                tracing::warn!(agent = %t.agent, from = %t.from, to = %t.to, reason = %t.reason,
+                                    calls_in_window = t.calls_in_window, failure_rate = t.failure_rate,
+                                    consecutive_failures = t.consecutive_failures, "circuit breaker opened");
+                            } else {
+                                tracing::info!(agent = %t.agent, from = %t.from, to = %t.to, reason = %t.reason,
+                                    "circuit breaker transition");
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(skipped = n, "breaker transition log fell behind");
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            })
+        })
+        .collect()
+}

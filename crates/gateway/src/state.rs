@@ -1,0 +1,85 @@
+//! What every handler shares.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use agentgate_agent_client::AgentClient;
+use agentgate_pipeline::Engine;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::time::Instant;
+
+use crate::config::Config;
+
+/// Shared gateway state. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Config,
+    engine: Engine,
+    prometheus: PrometheusHandle,
+    draining: AtomicBool,
+    started: Instant,
+    admin_token: Option<String>,
+}
+
+impl AppState {
+    /// State for a gateway running `config`.
+    pub fn new(config: Config, engine: Engine, prometheus: PrometheusHandle) -> Self {
+        let admin_token = config.admin.token();
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                engine,
+                prometheus,
+                draining: AtomicBool::new(false),
+                started: Instant::now(),
+                admin_token,
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The query engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// The agent called `name`.
+    pub fn agent(&self, name: &str) -> Option<&AgentClient> {
+        self.inner.engine.agents().get(name)
+    }
+
+    /// The Prometheus exposition.
+    pub fn prometheus(&self) -> &PrometheusHandle {
+        &self.inner.prometheus
+    }
+
+    /// Whether shutdown has begun (`/readyz` answers 503, new work is refused).
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// Starts draining.
+    pub fn start_draining(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+        self.inner.engine.close();
+    }
+
+    /// When the gateway started.
+    pub fn started(&self) -> Instant {
+        self.inner.started
+    }
+
+    /// The admin bearer token, if configured.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.inner.admin_token.as_deref()
+    }
+}
