@@ -507,7 +507,13 @@ async fn bad_input_gets_a_clear_4xx_and_the_gateway_keeps_serving() {
         "]".repeat(100_000)
     );
     /// (what, headers, body, expected status, expected error kind)
-    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, StatusCode, &'a str);
+    type Case<'a> = (
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        Vec<u8>,
+        StatusCode,
+        &'a str,
+    );
     let cases: Vec<Case<'_>> = vec![
         (
             "malformed",

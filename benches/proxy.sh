@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# Reverse-proxy benchmark: wrk against the mock agent directly, through nginx, and through
+# agentgate's `/agents/echo/` route, all in one run on loopback. See benches/README.md.
+#
+#   benches/proxy.sh                       # 2 rounds, about 90 s after the build
+#   ROUNDS=1 DURATION=5 benches/proxy.sh   # knobs: ROUNDS, DURATION (s), WARMUP (s),
+#                                          #        LOADGEN_CPU, SERVER_CPU, NO_BUILD=1
+#
+# Pinning: wrk on LOADGEN_CPU (0); the backend and the proxy under test on SERVER_CPU (1).
+# Prints figures only; it is not part of the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-2}
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-1}
+LOADGEN_CPU=${LOADGEN_CPU:-0}
+SERVER_CPU=${SERVER_CPU:-1}
+BIN=target/release/agentgate
+
+die() { echo "proxy.sh: error: $*" >&2; exit 1; }
+log() { echo "==> $*" >&2; }
+
+# --- tools --------------------------------------------------------------------------------
+need_pkgs=()
+for pair in wrk:wrk nginx:nginx taskset:util-linux curl:curl python3:python3; do
+    cmd=${pair%%:*}
+    command -v "$cmd" >/dev/null 2>&1 || need_pkgs+=("${pair#*:}")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    log "installing ${need_pkgs[*]}"
+    [ "$(id -u)" -eq 0 ] || die "need root to apt-get install ${need_pkgs[*]}"
+    apt-get update -qq || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null ||
+        die "apt-get install ${need_pkgs[*]} failed"
+fi
+for cmd in wrk nginx taskset curl python3; do
+    command -v "$cmd" >/dev/null 2>&1 || die "$cmd is still missing after trying to install it"
+done
+[ "$(nproc --all)" -ge 2 ] || die "needs at least 2 CPUs (load generator and servers are pinned apart)"
+
+if [ "${NO_BUILD:-0}" != 1 ]; then
+    log "cargo build --release -p agentgate-bin"
+    cargo build --release -p agentgate-bin --locked >&2
+fi
+[ -x "$BIN" ] || die "$BIN not found (build it with cargo build --release -p agentgate-bin)"
+
+# --- processes we start (and only those) are killed on exit --------------------------------
+TMP=$(mktemp -d -t agentgate-proxy-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_http() { # url [what]: up to 10 s for a 200
+    local i
+    for i in $(seq 1 100); do
+        if curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    die "${2:-$1} did not answer 200 within 10 s (logs in $TMP)"
+}
+
+BACKEND_PORT=$(free_port)
+NGINX_PORT=$(free_port)
+GW_PORT=$(free_port)
+GW_ADMIN_PORT=$(free_port)
+
+# --- backend: the fault-free mock agent ----------------------------------------------------
+RUST_LOG=warn taskset -c "$SERVER_CPU" "$BIN" mock-agent --listen "127.0.0.1:$BACKEND_PORT" --name echo \
+    >"$TMP/backend.log" 2>&1 &
+PIDS+=($!)
+
+# --- nginx ---------------------------------------------------------------------------------
+mkdir -p "$TMP/nginx/logs"
+cat >"$TMP/nginx/nginx.conf" <<CONF
+worker_processes 1;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx/client_body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    keepalive_requests 1000000;
+    upstream backend {
+        server 127.0.0.1:$BACKEND_PORT;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location /agents/echo/ {
+            proxy_pass http://backend/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+CONF
+taskset -c "$SERVER_CPU" nginx -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx" -g 'daemon off;' \
+    >"$TMP/nginx.log" 2>&1 &
+PIDS+=($!)
+
+# --- agentgate -----------------------------------------------------------------------------
+cat >"$TMP/agentgate.toml" <<CONF
+[server]
+listen = "127.0.0.1:$GW_PORT"
+admin_listen = "127.0.0.1:$GW_ADMIN_PORT"
+
+[agents.echo]
+url = "http://127.0.0.1:$BACKEND_PORT"
+timeout = "30s"
+[agents.echo.retry]
+max_attempts = 1
+CONF
+"$BIN" check --config "$TMP/agentgate.toml" >&2 || die "agentgate rejected the bench config"
+taskset -c "$SERVER_CPU" "$BIN" run --config "$TMP/agentgate.toml" >"$TMP/agentgate.log" 2>&1 &
+PIDS+=($!)
+
+# The backend sees `GET /echo` in all three cases. (`/agents/echo/` itself, with an empty
+# tail, is answered 404 by agentgate today: axum's `{*path}` does not match an empty tail.)
+DIRECT_URL="http://127.0.0.1:$BACKEND_PORT/echo"
+NGINX_URL="http://127.0.0.1:$NGINX_PORT/agents/echo/echo"
+GW_URL="http://127.0.0.1:$GW_PORT/agents/echo/echo"
+wait_http "$DIRECT_URL" "the mock agent"
+wait_http "$NGINX_URL" "nginx"
+wait_http "$GW_URL" "agentgate"
+for pair in "direct $DIRECT_URL" "nginx $NGINX_URL" "agentgate $GW_URL"; do
+    set -- $pair
+    size=$(curl -sS -o /dev/null -w '%{size_download}' "$2")
+    log "$1: GET $2 -> 200, $size body bytes"
+done
+
+# --- load ----------------------------------------------------------------------------------
+# wrk latency -> microseconds
+to_us() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
+        if (u == "us") f = 1; else if (u == "ms") f = 1000; else if (u == "s") f = 1e6;
+        else if (u == "m") f = 6e7; else f = -1;
+        if (f < 0) { print "NaN"; exit 1 } printf "%.1f", n * f }'
+}
+
+# run_wrk name url threads conns -> appends "name conns rps p50us p99us" to $TMP/results
+run_wrk() {
+    local name=$1 url=$2 t=$3 c=$4 out rps p50 p99 bad
+    taskset -c "$LOADGEN_CPU" wrk -t"$t" -c"$c" -d"${WARMUP}s" --timeout 10s "$url" >/dev/null
+    out=$(taskset -c "$LOADGEN_CPU" wrk -t"$t" -c"$c" -d"${DURATION}s" --timeout 10s --latency "$url")
+    echo "$out" >>"$TMP/wrk-$name-c$c.txt"
+    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    p50=$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+    p99=$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    bad=$(awk '/Non-2xx or 3xx responses:/ {print $NF} /Socket errors:/ {print "socket-errors"}' <<<"$out")
+    if [ -n "$bad" ]; then
+        echo "$out" >&2
+        die "$name -c$c: errors during the run ($bad)"
+    fi
+    log "$name -c$c: $rps req/s, p50 ${p50} us, p99 ${p99} us"
+    echo "$ROUND $name $c $rps $p50 $p99" >>"$TMP/results"
+}
+
+: >"$TMP/results"
+for ROUND in $(seq 1 "$ROUNDS"); do
+    for c in 64 1; do
+        t=2
+        [ "$c" -eq 1 ] && t=1
+        run_wrk direct "$DIRECT_URL" "$t" "$c"
+        run_wrk nginx "$NGINX_URL" "$t" "$c"
+        run_wrk agentgate "$GW_URL" "$t" "$c"
+    done
+done
+
+# --- report --------------------------------------------------------------------------------
+echo
+echo "proxy benchmark: wrk ${DURATION}s (after ${WARMUP}s warm-up) on CPU $LOADGEN_CPU; backend + proxy on CPU $SERVER_CPU"
+echo "$(nproc --all) CPUs, $(uname -r), $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}')"
+echo
+awk '
+function r(a, b) { return b > 0 ? sprintf("%.2fx", a / b) : "-" }
+{
+    k = $1 SUBSEP $3; rounds[$1] = 1; conns[$3] = 1
+    rps[k, $2] = $4; p50[k, $2] = $5; p99[k, $2] = $6
+}
+END {
+    printf "| round | conns | variant | req/s | p50 (us) | p99 (us) |\n|---:|---:|---|---:|---:|---:|\n"
+    for (R = 1; (R in rounds); R++) for (ci = 0; ci < 2; ci++) {
+        c = ci == 0 ? 64 : 1; k = R SUBSEP c
+        split("direct nginx agentgate", vs, " ")
+        for (i = 1; i <= 3; i++) { v = vs[i]
+            printf "| %d | %d | %s | %.0f | %.1f | %.1f |\n", R, c, v, rps[k, v], p50[k, v], p99[k, v] }
+    }
+    printf "\n| round | conns | ratio | req/s | p50 | p99 |\n|---:|---:|---|---:|---:|---:|\n"
+    for (R = 1; (R in rounds); R++) for (ci = 0; ci < 2; ci++) {
+        c = ci == 0 ? 64 : 1; k = R SUBSEP c
+        printf "| %d | %d | agentgate/nginx | %s | %s | %s |\n", R, c, r(rps[k,"agentgate"], rps[k,"nginx"]), r(p50[k,"agentgate"], p50[k,"nginx"]), r(p99[k,"agentgate"], p99[k,"nginx"])
+        printf "| %d | %d | agentgate/direct | %s | %s | %s |\n", R, c, r(rps[k,"agentgate"], rps[k,"direct"]), r(p50[k,"agentgate"], p50[k,"direct"]), r(p99[k,"agentgate"], p99[k,"direct"])
+        printf "| %d | %d | nginx/direct | %s | %s | %s |\n", R, c, r(rps[k,"nginx"], rps[k,"direct"]), r(p50[k,"nginx"], p50[k,"direct"]), r(p99[k,"nginx"], p99[k,"direct"])
+    }
+    printf "\ntargets at 64 connections (agentgate req/s >= 1.0x nginx, p99 <= nginx):\n"
+    for (R = 1; (R in rounds); R++) { k = R SUBSEP 64
+        t1 = rps[k,"agentgate"] >= rps[k,"nginx"] ? "met" : "MISSED"
+        t2 = p99[k,"agentgate"] <= p99[k,"nginx"] ? "met" : "MISSED"
+        printf "  round %d: req/s %s (%s), p99 %s (%s)\n", R, r(rps[k,"agentgate"], rps[k,"nginx"]), t1, r(p99[k,"agentgate"], p99[k,"nginx"]), t2 }
+}' "$TMP/results"
