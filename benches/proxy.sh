@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Reverse-proxy benchmark: wrk against the mock agent directly, through nginx, and through
-# agentgate's `/agents/echo/` route, all in one run on loopback. See benches/README.md.
+# agentgate's `/agents/echo/echo` route, all in one run on loopback. See benches/README.md.
 #
-#   benches/proxy.sh                       # 2 rounds, about 90 s after the build
+#   benches/proxy.sh                       # 2 rounds, about 75 s after the build
 #   ROUNDS=1 DURATION=5 benches/proxy.sh   # knobs: ROUNDS, DURATION (s), WARMUP (s),
 #                                          #        LOADGEN_CPU, SERVER_CPU, NO_BUILD=1
 #
@@ -41,16 +41,23 @@ done
 
 if [ "${NO_BUILD:-0}" != 1 ]; then
     log "cargo build --release -p agentgate-bin"
-    cargo build --release -p agentgate-bin --locked >&2
+    cargo build --release -p agentgate-bin >&2
 fi
 [ -x "$BIN" ] || die "$BIN not found (build it with cargo build --release -p agentgate-bin)"
 
 # --- processes we start (and only those) are killed on exit --------------------------------
 TMP=$(mktemp -d -t agentgate-proxy-bench.XXXXXX)
 PIDS=()
-cleanup() {
-    local pid
+cleanup() { # SIGTERM, up to 5 s to exit, then SIGKILL; only the PIDs recorded above
+    local pid i alive
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for i in $(seq 1 50); do
+        alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" -eq 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     rm -rf "$TMP"
 }
@@ -76,7 +83,7 @@ GW_PORT=$(free_port)
 GW_ADMIN_PORT=$(free_port)
 
 # --- backend: the fault-free mock agent ----------------------------------------------------
-RUST_LOG=warn taskset -c "$SERVER_CPU" "$BIN" mock-agent --listen "127.0.0.1:$BACKEND_PORT" --name echo \
+env RUST_LOG=warn taskset -c "$SERVER_CPU" "$BIN" mock-agent --listen "127.0.0.1:$BACKEND_PORT" --name echo \
     >"$TMP/backend.log" 2>&1 &
 PIDS+=($!)
 
@@ -171,6 +178,7 @@ run_wrk() {
     echo "$ROUND $name $c $rps $p50 $p99" >>"$TMP/results"
 }
 
+LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 : >"$TMP/results"
 for ROUND in $(seq 1 "$ROUNDS"); do
     for c in 64 1; do
@@ -185,6 +193,7 @@ done
 # --- report --------------------------------------------------------------------------------
 echo
 echo "proxy benchmark: wrk ${DURATION}s (after ${WARMUP}s warm-up) on CPU $LOADGEN_CPU; backend + proxy on CPU $SERVER_CPU"
+echo "load average before the run: $LOAD0"
 echo "$(nproc --all) CPUs, $(uname -r), $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}')"
 echo
 awk '

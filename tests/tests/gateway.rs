@@ -429,6 +429,11 @@ async fn the_proxy_forwards_streams_and_strips_hop_by_hop_headers() {
     assert_eq!(res.json()["body_len"], 5_000_000);
     assert_eq!(res.json()["body_sum"], sum);
 
+    let res = send("GET", &gw.url("/agents/echo/"), &[], "").await;
+    assert_eq!(
+        (res.status, res.json()["path"].clone()),
+        (StatusCode::OK, json!("/"))
+    );
     let res = send("GET", &gw.url("/agents/nope/x"), &[], "").await;
     assert_eq!(res.status, StatusCode::NOT_FOUND);
     assert_eq!(res.json()["error"]["kind"], "unknown_agent");

@@ -10,7 +10,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 
 use crate::error::ApiError;
 use crate::routes::{admin, health, proxy, query};
-use crate::AppState;
+use crate::{ws, AppState};
 
 /// The public listener's routes. When the config has no `admin_listen`, the admin
 /// routes are served here too, and then reading them also needs the admin token.
@@ -18,7 +18,9 @@ pub fn public_app(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/api/query", post(query::submit))
         .route("/api/query/{id}", get(query::get).delete(query::cancel))
+        .route("/ws", get(ws::handler))
         .route("/agents/{agent}", any(proxy::proxy))
+        .route("/agents/{agent}/", any(proxy::proxy))
         .route("/agents/{agent}/{*path}", any(proxy::proxy))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
@@ -34,6 +36,7 @@ pub fn public_app(state: AppState) -> Router {
 /// The admin listener's routes.
 pub fn admin_app(state: AppState) -> Router {
     let router = admin_routes()
+        .route("/ws", get(ws::admin_handler))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     finish(router, state)

@@ -1,9 +1,10 @@
 //! The agentgate gateway: configuration, routes and serving.
 //!
 //! - [`config`]: the TOML config of SPEC §2, with `file:line:col` errors.
-//! - [`app`]: the public router (queries, reverse proxy, health) and the admin router
-//!   (Prometheus, JSON metrics, health, circuit breakers).
+//! - [`app`]: the public router (queries, WebSocket, reverse proxy, health) and the admin
+//!   router (Prometheus, JSON metrics, health, circuit breakers, WebSocket).
 //! - [`error`]: the one place errors become HTTP answers.
+//! - [`ws`]: `GET /ws` — queries, live progress, replay and metrics over a WebSocket.
 //! - [`server`]: [`run`]`(listener, admin_listener, config, shutdown)` — what the binary
 //!   calls and what tests start in-process on `127.0.0.1:0`.
 //! - [`demo`]: the embedded demo configuration.
@@ -15,6 +16,7 @@ pub mod error;
 pub mod routes;
 pub mod server;
 mod state;
+pub mod ws;
 
 pub use config::{Config, ConfigError};
 pub use server::{build_state, prometheus, run, serve, GatewayError};

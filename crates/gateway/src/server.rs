@@ -28,6 +28,10 @@ use crate::AppState;
 /// How long a client may take to send a request's head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// At shutdown, how long WebSocket connections may at least take to deliver the last
+/// terminal events once running queries have ended.
+const WS_FLUSH_MIN: Duration = Duration::from_secs(2);
+
 /// Histogram buckets for agent and query latencies: 1 ms … 60 s.
 const LATENCY_BUCKETS: [f64; 15] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -171,10 +175,17 @@ pub async fn serve(
     }
 
     shutdown.await;
+    let began = tokio::time::Instant::now();
     let grace = state.config().server.shutdown_grace;
     tracing::info!(grace = ?grace, "shutting down: draining running queries");
     state.start_draining();
     state.engine().drain(grace).await;
+    // Every query has ended, so every terminal event is published: WebSocket clients get
+    // theirs, then a 1001 close. Upgraded connections are no longer hyper's, so the
+    // registry counts them; the wait ends with the grace period (but leaves them a moment
+    // to flush what the last cancellations published).
+    let left = grace.saturating_sub(began.elapsed()).max(WS_FLUSH_MIN);
+    state.ws().shutdown(left).await;
 
     let _ = stop_tx.send(true);
     for task in accept {

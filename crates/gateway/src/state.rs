@@ -9,6 +9,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::ws::WsRegistry;
 
 /// Shared gateway state. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -24,12 +25,14 @@ struct Inner {
     draining: AtomicBool,
     started: Instant,
     admin_token: Option<String>,
+    ws: WsRegistry,
 }
 
 impl AppState {
     /// State for a gateway running `config`.
     pub fn new(config: Config, engine: Engine, prometheus: PrometheusHandle) -> Self {
         let admin_token = config.admin.token();
+        let ws = WsRegistry::new(config.server.max_ws_connections);
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -38,6 +41,7 @@ impl AppState {
                 draining: AtomicBool::new(false),
                 started: Instant::now(),
                 admin_token,
+                ws,
             }),
         }
     }
@@ -67,15 +71,22 @@ impl AppState {
         self.inner.draining.load(Ordering::Acquire)
     }
 
-    /// Starts draining.
+    /// Starts draining: new queries and WebSocket upgrades are refused, and WebSocket
+    /// connections close (1001) once the queries they watch have ended.
     pub fn start_draining(&self) {
         self.inner.draining.store(true, Ordering::Release);
         self.inner.engine.close();
+        self.inner.ws.start_draining();
     }
 
     /// When the gateway started.
     pub fn started(&self) -> Instant {
         self.inner.started
+    }
+
+    /// The WebSocket connections: their count, figures and shutdown.
+    pub fn ws(&self) -> &WsRegistry {
+        &self.inner.ws
     }
 
     /// The admin bearer token, if configured.

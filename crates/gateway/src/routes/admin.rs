@@ -67,6 +67,7 @@ pub fn metrics_value(state: &AppState) -> Value {
         );
     }
     let (score, status, reasons) = health(state);
+    let ws = state.ws().stats();
     json!({
         "uptime_s": state.started().elapsed().as_secs(),
         "queries": {
@@ -82,7 +83,12 @@ pub fn metrics_value(state: &AppState) -> Value {
             "p99_ms": round2(q.p99_ms),
         },
         "agents": agents,
-        "websocket": { "connections": 0, "subscriptions": 0, "events_sent": 0, "events_dropped": 0 },
+        "websocket": {
+            "connections": ws.connections,
+            "subscriptions": ws.subscriptions,
+            "events_sent": ws.events_sent,
+            "events_dropped": ws.events_dropped,
+        },
         "health": { "score": score, "status": status, "reasons": reasons },
     })
 }

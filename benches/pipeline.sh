@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Pipeline benchmark: a 3-stage synchronous query through agentgate (POST /api/query) vs
+# the same three agent calls made directly in sequence, one request at a time, against
+# instant mock agents. See benches/README.md.
+#
+#   benches/pipeline.sh                          # about 20 s after the build (2 placements)
+#   ITERATIONS=20000 WARMUP=2000 benches/pipeline.sh
+#   knobs: ITERATIONS, WARMUP, BLOCKS, LOADGEN_CPU, SERVER_CPU, NO_BUILD=1
+#
+# Pinning: the client (benches/loadgen) on LOADGEN_CPU (0); the three mock agents and the
+# gateway on SERVER_CPU (1); then once more with the client on SERVER_CPU too (see
+# docs/BENCHMARKS.md for why). Prints figures only; it is not part of the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ITERATIONS=${ITERATIONS:-10000}
+WARMUP=${WARMUP:-1000}
+BLOCKS=${BLOCKS:-10}
+LOADGEN_CPU=${LOADGEN_CPU:-0}
+SERVER_CPU=${SERVER_CPU:-1}
+BIN=target/release/agentgate
+LOADGEN=target/release/loadgen
+
+die() { echo "pipeline.sh: error: $*" >&2; exit 1; }
+log() { echo "==> $*" >&2; }
+
+need_pkgs=()
+for pair in taskset:util-linux curl:curl python3:python3; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair#*:}")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    log "installing ${need_pkgs[*]}"
+    [ "$(id -u)" -eq 0 ] || die "need root to apt-get install ${need_pkgs[*]}"
+    apt-get update -qq || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null ||
+        die "apt-get install ${need_pkgs[*]} failed"
+fi
+for cmd in taskset curl python3; do
+    command -v "$cmd" >/dev/null 2>&1 || die "$cmd is still missing after trying to install it"
+done
+[ "$(nproc --all)" -ge 2 ] || die "needs at least 2 CPUs (client and servers are pinned apart)"
+
+if [ "${NO_BUILD:-0}" != 1 ]; then
+    log "cargo build --release -p agentgate-bin -p agentgate-loadgen"
+    cargo build --release -p agentgate-bin -p agentgate-loadgen >&2
+fi
+[ -x "$BIN" ] || die "$BIN not found"
+[ -x "$LOADGEN" ] || die "$LOADGEN not found"
+
+TMP=$(mktemp -d -t agentgate-pipeline-bench.XXXXXX)
+PIDS=()
+cleanup() { # SIGTERM, up to 5 s to exit, then SIGKILL; only the PIDs recorded above
+    local pid i alive
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for i in $(seq 1 50); do
+        alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" -eq 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+wait_http() {
+    local i
+    for i in $(seq 1 100); do
+        if curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    die "${2:-$1} did not answer 200 within 10 s"
+}
+
+# --- three instant mock agents -------------------------------------------------------------
+declare -A PORT
+for agent in nlp data viz; do
+    PORT[$agent]=$(free_port)
+    env RUST_LOG=warn taskset -c "$SERVER_CPU" "$BIN" mock-agent --listen "127.0.0.1:${PORT[$agent]}" \
+        --name "$agent" >"$TMP/$agent.log" 2>&1 &
+    PIDS+=($!)
+done
+
+# --- the gateway: one 3-stage default pipeline ---------------------------------------------
+GW_PORT=$(free_port)
+GW_ADMIN_PORT=$(free_port)
+cat >"$TMP/agentgate.toml" <<CONF
+[server]
+listen = "127.0.0.1:$GW_PORT"
+admin_listen = "127.0.0.1:$GW_ADMIN_PORT"
+
+[agents.nlp]
+url = "http://127.0.0.1:${PORT[nlp]}"
+[agents.data]
+url = "http://127.0.0.1:${PORT[data]}"
+[agents.viz]
+url = "http://127.0.0.1:${PORT[viz]}"
+
+[pipelines.default]
+deadline = "30s"
+
+[[pipelines.default.stages]]
+name = "nlp_processing"
+agent = "nlp"
+path = "/process"
+
+[[pipelines.default.stages]]
+name = "data_retrieval"
+agent = "data"
+path = "/query"
+
+[[pipelines.default.stages]]
+name = "visualization"
+agent = "viz"
+path = "/render"
+CONF
+"$BIN" check --config "$TMP/agentgate.toml" >&2 || die "agentgate rejected the bench config"
+taskset -c "$SERVER_CPU" "$BIN" run --config "$TMP/agentgate.toml" >"$TMP/agentgate.log" 2>&1 &
+PIDS+=($!)
+
+for agent in nlp data viz; do wait_http "http://127.0.0.1:${PORT[$agent]}/_mock" "mock agent $agent"; done
+wait_http "http://127.0.0.1:$GW_PORT/readyz" "agentgate"
+
+run_loadgen() { # cpu
+    taskset -c "$1" "$LOADGEN" \
+        --gateway "http://127.0.0.1:$GW_PORT" \
+        --stage "nlp_processing=http://127.0.0.1:${PORT[nlp]}/process" \
+        --stage "data_retrieval=http://127.0.0.1:${PORT[data]}/query" \
+        --stage "visualization=http://127.0.0.1:${PORT[viz]}/render" \
+        --warmup "$WARMUP" --iterations "$ITERATIONS" --blocks "$BLOCKS"
+}
+
+log "loadgen: $WARMUP warm-up + $ITERATIONS measured per mode, $BLOCKS alternating blocks, twice"
+echo
+echo "pipeline benchmark: 3 stages, concurrency 1, $(nproc --all) CPUs, $(uname -r), load average before the run: $(cut -d" " -f1-3 /proc/loadavg)"
+echo
+echo "### A. split (the reference): client on CPU $LOADGEN_CPU; gateway + 3 mock agents on CPU $SERVER_CPU"
+echo
+run_loadgen "$LOADGEN_CPU"
+echo
+echo "### B. shared: client, gateway and 3 mock agents all on CPU $SERVER_CPU"
+echo "(no cross-CPU wake-ups: the direct path is no longer charged 3 of them per query vs 1 for the gateway)"
+echo
+run_loadgen "$SERVER_CPU"
