@@ -96,9 +96,13 @@ pub struct ProgressEvent {
 
 /// An event with its JSON text, serialized once however many clients receive it.
 #[derive(Clone, PartialEq)]
+///
+/// Only the JSON text is kept (plus the seq and whether it is terminal): a parsed
+/// `serde_json::Value` of a `completed` event's result takes several times its text's
+/// memory, and every retained query keeps up to `replay_events` of these.
 pub struct Published {
-    /// The event.
-    pub event: ProgressEvent,
+    seq: u64,
+    terminal: bool,
     /// `serde_json::to_string(&event)`.
     pub json: Arc<str>,
 }
@@ -134,12 +138,27 @@ impl Published {
         let json = serde_json::to_string(&event)
             .expect("events serialize")
             .into();
-        Self { event, json }
+        Self {
+            seq: event.seq,
+            terminal: event.kind.is_terminal(),
+            json,
+        }
     }
 
     /// The event's sequence number.
     pub fn seq(&self) -> u64 {
-        self.event.seq
+        self.seq
+    }
+
+    /// Whether this is the query's terminal event (`completed`, `failed`, `cancelled`).
+    pub fn is_terminal(&self) -> bool {
+        self.terminal
+    }
+
+    /// The event, parsed back from its JSON (for tests and other backends; the hot
+    /// path only ever sends the text).
+    pub fn event(&self) -> ProgressEvent {
+        serde_json::from_str(&self.json).expect("published JSON is an event")
     }
 }
 

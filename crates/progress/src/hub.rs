@@ -306,7 +306,7 @@ impl Subscription {
 
     fn deliver(&mut self, event: Arc<Published>) -> SubscriptionItem {
         self.last = event.seq();
-        if event.event.kind.is_terminal() {
+        if event.is_terminal() {
             self.ended = true;
             self.live = None;
         }

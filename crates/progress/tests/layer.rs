@@ -53,7 +53,7 @@ async fn a_stage_that_fails_once_reports_error_retrying_completed() {
 
     let mut got = Vec::new();
     while let Some(SubscriptionItem::Event(e)) = sub.recv().await {
-        got.push(serde_json::to_value(&e.event).unwrap());
+        got.push(serde_json::to_value(e.event()).unwrap());
     }
     let brief: Vec<_> = got
         .iter()

@@ -631,7 +631,7 @@ async fn skip_ahead(sub: &mut Subscription, out: &mpsc::Sender<Outgoing>, ws: &W
 }
 
 fn is_terminal(e: &Published) -> bool {
-    e.event.kind.is_terminal()
+    e.is_terminal()
 }
 
 /// `subscribe_metrics`: a `metrics` frame every `every` (the first at once), and every

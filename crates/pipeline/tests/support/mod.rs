@@ -245,7 +245,7 @@ pub async fn events(hub: &MemoryHub, query_id: &str) -> Vec<Value> {
     let mut out = Vec::new();
     while let Some(item) = sub.recv().await {
         match item {
-            SubscriptionItem::Event(e) => out.push(serde_json::to_value(&e.event).unwrap()),
+            SubscriptionItem::Event(e) => out.push(serde_json::to_value(e.event()).unwrap()),
             SubscriptionItem::Lagged { .. } => panic!("lagged"),
         }
     }
