@@ -121,7 +121,8 @@ path = "/render"
 CONF
 "$BIN" check --config "$TMP/agentgate.toml" >&2 || die "agentgate rejected the bench config"
 taskset -c "$SERVER_CPU" "$BIN" run --config "$TMP/agentgate.toml" >"$TMP/agentgate.log" 2>&1 &
-PIDS+=($!)
+GW_PID=$!
+PIDS+=($GW_PID)
 
 for agent in nlp data viz; do wait_http "http://127.0.0.1:${PORT[$agent]}/_mock" "mock agent $agent"; done
 wait_http "http://127.0.0.1:$GW_PORT/readyz" "agentgate"
@@ -147,3 +148,7 @@ echo "### B. shared: client, gateway and 3 mock agents all on CPU $SERVER_CPU"
 echo "(no cross-CPU wake-ups: the direct path is no longer charged 3 of them per query vs 1 for the gateway)"
 echo
 run_loadgen "$SERVER_CPU"
+echo
+# Every query stays retained (records and replay buffers) up to query_retention / the
+# count caps, so this is the memory of ~2 x (WARMUP + ITERATIONS) retained queries.
+echo "gateway memory after the runs: $(grep VmRSS /proc/$GW_PID/status | tr -s ' ')"
