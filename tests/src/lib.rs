@@ -297,3 +297,43 @@ pub async fn post_json(url: &str, body: &serde_json::Value) -> Answer {
     )
     .await
 }
+
+/// The `[server]` and `[defaults]` tables of the end-to-end tests' configs: quick retries
+/// (no jitter, a budget that never runs dry) and breakers that do not trip by accident.
+/// `server` adds lines to `[server]`; `timeout` is the per-attempt timeout.
+pub fn base_config(server: &str, timeout: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+{server}
+
+[defaults]
+timeout = "{timeout}"
+[defaults.retry]
+max_attempts = 2
+base_delay = "10ms"
+max_delay = "50ms"
+jitter = "none"
+budget_min_per_sec = 1000
+[defaults.circuit_breaker]
+consecutive_failures = 50
+"#
+    )
+}
+
+/// A mock agent named `name`, its default behavior changed by `f`.
+pub async fn mock(
+    name: &str,
+    f: impl FnOnce(&mut agentgate_mock_agent::Behavior),
+) -> agentgate_mock_agent::MockAgent {
+    let mut behavior = agentgate_mock_agent::Behavior {
+        name: name.into(),
+        ..agentgate_mock_agent::Behavior::default()
+    };
+    f(&mut behavior);
+    agentgate_mock_agent::MockAgent::start(behavior)
+        .await
+        .expect("mock agent")
+}

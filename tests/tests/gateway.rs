@@ -3,44 +3,25 @@
 
 use std::time::Duration;
 
-use agentgate_e2e::{post_json, send, EchoServer, Gateway};
+use agentgate_e2e::{base_config, mock, post_json, send, EchoServer, Gateway};
 use agentgate_mock_agent::{Behavior, MockAgent};
 use http::StatusCode;
 use serde_json::{json, Value};
 
-const DEFAULTS: &str = r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:1"
-max_body_bytes = 1048576
-shutdown_grace = "5s"
-
-[defaults]
-timeout = "2s"
-[defaults.retry]
-max_attempts = 2
-base_delay = "10ms"
-max_delay = "50ms"
-jitter = "none"
-budget_min_per_sec = 1000
-[defaults.circuit_breaker]
-consecutive_failures = 50
-"#;
-
-async fn mock(name: &str, f: impl FnOnce(&mut Behavior)) -> MockAgent {
-    let mut b = Behavior {
-        name: name.into(),
-        ..Behavior::default()
-    };
-    f(&mut b);
-    MockAgent::start(b).await.expect("mock agent")
+/// Server and defaults shared by these tests (admin routes on their own listener).
+fn defaults() -> String {
+    base_config(
+        "admin_listen = \"127.0.0.1:1\"\nmax_body_bytes = 1048576",
+        "2s",
+    )
 }
 
 /// A config with the given agents and a three-stage `default` pipeline nlp → data → viz
 /// (viz optional), nlp falling back to `nlp_backup` then a static value.
 fn three_stage(nlp: &str, backup: &str, data: &str, viz: &str, deadline: &str) -> String {
+    let defaults = defaults();
     format!(
-        r#"{DEFAULTS}
+        r#"{defaults}
 [agents.nlp]
 url = "{nlp}"
 [agents.nlp_backup]
@@ -377,7 +358,7 @@ async fn async_queries_can_be_read_and_cancelled() {
 #[tokio::test]
 async fn the_proxy_forwards_streams_and_strips_hop_by_hop_headers() {
     let echo = EchoServer::start(|_| StatusCode::OK).await;
-    let config = DEFAULTS.replace("max_body_bytes = 1048576", "max_body_bytes = 8388608")
+    let config = defaults().replace("max_body_bytes = 1048576", "max_body_bytes = 8388608")
         + &format!("[agents.echo]\nurl = \"{}\"\n", echo.url());
     let gw = Gateway::start(&config).await;
 
@@ -454,7 +435,8 @@ async fn the_proxy_retries_get_but_not_post() {
     })
     .await;
     let gw = Gateway::start(&format!(
-        "{DEFAULTS}\n[agents.flaky]\nurl = \"{}\"\n",
+        "{}\n[agents.flaky]\nurl = \"{}\"\n",
+        defaults(),
         flaky.url()
     ))
     .await;

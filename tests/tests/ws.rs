@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use agentgate_e2e::{send, EchoServer, Gateway};
-use agentgate_mock_agent::{Behavior, MockAgent};
+use agentgate_e2e::{base_config, mock, send, EchoServer, Gateway};
+use agentgate_mock_agent::MockAgent;
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use serde_json::{json, Value};
@@ -21,37 +21,6 @@ const TERMINAL: [&str; 3] = ["completed", "failed", "cancelled"];
 const ADMIN_APART: &str = r#"admin_listen = "127.0.0.1:1""#;
 
 // === config ===
-
-fn base(server: &str, timeout: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-shutdown_grace = "5s"
-{server}
-
-[defaults]
-timeout = "{timeout}"
-[defaults.retry]
-max_attempts = 2
-base_delay = "10ms"
-max_delay = "50ms"
-jitter = "none"
-budget_min_per_sec = 1000
-[defaults.circuit_breaker]
-consecutive_failures = 50
-"#
-    )
-}
-
-async fn mock(name: &str, f: impl FnOnce(&mut Behavior)) -> MockAgent {
-    let mut b = Behavior {
-        name: name.into(),
-        ..Behavior::default()
-    };
-    f(&mut b);
-    MockAgent::start(b).await.expect("mock agent")
-}
 
 /// nlp → data → viz (viz optional), as in the SPEC's example.
 fn three_stage(server: &str, nlp: &str, data: &str, viz: &str) -> String {
@@ -84,7 +53,7 @@ path = "/render"
 weight = 30
 optional = true
 "#,
-        base(server, "10s")
+        base_config(server, "10s")
     )
 }
 
