@@ -16,9 +16,9 @@ done
 
 # --- system packages (Debian) ----------------------------------------------------------
 # Each entry: "<command that must exist>:<package that provides it>".
-# (Redis, promtool and chromium join this list as the gateway's tests need them.)
+# promtool checks the live /metrics exposition and deploy/prometheus/alerts.yml.
 needed=()
-for pair in "cc:build-essential" "pkg-config:pkg-config"; do
+for pair in "cc:build-essential" "pkg-config:pkg-config" "promtool:prometheus"; do
     cmd=${pair%%:*}
     pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || needed+=("$pkg")
