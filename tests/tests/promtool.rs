@@ -50,7 +50,9 @@ async fn the_live_exposition_passes_promtool() {
     }
     gw.state.agent("data").unwrap().breaker().force_open(None);
     assert_eq!(
-        post_json(&gw.url("/api/query"), &json!({"query": "q"})).await.status,
+        post_json(&gw.url("/api/query"), &json!({"query": "q"}))
+            .await
+            .status,
         StatusCode::SERVICE_UNAVAILABLE
     );
     let metrics = send("GET", &gw.admin_url("/metrics"), &[], "").await;
@@ -67,15 +69,24 @@ async fn the_live_exposition_passes_promtool() {
         "agentgate_query_duration_seconds",
         "agentgate_health_score",
     ] {
-        assert!(text.contains(&format!("# TYPE {family} ")), "no {family} in\n{text}");
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "no {family} in\n{text}"
+        );
     }
     let (ok, report) = promtool(&["check", "metrics"], Some(text.as_bytes()));
-    assert!(ok && report.trim().is_empty(), "promtool: {report}\n--- exposition ---\n{text}");
+    assert!(
+        ok && report.trim().is_empty(),
+        "promtool: {report}\n--- exposition ---\n{text}"
+    );
 }
 
 #[test]
 fn the_shipped_alert_rules_pass_promtool() {
-    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus/alerts.yml");
+    let rules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/prometheus/alerts.yml"
+    );
     let (ok, report) = promtool(&["check", "rules", rules], None);
     assert!(ok, "{report}");
 }
