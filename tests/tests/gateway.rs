@@ -153,6 +153,12 @@ async fn a_query_runs_every_stage_with_the_stage_contract() {
     let record = send("GET", &gw.url(&format!("/api/query/{query_id}")), &[], "").await;
     assert_eq!(record.status, StatusCode::OK);
     assert_eq!(record.json()["status"], "completed");
+    // Every answer carries a request id, different for each request.
+    let (a, b) = (
+        &res.headers["x-request-id"],
+        &record.headers["x-request-id"],
+    );
+    assert!(!a.is_empty() && a != b, "{a:?} {b:?}");
 }
 
 #[tokio::test]
