@@ -6,7 +6,7 @@ use std::time::Duration;
 use agentgate::circuit_breaker::{Reason, State};
 use agentgate::classify::{cause_ref, classify_error, FailureClass};
 use agentgate::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen};
-use agentgate_e2e::ScriptedServer;
+use agentgate_e2e::EchoServer;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Empty;
@@ -40,7 +40,7 @@ fn breaker(consecutive_failures: u32) -> CircuitBreakerLayer {
 
 #[tokio::test]
 async fn failing_agent_trips_then_recovers_through_a_probe() {
-    let server = ScriptedServer::start(|n| {
+    let server = EchoServer::start(|n| {
         if n < 3 {
             StatusCode::SERVICE_UNAVAILABLE
         } else {
