@@ -684,3 +684,116 @@ async fn metrics_and_admin_routes() {
     .await;
     assert_eq!(res.status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test]
+async fn the_admin_api_needs_the_token_and_steers_breakers() {
+    // A variable only this test uses, so tests running in parallel do not interfere.
+    std::env::set_var("AGENTGATE_TEST_ADMIN_TOKEN_STEER", "s3cret");
+    let a = agents().await;
+    let config = three_stage(
+        &a.nlp.url(),
+        &a.backup.url(),
+        &a.data.url(),
+        &a.viz.url(),
+        "10s",
+    ) + "\n[admin]\ntoken_env = \"AGENTGATE_TEST_ADMIN_TOKEN_STEER\"\n";
+    let gw = Gateway::start(&config).await;
+    let url = gw.admin_url("/api/orchestration/circuit-breakers/data/force-open");
+    let body = r#"{"for":"1s"}"#;
+
+    let res = send("POST", &url, &[], body).await;
+    assert_eq!(
+        (res.status, res.json()["error"]["kind"].clone()),
+        (StatusCode::UNAUTHORIZED, json!("unauthorized"))
+    );
+    let res = send("POST", &url, &[("authorization", "Bearer wrong")], body).await;
+    assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+    let auth = [("authorization", "Bearer s3cret")];
+    let res = send("POST", &url, &auth, body).await;
+    assert_eq!(
+        res.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&res.body)
+    );
+    assert_eq!(
+        res.json(),
+        json!({"agent": "data", "from": "closed", "to": "forced_open"})
+    );
+    let bad = send("POST", &url, &auth, r#"{"for":"soon"}"#).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+
+    let breakers = send(
+        "GET",
+        &gw.admin_url("/api/orchestration/circuit-breakers"),
+        &[],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(breakers["data"]["state"], "forced_open");
+    assert_eq!(breakers["data"]["trip_reason"], "manual");
+    // A forced-open period expires by itself (into half-open, so a probe decides); one
+    // of 0 s has expired by the next read, so no test time is spent waiting.
+    let res = send("POST", &url, &auth, r#"{"for":"0s"}"#).await;
+    assert_eq!(res.json()["to"], "forced_open");
+    let breakers = send(
+        "GET",
+        &gw.admin_url("/api/orchestration/circuit-breakers"),
+        &[],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(breakers["data"]["state"], "half_open");
+
+    let res = send(
+        "POST",
+        &gw.admin_url("/api/orchestration/circuit-breakers/data/disable"),
+        &auth,
+        "",
+    )
+    .await;
+    assert_eq!(
+        res.json(),
+        json!({"agent": "data", "from": "half_open", "to": "disabled"})
+    );
+    let res = send(
+        "POST",
+        &gw.admin_url("/api/orchestration/circuit-breakers/reset"),
+        &auth,
+        "",
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert!(res
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c == &json!({"agent": "data", "from": "disabled", "to": "closed"})));
+    let res = send(
+        "POST",
+        &gw.admin_url("/api/orchestration/circuit-breakers/nope/reset"),
+        &auth,
+        "",
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::NOT_FOUND);
+    let metrics = String::from_utf8(
+        send("GET", &gw.admin_url("/metrics"), &[], "")
+            .await
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    // Metrics are per process and other tests force `data` open too: at least this one.
+    let series = r#"agentgate_circuit_breaker_transitions_total{agent="data",from="closed",to="forced_open",reason="manual"} "#;
+    let count: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series))
+        .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+        .parse()
+        .unwrap();
+    assert!(count >= 1.0);
+}
