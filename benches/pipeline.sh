@@ -21,8 +21,9 @@ SERVER_CPU=${SERVER_CPU:-1}
 BIN=target/release/agentgate
 LOADGEN=target/release/loadgen
 
-die() { echo "pipeline.sh: error: $*" >&2; exit 1; }
-log() { echo "==> $*" >&2; }
+BENCH_NAME=pipeline.sh
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 
 need_pkgs=()
 for pair in taskset:util-linux curl:curl python3:python3; do
@@ -47,35 +48,6 @@ fi
 [ -x "$BIN" ] || die "$BIN not found"
 [ -x "$LOADGEN" ] || die "$LOADGEN not found"
 
-TMP=$(mktemp -d -t agentgate-pipeline-bench.XXXXXX)
-PIDS=()
-cleanup() { # SIGTERM, up to 5 s to exit, then SIGKILL; only the PIDs recorded above
-    local pid i alive
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for i in $(seq 1 50); do
-        alive=0
-        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [ "$alive" -eq 0 ] && break
-        sleep 0.1
-    done
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_http() {
-    local i
-    for i in $(seq 1 100); do
-        if curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    die "${2:-$1} did not answer 200 within 10 s"
-}
 
 # --- three instant mock agents -------------------------------------------------------------
 declare -A PORT

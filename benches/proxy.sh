@@ -18,8 +18,9 @@ LOADGEN_CPU=${LOADGEN_CPU:-0}
 SERVER_CPU=${SERVER_CPU:-1}
 BIN=target/release/agentgate
 
-die() { echo "proxy.sh: error: $*" >&2; exit 1; }
-log() { echo "==> $*" >&2; }
+BENCH_NAME=proxy.sh
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 
 # --- tools --------------------------------------------------------------------------------
 need_pkgs=()
@@ -45,37 +46,6 @@ if [ "${NO_BUILD:-0}" != 1 ]; then
 fi
 [ -x "$BIN" ] || die "$BIN not found (build it with cargo build --release -p agentgate-bin)"
 
-# --- processes we start (and only those) are killed on exit --------------------------------
-TMP=$(mktemp -d -t agentgate-proxy-bench.XXXXXX)
-PIDS=()
-cleanup() { # SIGTERM, up to 5 s to exit, then SIGKILL; only the PIDs recorded above
-    local pid i alive
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for i in $(seq 1 50); do
-        alive=0
-        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [ "$alive" -eq 0 ] && break
-        sleep 0.1
-    done
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_http() { # url [what]: up to 10 s for a 200
-    local i
-    for i in $(seq 1 100); do
-        if curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    die "${2:-$1} did not answer 200 within 10 s (logs in $TMP)"
-}
 
 BACKEND_PORT=$(free_port)
 NGINX_PORT=$(free_port)

@@ -82,23 +82,8 @@ pub fn prometheus() -> PrometheusHandle {
 fn describe_metrics() {
     agentgate_circuit_breaker::describe_metrics();
     agentgate_agent_client::describe_metrics();
-    metrics::describe_counter!(
-        "agentgate_retry_budget_exhausted_total",
-        "Retries refused by an agent's retry budget"
-    );
-    metrics::describe_counter!(
-        "agentgate_queries_total",
-        "Queries finished, by pipeline and outcome"
-    );
-    metrics::describe_histogram!(
-        "agentgate_query_duration_seconds",
-        metrics::Unit::Seconds,
-        "Duration of finished queries"
-    );
-    metrics::describe_counter!(
-        "agentgate_stage_fallbacks_total",
-        "Fallbacks taken, by pipeline and stage"
-    );
+    agentgate_retry::describe_metrics();
+    agentgate_pipeline::describe_metrics();
     metrics::describe_gauge!("agentgate_health_score", "Health score 0..100");
 }
 

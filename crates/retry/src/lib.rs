@@ -74,4 +74,4 @@ pub use layer::{RetryFuture, RetryLayer, RetryService};
 pub use ledger::{
     AttemptLedger, AttemptObserver, AttemptOutcome, AttemptRecord, Deadline, RetryAllowance,
 };
-pub use policy::{NoRetry, RetryPolicy, DEADLINE_HEADER};
+pub use policy::{describe_metrics, NoRetry, RetryPolicy, DEADLINE_HEADER};

@@ -26,6 +26,16 @@ use crate::{
 pub const DEADLINE_HEADER: http::HeaderName =
     http::HeaderName::from_static("x-agentgate-deadline-ms");
 
+/// Registers the help text of `agentgate_retry_budget_exhausted_total`.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        BUDGET_EXHAUSTED,
+        "Retries refused by an agent's retry budget"
+    );
+}
+
+const BUDGET_EXHAUSTED: &str = "agentgate_retry_budget_exhausted_total";
+
 /// How long the budget remembers requests (as in Linkerd and Finagle).
 const BUDGET_TTL: Duration = Duration::from_secs(10);
 
@@ -103,7 +113,7 @@ impl RetryPolicy {
             max: config.max_delay,
             jitter: config.jitter,
         };
-        let budget_exhausted = metrics::counter!("agentgate_retry_budget_exhausted_total", "agent" => agent.to_string());
+        let budget_exhausted = metrics::counter!(BUDGET_EXHAUSTED, "agent" => agent.to_string());
         Ok(Self {
             prev_delay: config.base_delay,
             shared: Arc::new(Shared {

@@ -108,13 +108,11 @@ async fn forward(
 fn agent_path(full: &str, query: Option<&str>) -> Result<String, ApiError> {
     let after = full.strip_prefix("/agents/").unwrap_or("");
     let rest = after.find('/').map_or("/", |i| &after[i..]);
+    // Checked without allocating: this runs on every proxied request.
     for segment in rest.split('/') {
-        let lower = segment.to_ascii_lowercase();
-        let decoded = lower.replace("%2e", ".");
-        if decoded == "."
-            || decoded == ".."
-            || lower.contains("%2f")
-            || lower.contains("%5c")
+        if is_dot_segment(segment)
+            || contains_ci(segment, "%2f")
+            || contains_ci(segment, "%5c")
             || segment.contains('\\')
         {
             return Err(ApiError::bad_request(format!(
@@ -126,6 +124,30 @@ fn agent_path(full: &str, query: Option<&str>) -> Result<String, ApiError> {
         Some(q) => format!("{rest}?{q}"),
         None => rest.to_owned(),
     })
+}
+
+/// `.` or `..`, with any of the dots percent-encoded (`%2e`, `%2E`).
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"%2e") {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    (1..=2).contains(&dots)
+}
+
+/// Whether `hay` contains `needle`, ASCII case-insensitively.
+fn contains_ci(hay: &str, needle: &str) -> bool {
+    hay.as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -172,6 +194,11 @@ mod tests {
             "/a/b?x=1"
         );
         assert_eq!(agent_path("/agents/nlp/", None).unwrap(), "/");
+        assert_eq!(
+            agent_path("/agents/nlp/v1.2/.../x", None).unwrap(),
+            "/v1.2/.../x"
+        );
+        assert!(agent_path("/agents/nlp/.%2E/x", None).is_err());
         for bad in [
             "/agents/nlp/../admin",
             "/agents/nlp/%2e%2e/x",

@@ -1,0 +1,37 @@
+# Shared by the benchmark scripts: source it after setting BENCH_NAME (and after `cd` to
+# the repository root). It creates $TMP, records started processes in PIDS, and on exit
+# stops exactly those (SIGTERM, up to 5 s, then SIGKILL) and removes $TMP.
+
+die() { echo "$BENCH_NAME: error: $*" >&2; exit 1; }
+log() { echo "==> $*" >&2; }
+
+TMP=$(mktemp -d -t "agentgate-$BENCH_NAME-bench.XXXXXX")
+PIDS=()
+cleanup() {
+    local pid i alive
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for i in $(seq 1 50); do
+        alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" -eq 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_http() { # url [what]: up to 10 s for a 200
+    local i
+    for i in $(seq 1 100); do
+        if curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    die "${2:-$1} did not answer 200 within 10 s (logs in $TMP)"
+}
