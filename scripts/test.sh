@@ -16,9 +16,11 @@ done
 
 # --- system packages (Debian) ----------------------------------------------------------
 # Each entry: "<command that must exist>:<package that provides it>".
-# promtool checks the live /metrics exposition and deploy/prometheus/alerts.yml.
+# promtool checks the live /metrics exposition and deploy/prometheus/alerts.yml;
+# chromium + chromedriver run the /dashboard test in a real headless browser.
 needed=()
-for pair in "cc:build-essential" "pkg-config:pkg-config" "promtool:prometheus"; do
+for pair in "cc:build-essential" "pkg-config:pkg-config" "promtool:prometheus" \
+    "chromium:chromium" "chromedriver:chromium-driver"; do
     cmd=${pair%%:*}
     pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || needed+=("$pkg")

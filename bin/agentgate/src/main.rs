@@ -175,7 +175,7 @@ async fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), String
     let config = Config::from_toml(&text, "<demo>").map_err(|e| e.to_string())?;
     println!(
         "agentgate demo\n\
-         \n  gateway    http://{listen}\n  query      curl -s -X POST http://{listen}/api/query -H 'content-type: application/json' -d '{{\"query\":\"show sales by region\"}}'\n  proxy      curl -s http://{listen}/agents/data/query\n  websocket  ws://{listen}/ws  (send {{\"type\":\"query\",\"query\":\"...\"}})\n  metrics    http://{admin_listen}/metrics\n  JSON       http://{admin_listen}/api/orchestration/metrics\n  breakers   http://{admin_listen}/api/orchestration/circuit-breakers\n\
+         \n  gateway    http://{listen}\n  query      curl -s -X POST http://{listen}/api/query -H 'content-type: application/json' -d '{{\"query\":\"show sales by region\"}}'\n  proxy      curl -s http://{listen}/agents/data/query\n  websocket  ws://{listen}/ws  (send {{\"type\":\"query\",\"query\":\"...\"}})\n  dashboard  http://{admin_listen}/dashboard\n  metrics    http://{admin_listen}/metrics\n  JSON       http://{admin_listen}/api/orchestration/metrics\n  breakers   http://{admin_listen}/api/orchestration/circuit-breakers\n\
          \n  mock agents: nlp {} (flaky: down 15 s every 45 s), nlp_backup {}, data {}, viz {}\n  Ctrl-C stops everything.\n",
         nlp.url(),
         nlp_backup.url(),

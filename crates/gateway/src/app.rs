@@ -11,7 +11,7 @@ use tower_http::request_id::{
 };
 
 use crate::error::ApiError;
-use crate::routes::{admin, health, proxy, query};
+use crate::routes::{admin, dashboard, health, proxy, query};
 use crate::{ws, AppState};
 
 /// The public listener's routes. When the config has no `admin_listen`, the admin
@@ -27,10 +27,12 @@ pub fn public_app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     if state.config().server.admin_listen.is_none() {
-        router = router.merge(
-            admin_routes()
-                .route_layer(middleware::from_fn_with_state(state.clone(), require_token)),
-        );
+        router = router
+            .merge(
+                admin_routes()
+                    .route_layer(middleware::from_fn_with_state(state.clone(), require_token)),
+            )
+            .route("/dashboard", get(dashboard::dashboard));
     }
     finish(router, state)
 }
@@ -39,6 +41,7 @@ pub fn public_app(state: AppState) -> Router {
 pub fn admin_app(state: AppState) -> Router {
     let router = admin_routes()
         .route("/ws", get(ws::admin_handler))
+        .route("/dashboard", get(dashboard::dashboard))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     finish(router, state)

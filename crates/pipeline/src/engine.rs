@@ -50,6 +50,25 @@ pub struct EngineSettings {
     pub default_pipeline: String,
 }
 
+/// A running query as [`Engine::live`] sees it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LiveQuery {
+    /// The query's id.
+    pub query_id: String,
+    /// Its pipeline.
+    pub pipeline: String,
+    /// The stage it is running (`None` once past the last one).
+    pub stage: Option<String>,
+    /// Stages finished so far.
+    pub stages_done: usize,
+    /// Stages in its pipeline.
+    pub stages_total: usize,
+    /// Where the progress bar stands: the start of the running stage's share.
+    pub progress: u8,
+    /// Time since it was submitted.
+    pub elapsed_ms: u64,
+}
+
 /// A started query. Its id is known at once; [`Submitted::finished`] waits for the end.
 #[derive(Debug)]
 pub struct Submitted {
@@ -213,6 +232,41 @@ impl Engine {
         self.get(query_id).map_or(Err(CancelError::NotFound), |r| {
             Err(CancelError::AlreadyFinished(r))
         })
+    }
+
+    /// The running queries, oldest first, at most `limit` of them: where each one is
+    /// (for dashboards; clients that want every step subscribe to the query's events).
+    pub fn live(&self, limit: usize) -> Vec<LiveQuery> {
+        let now = Instant::now();
+        let mut live: Vec<(Instant, LiveQuery)> = {
+            let records = self.inner.lock();
+            records
+                .iter()
+                .filter(|e| e.record.status == QueryStatus::Running)
+                .map(|e| {
+                    let plan = self.inner.pipelines.get(&e.record.pipeline);
+                    let done = e.record.stages.len();
+                    let stage = plan
+                        .and_then(|p| p.config.stages.get(done))
+                        .map(|s| s.name.clone());
+                    let progress = plan
+                        .and_then(|p| p.bounds.get(done).map(|b| b.0))
+                        .unwrap_or(100);
+                    let live = LiveQuery {
+                        query_id: e.record.query_id.clone(),
+                        pipeline: e.record.pipeline.clone(),
+                        stage,
+                        stages_done: done,
+                        stages_total: plan.map_or(done, |p| p.config.stages.len()),
+                        progress,
+                        elapsed_ms: millis(now.saturating_duration_since(e.started)),
+                    };
+                    (e.started, live)
+                })
+                .collect()
+        };
+        live.sort_by_key(|(started, _)| *started);
+        live.into_iter().take(limit).map(|(_, l)| l).collect()
     }
 
     /// Query figures.

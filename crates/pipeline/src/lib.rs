@@ -118,7 +118,7 @@ mod record;
 mod stats;
 
 pub use config::{Fallback, PipelineConfig, PipelineConfigError, StageConfig};
-pub use engine::{Engine, EngineSettings, Submitted};
+pub use engine::{Engine, EngineSettings, LiveQuery, Submitted};
 pub use error::{CancelError, SubmitError};
 pub use metrics::describe_metrics;
 pub use query::QueryInput;

@@ -271,6 +271,11 @@ impl Records {
         self.entries.get_mut(query_id)
     }
 
+    /// Every record held.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
     /// The ids of running queries.
     pub(crate) fn running(&self) -> Vec<String> {
         self.entries

@@ -515,3 +515,51 @@ async fn cancel_racing_completion_ends_each_query_once() {
         (60, 0)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn live_lists_running_queries_oldest_first_with_their_stage() {
+    let fast = Agent::start(vec![Reply::Json(json!({"n": 1})); 4]).await;
+    let slow = Agent::start(vec![Reply::Hang, Reply::Hang, Reply::Hang]).await;
+    let two_stages = r#"
+        [[stages]]
+        name = "first"
+        agent = "fast"
+        weight = 1
+        [[stages]]
+        name = "second"
+        agent = "slow"
+        weight = 3
+    "#;
+    let s = engine(
+        &[("default", two_stages)],
+        vec![
+            ("fast", agent_config(fast.url())),
+            ("slow", agent_config(slow.url())),
+        ],
+        EngineSettings::default(),
+    );
+    assert!(s.engine.live(10).is_empty());
+    let a = s.engine.submit(QueryInput::new("a")).unwrap();
+    support::until(|| slow.hits() == 1).await;
+    tokio::time::advance(ms(100)).await;
+    let b = s.engine.submit(QueryInput::new("b")).unwrap();
+    support::until(|| slow.hits() == 2).await;
+
+    let live = s.engine.live(10);
+    assert_eq!(live.len(), 2);
+    assert_eq!(live[0].query_id, a.query_id);
+    assert_eq!(live[1].query_id, b.query_id);
+    assert!(live[0].elapsed_ms >= live[1].elapsed_ms + 100);
+    assert_eq!(live[0].stage.as_deref(), Some("second"));
+    assert_eq!((live[0].stages_done, live[0].stages_total), (1, 2));
+    assert_eq!(live[0].progress, 25);
+    assert_eq!(s.engine.live(1).len(), 1);
+
+    s.engine.cancel(&a.query_id).unwrap();
+    let live = s.engine.live(10);
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].query_id, b.query_id);
+    let json = serde_json::to_value(&live[0]).unwrap();
+    assert_eq!(json["pipeline"], "default");
+    assert_eq!(json["stage"], "second");
+}

@@ -90,8 +90,12 @@ pub fn metrics_value(state: &AppState) -> Value {
             "events_dropped": ws.events_dropped,
         },
         "health": { "score": score, "status": status, "reasons": reasons },
+        "live_queries": state.engine().live(LIVE_QUERIES),
     })
 }
+
+/// How many running queries `live_queries` lists (the oldest first).
+pub(crate) const LIVE_QUERIES: usize = 20;
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
