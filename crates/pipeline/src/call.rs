@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use agentgate_circuit_breaker::CircuitOpen;
 use agentgate_classify::{cause_ref, classify_error, is_failure_status, FailureClass};
-use agentgate_progress::{ErrorInfo, EventKind, ProgressContext};
+use agentgate_progress::{ErrorInfo, EventKind, JsonText, ProgressContext};
 use agentgate_retry::{AttemptLedger, AttemptObserver, AttemptRecord, Deadline, RetryBody};
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request};
-use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::query::QueryRun;
@@ -48,8 +47,8 @@ pub(crate) enum Kind {
 /// The outcome of one call.
 #[derive(Debug)]
 pub(crate) enum Call {
-    /// A 2xx JSON answer.
-    Output(Value),
+    /// A 2xx JSON answer, as its text (parsed values take several times the memory).
+    Output(JsonText),
     /// No output.
     Failed(Failure),
 }
@@ -192,7 +191,9 @@ impl QueryRun {
                     format!("agent `{agent}` did not answer before the query deadline"),
                 )
             }
-            Ok(Ok(res)) if res.status().is_success() => Call::Output(res.into_body()),
+            Ok(Ok(res)) if res.status().is_success() => {
+                Call::Output(JsonText::from(res.into_body()))
+            }
             Ok(Ok(res)) => {
                 let status = res.status();
                 Call::Failed(Failure {

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::call::traceparent_value;
 use crate::plan::Plan;
 use crate::query::{End, QueryRun};
-use crate::record::{millis, Entry, QueryError, Records};
+use crate::record::{millis, Entry, QueryError, Records, Running};
 use crate::stats::StatsCollector;
 use crate::{
     CancelError, PipelineConfig, QueryInput, QueryRecord, QueryStats, QueryStatus, StageRecord,
@@ -162,13 +162,20 @@ impl Engine {
         let (query_id, publisher) = open(&*inner.hub);
         let started = Instant::now();
         let (done_tx, done) = watch::channel(None);
-        inner.lock().insert(Entry {
-            record: QueryRecord::running(query_id.clone(), plan.name.clone()),
-            started,
-            publisher: publisher.clone(),
-            done: Some(done_tx),
-            abort: None,
-        });
+        let mut record = QueryRecord::running(query_id.clone(), plan.name.clone());
+        record.stages.reserve_exact(plan.config.stages.len());
+        inner.lock().insert(
+            publisher.shared_query_id(),
+            Entry {
+                record,
+                running: Some(Box::new(Running {
+                    started,
+                    publisher: publisher.clone(),
+                    done: done_tx,
+                    abort: None,
+                })),
+            },
+        );
         inner.stats.submitted();
         inner.running.send_modify(|n| *n += 1);
         tracing::debug!(%query_id, pipeline = %plan.name, "query submitted");
@@ -204,12 +211,10 @@ impl Engine {
         });
         {
             let mut records = inner.lock();
-            match records.get_mut(&query_id) {
-                Some(e) if e.record.status == QueryStatus::Running => {
-                    e.abort = Some(task.abort_handle());
-                }
+            match records.get_mut(&query_id).and_then(|e| e.running.as_mut()) {
+                Some(running) => running.abort = Some(task.abort_handle()),
                 // Cancelled (by a drain) before its task could be registered.
-                _ => task.abort(),
+                None => task.abort(),
             }
         }
         Ok(Submitted { query_id, done })
@@ -243,7 +248,8 @@ impl Engine {
             records
                 .iter()
                 .filter(|e| e.record.status == QueryStatus::Running)
-                .map(|e| {
+                .filter_map(|e| Some((e, e.running.as_ref()?.started)))
+                .map(|(e, started)| {
                     let plan = self.inner.pipelines.get(&e.record.pipeline);
                     let done = e.record.stages.len();
                     let stage = plan
@@ -259,9 +265,9 @@ impl Engine {
                         stages_done: done,
                         stages_total: plan.map_or(done, |p| p.config.stages.len()),
                         progress,
-                        elapsed_ms: millis(now.saturating_duration_since(e.started)),
+                        elapsed_ms: millis(now.saturating_duration_since(started)),
                     };
-                    (e.started, live)
+                    (started, live)
                 })
                 .collect()
         };
@@ -379,16 +385,21 @@ impl Inner {
 
     /// Ends a running query. Returns the final record, or `None` when the query is
     /// unknown or had already ended (then nothing happens).
+    ///
+    /// What only a running query needs (publisher, `done` sender, abort handle) is
+    /// dropped here, and a completed record's result ends up as a slice of the terminal
+    /// event's text, so a retained query holds its result once.
     fn finish(&self, query_id: &str, end: End) -> Option<QueryRecord> {
         let now = Instant::now();
         let cancelled = matches!(end, End::Cancelled);
-        let (record, publisher, done, abort, duration) = {
+        let (mut record, running, duration) = {
             let mut records = self.lock();
             let entry = records.get_mut(query_id)?;
             if entry.record.status != QueryStatus::Running {
                 return None;
             }
-            let duration = now.saturating_duration_since(entry.started);
+            let running = entry.running.take()?;
+            let duration = now.saturating_duration_since(running.started);
             let r = &mut entry.record;
             r.duration_ms = Some(millis(duration));
             match end {
@@ -403,14 +414,14 @@ impl Inner {
                 }
                 End::Cancelled => r.status = QueryStatus::Cancelled,
             }
-            (
-                r.clone(),
-                entry.publisher.clone(),
-                entry.done.take(),
-                entry.abort.take(),
-                duration,
-            )
+            (r.clone(), running, duration)
         };
+        let Running {
+            publisher,
+            done,
+            abort,
+            ..
+        } = *running;
         // Stop the task first, so a cancelled query sends nothing more to its agents.
         if let (true, Some(abort)) = (cancelled, abort) {
             abort.abort();
@@ -429,7 +440,11 @@ impl Inner {
             },
             _ => EventKind::Cancelled {},
         };
-        let _ = publisher.publish(terminal);
+        let shared = publisher
+            .publish(terminal)
+            .ok()
+            .and_then(|event| event.completed_result());
+        drop(publisher);
 
         if let Some(plan) = self.pipelines.get(&record.pipeline) {
             plan.metrics.finished(record.status, duration);
@@ -442,12 +457,20 @@ impl Inner {
             duration_ms = millis(duration),
             "query finished"
         );
-        self.lock().finished(query_id.to_owned(), now);
+        {
+            let mut records = self.lock();
+            if let Some(shared) = shared {
+                // The same text: the record's own copy goes once nothing holds it.
+                if let Some(e) = records.get_mut(query_id) {
+                    e.record.result = Some(shared.clone());
+                }
+                record.result = Some(shared);
+            }
+            records.finished(query_id, now);
+        }
         self.running.send_modify(|n| *n = n.saturating_sub(1));
         // Last, so whoever awaits the end sees everything above already done.
-        if let Some(done) = done {
-            done.send_replace(Some(record.clone()));
-        }
+        done.send_replace(Some(record.clone()));
         Some(record)
     }
 }

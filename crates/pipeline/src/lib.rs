@@ -37,7 +37,10 @@
 //! - **records**: [`QueryRecord`]s of running queries, and of finished ones for
 //!   [`EngineSettings::retention`] (at most [`EngineSettings::max_records`], oldest
 //!   finished dropped first), with [`QueryRecord::http_status`] and
-//!   [`QueryRecord::retry_after`] for the gateway's answers;
+//!   [`QueryRecord::retry_after`] for the gateway's answers. Stage outputs and results
+//!   are kept as JSON text ([`JsonText`]), never as parsed values, and a finished
+//!   record's result shares its bytes with the terminal `completed` event: a retained
+//!   query costs about the JSON text of its record and events (`tests/memory.rs`);
 //! - **figures**: [`QueryStats`] for the JSON metrics API and the Prometheus series
 //!   `agentgate_queries_total{pipeline,outcome}`,
 //!   `agentgate_query_duration_seconds{pipeline}` and
@@ -88,7 +91,10 @@
 //! let submitted = engine.submit(QueryInput::new("what is agentgate?"))?;
 //! let record = submitted.finished().await;
 //! assert_eq!(record.status, QueryStatus::Completed);
-//! assert_eq!(record.result, Some(json!({"nlp_processing": {"intent": "unknown"}})));
+//! // The result is kept as JSON text (shared with the terminal `completed` event).
+//! let result = record.result.as_ref().unwrap();
+//! assert_eq!(result.get(), r#"{"nlp_processing":{"intent":"unknown"}}"#);
+//! assert_eq!(result.to_value(), json!({"nlp_processing": {"intent": "unknown"}}));
 //! assert_eq!(record.stages[0].status, StageOutcome::Fallback);
 //! assert_eq!(record.stages[0].attempts[0].error.as_deref(), Some("circuit_open"));
 //! assert_eq!(record.http_status(), 200);
@@ -117,6 +123,7 @@ mod query;
 mod record;
 mod stats;
 
+pub use agentgate_progress::JsonText;
 pub use config::{Fallback, PipelineConfig, PipelineConfigError, StageConfig};
 pub use engine::{Engine, EngineSettings, LiveQuery, Submitted};
 pub use error::{CancelError, SubmitError};

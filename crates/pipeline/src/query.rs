@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use agentgate_agent_client::AgentClient;
-use agentgate_progress::{EventKind, QueryPublisher, StageStatus};
+use agentgate_progress::{EventKind, JsonText, QueryPublisher, StageStatus};
 use agentgate_retry::RetryAllowance;
 use bytes::Bytes;
 use http::HeaderValue;
@@ -43,7 +43,8 @@ pub struct QueryInput {
 /// How a query's run ended.
 #[derive(Debug)]
 pub(crate) enum End {
-    Completed(Value),
+    /// `{stage: output}` as JSON text.
+    Completed(JsonText),
     Failed {
         error: QueryError,
         retry_at: Option<Instant>,
@@ -73,12 +74,17 @@ struct StageRequest<'a> {
     query_id: &'a str,
     query: &'a str,
     context: &'a Map<String, Value>,
-    results: &'a Map<String, Value>,
+    results: &'a Results,
 }
+
+/// The outputs so far, by stage name: sorted by name, as a `serde_json::Map` would be,
+/// so `result` reads the same; each kept as text, written into later stages' bodies
+/// and the result as it is.
+type Results = BTreeMap<String, JsonText>;
 
 /// How one stage ended.
 enum StageEnd {
-    Output(Value),
+    Output(JsonText),
     Skipped,
     Failed {
         error: QueryError,
@@ -103,7 +109,7 @@ impl QueryInput {
 impl QueryRun {
     /// Runs every stage; `on_stage` is told about each stage as it ends.
     pub(crate) async fn run(mut self, mut on_stage: impl FnMut(StageRecord)) -> End {
-        let mut results = Map::new();
+        let mut results = Results::new();
         for index in 0..self.plan.config.stages.len() {
             let (record, end) = self.run_stage(index, &results).await;
             on_stage(record);
@@ -121,14 +127,10 @@ impl QueryRun {
                 self.emit(&name, StageStatus::Completed, 100, None);
             }
         }
-        End::Completed(Value::Object(results))
+        End::Completed(JsonText::new(&results).expect("JSON texts serialize"))
     }
 
-    async fn run_stage(
-        &mut self,
-        index: usize,
-        results: &Map<String, Value>,
-    ) -> (StageRecord, StageEnd) {
+    async fn run_stage(&mut self, index: usize, results: &Results) -> (StageRecord, StageEnd) {
         let plan = self.plan.clone();
         let stage = &plan.config.stages[index];
         let (start, end) = plan.bounds[index];
@@ -228,7 +230,7 @@ impl QueryRun {
                     );
                     self.high_water = self.high_water.max(end);
                     let rec = record(StageOutcome::Fallback, attempts, Some("static"));
-                    return (rec, StageEnd::Output(value.clone()));
+                    return (rec, StageEnd::Output(JsonText::from(value)));
                 }
             }
         }

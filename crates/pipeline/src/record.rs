@@ -2,12 +2,12 @@
 //! `POST /api/query`), and the store that keeps those records for `query_retention`.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
-use agentgate_progress::{attempt_error_kind, QueryPublisher};
+use agentgate_progress::{attempt_error_kind, JsonText, QueryPublisher};
 use agentgate_retry::AttemptRecord;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -51,8 +51,11 @@ pub struct QueryRecord {
     /// The pipeline it runs.
     pub pipeline: String,
     /// `{stage: output}`, when completed. Skipped stages have no entry.
+    ///
+    /// Kept as JSON text, shared with the query's terminal `completed` event (see
+    /// [`JsonText`]); [`JsonText::to_value`] parses it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    pub result: Option<JsonText>,
     /// Why it failed, when failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<QueryError>,
@@ -120,25 +123,38 @@ pub struct AttemptJson {
 /// Running records are never evicted. Finished ones are dropped once older than
 /// `retention`, and the oldest finished go first whenever more than `max_records`
 /// records are held.
+///
+/// A finished query may be held for minutes, up to `max_records` of them, so it keeps
+/// only its record (whose result is shared text, see [`JsonText`]); the id that keys
+/// it is shared with the eviction queue and the progress hub.
 #[derive(Debug)]
 pub(crate) struct Records {
     retention: Duration,
     max_records: usize,
-    entries: HashMap<String, Entry>,
+    /// Boxed: a map keeps spare slots (up to half of them empty after it grows), and an
+    /// empty slot then costs a pointer, not a whole entry.
+    entries: HashMap<Arc<str>, Box<Entry>>,
     /// Finished queries, oldest first.
-    finished: VecDeque<(Instant, String)>,
+    finished: VecDeque<(Instant, Arc<str>)>,
 }
 
-/// One query's record and what it takes to finish it.
+/// One query's record, and while it runs, what it takes to finish it.
 #[derive(Debug)]
 pub(crate) struct Entry {
     pub(crate) record: QueryRecord,
+    /// Taken (and dropped) when the query finishes.
+    pub(crate) running: Option<Box<Running>>,
+}
+
+/// What only a running query needs.
+#[derive(Debug)]
+pub(crate) struct Running {
     pub(crate) started: Instant,
     /// Publishes the terminal event (whoever finishes the query).
     pub(crate) publisher: QueryPublisher,
-    /// Tells `Submitted::finished` the final record. Taken when the query finishes.
-    pub(crate) done: Option<watch::Sender<Option<QueryRecord>>>,
-    /// Stops the query's task. Taken when the query finishes.
+    /// Tells `Submitted::finished` the final record.
+    pub(crate) done: watch::Sender<Option<QueryRecord>>,
+    /// Stops the query's task, once it is spawned.
     pub(crate) abort: Option<AbortHandle>,
 }
 
@@ -258,22 +274,25 @@ impl Records {
         }
     }
 
-    pub(crate) fn insert(&mut self, entry: Entry) {
-        self.entries.insert(entry.record.query_id.clone(), entry);
+    /// Adds the record of a query that has just started, under `query_id` (the same
+    /// text as `entry.record.query_id`, shared).
+    pub(crate) fn insert(&mut self, query_id: Arc<str>, entry: Entry) {
+        debug_assert_eq!(*query_id, entry.record.query_id);
+        self.entries.insert(query_id, Box::new(entry));
         self.evict(Instant::now());
     }
 
     pub(crate) fn get(&self, query_id: &str) -> Option<&Entry> {
-        self.entries.get(query_id)
+        self.entries.get(query_id).map(|e| &**e)
     }
 
     pub(crate) fn get_mut(&mut self, query_id: &str) -> Option<&mut Entry> {
-        self.entries.get_mut(query_id)
+        self.entries.get_mut(query_id).map(|e| &mut **e)
     }
 
     /// Every record held.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.values()
+        self.entries.values().map(|e| &**e)
     }
 
     /// The ids of running queries.
@@ -286,8 +305,10 @@ impl Records {
     }
 
     /// Records that `query_id` finished `at`, then evicts what is due.
-    pub(crate) fn finished(&mut self, query_id: String, at: Instant) {
-        self.finished.push_back((at, query_id));
+    pub(crate) fn finished(&mut self, query_id: &str, at: Instant) {
+        if let Some((id, _)) = self.entries.get_key_value(query_id) {
+            self.finished.push_back((at, id.clone()));
+        }
         self.evict(at);
     }
 
@@ -387,20 +408,22 @@ mod tests {
         record.status = status;
         Entry {
             record,
-            started: Instant::now(),
-            publisher: hub.open(id).unwrap(),
-            done: None,
-            abort: None,
+            running: Some(Box::new(Running {
+                started: Instant::now(),
+                publisher: hub.open(id).unwrap(),
+                done: watch::channel(None).0,
+                abort: None,
+            })),
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn eviction_keeps_running_records_and_drops_oldest_finished() {
         let mut records = Records::new(Duration::from_secs(60), 3);
-        records.insert(entry("running", QueryStatus::Running));
+        records.insert("running".into(), entry("running", QueryStatus::Running));
         for id in ["a", "b", "c"] {
-            records.insert(entry(id, QueryStatus::Completed));
-            records.finished(id.into(), Instant::now());
+            records.insert(id.into(), entry(id, QueryStatus::Completed));
+            records.finished(id, Instant::now());
             tokio::time::advance(Duration::from_secs(1)).await;
         }
         // Four held, three allowed: the oldest finished went.

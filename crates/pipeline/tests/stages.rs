@@ -6,8 +6,9 @@ mod support;
 use std::time::Duration;
 
 use agentgate_pipeline::{EngineSettings, QueryInput, QueryStatus, StageOutcome};
+use agentgate_progress::{ProgressHub, SubscriptionItem};
 use serde_json::{json, Value};
-use support::{agent_config, closed_port, engine, Agent, Reply};
+use support::{agent_config, closed_port, engine, result, Agent, Reply};
 
 fn input(query: &str) -> QueryInput {
     QueryInput::new(query)
@@ -36,6 +37,68 @@ const TWO_STAGES: &str = r#"
 "#;
 
 #[tokio::test(start_paused = true)]
+async fn the_result_reads_as_a_parsed_value_would_and_is_held_once() {
+    let odd = json!({
+        "z": 1, "a": [1.5, -0.0, 1e300, "é\"\n\u{1F600}"], "m": {"y": null, "b": true},
+        "big": u64::MAX, "neg": i64::MIN,
+    });
+    let a = Agent::start(vec![Reply::Json(odd.clone())]).await;
+    let b = Agent::start(vec![Reply::Status(503)]).await;
+    let s = engine(
+        &[(
+            "default",
+            r#"
+            [[stages]]
+            name = "nlp"
+            agent = "a"
+            [[stages]]
+            name = "answer"
+            agent = "b"
+            fallback = [ { static = { text = "sorry", n = 2.25 } } ]
+            "#,
+        )],
+        vec![("a", agent_config(a.url())), ("b", agent_config(b.url()))],
+        EngineSettings::default(),
+    );
+    let submitted = s.engine.submit(input("q")).unwrap();
+    let id = submitted.query_id.clone();
+    let record = submitted.finished().await;
+    let expected = json!({"nlp": odd, "answer": {"text": "sorry", "n": 2.25}});
+    assert_eq!(result(&record), Some(expected.clone()));
+
+    // Byte for byte what serializing a parsed `serde_json::Value` gives (sorted keys,
+    // compact), in the record and in the terminal event.
+    let text = record.result.as_ref().unwrap().get();
+    assert_eq!(text, serde_json::to_string(&expected).unwrap());
+    let json = serde_json::to_string(&record).unwrap();
+    assert!(
+        json.contains(&format!(r#","result":{text},"stages":"#)),
+        "{json}"
+    );
+    let mut sub = s.hub.subscribe(&id, 0).unwrap();
+    let mut last = None;
+    while let Some(SubscriptionItem::Event(e)) = sub.recv().await {
+        last = Some(e);
+    }
+    let terminal = last.unwrap();
+    assert_eq!(
+        *terminal.json,
+        serde_json::to_string(&terminal.event()).unwrap()
+    );
+    assert!(terminal.json.contains(&format!(r#""result":{text},"#)));
+
+    // Held once: the record's result is the terminal event's text, wherever it is read.
+    let in_event = terminal.completed_result().unwrap();
+    let retained = s.engine.get(&id).unwrap();
+    for r in [&record, &retained] {
+        assert_eq!(
+            r.result.as_ref().unwrap().get().as_ptr(),
+            in_event.get().as_ptr()
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn stages_receive_the_contract_and_earlier_results() {
     let a = Agent::start(vec![
         Reply::Status(503),
@@ -58,7 +121,7 @@ async fn stages_receive_the_contract_and_earlier_results() {
     assert_eq!(record.status, QueryStatus::Completed, "{record:?}");
     assert_eq!(record.http_status(), 200);
     assert_eq!(
-        record.result,
+        result(&record),
         Some(json!({"nlp": {"intent": "greet"}, "answer": {"text": "hello"}}))
     );
     assert_eq!(record.pipeline, "default");
@@ -151,7 +214,7 @@ async fn a_failing_stage_falls_back_to_another_agent() {
     let record = sub.finished().await;
     assert_eq!(record.status, QueryStatus::Completed);
     assert_eq!(
-        record.result,
+        result(&record),
         Some(json!({"nlp": {"intent": "from-backup"}}))
     );
     let stage = &record.stages[0];
@@ -193,7 +256,7 @@ async fn when_every_agent_fails_the_static_fallback_answers() {
     );
     let record = s.engine.submit(input("q")).unwrap().finished().await;
     assert_eq!(record.status, QueryStatus::Completed);
-    assert_eq!(record.result, Some(json!({"nlp": {"intent": "unknown"}})));
+    assert_eq!(result(&record), Some(json!({"nlp": {"intent": "unknown"}})));
     let stage = &record.stages[0];
     assert_eq!(stage.status, StageOutcome::Fallback);
     assert_eq!(stage.fallback.as_deref(), Some("static"));
@@ -230,7 +293,7 @@ async fn an_optional_stage_that_fails_is_skipped() {
     );
     let record = s.engine.submit(input("q")).unwrap().finished().await;
     assert_eq!(record.status, QueryStatus::Completed);
-    assert_eq!(record.result, Some(json!({"answer": {"ok": true}})));
+    assert_eq!(result(&record), Some(json!({"answer": {"ok": true}})));
     let enrich = &record.stages[0];
     assert_eq!(enrich.status, StageOutcome::Skipped);
     assert_eq!(
@@ -315,7 +378,7 @@ async fn after_the_deadline_static_fallbacks_still_apply_and_agent_ones_do_not()
     );
     let record = s.engine.submit(input("q")).unwrap().finished().await;
     assert_eq!(record.status, QueryStatus::Completed, "{record:?}");
-    assert_eq!(record.result, Some(json!({"nlp": "canned"})));
+    assert_eq!(result(&record), Some(json!({"nlp": "canned"})));
     assert_eq!(record.stages[0].fallback.as_deref(), Some("static"));
     assert_eq!(record.stages[1].status, StageOutcome::Skipped);
     assert_eq!(record.stages[1].attempts, []);
@@ -386,7 +449,7 @@ async fn an_open_breaker_goes_straight_to_the_fallback() {
         .force_open(Some(Duration::from_secs(60)));
     let record = s.engine.submit(input("q")).unwrap().finished().await;
     assert_eq!(record.status, QueryStatus::Completed);
-    assert_eq!(record.result, Some(json!({"nlp": {"intent": "b"}})));
+    assert_eq!(result(&record), Some(json!({"nlp": {"intent": "b"}})));
     let stage = &record.stages[0];
     assert_eq!(stage.fallback.as_deref(), Some("backup"));
     assert_eq!(
@@ -428,7 +491,7 @@ async fn the_retry_allowance_is_shared_by_all_stages() {
     assert_eq!(error.message, "agent `b` answered 503");
     // The failed stage is in the record, after the completed one.
     assert_eq!(record.stages[1].status, StageOutcome::Failed);
-    assert_eq!(record.result, None);
+    assert!(record.result.is_none());
 }
 
 #[tokio::test(start_paused = true)]

@@ -4,7 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// What happened to a stage (`progress.status`).
@@ -65,8 +66,8 @@ pub enum EventKind {
     },
     /// Terminal: the query's result.
     Completed {
-        /// `{stage: output}`.
-        result: Value,
+        /// `{stage: output}`, as JSON text (written into the event as it is).
+        result: JsonText,
         /// Wall time of the whole query.
         duration_ms: u64,
     },
@@ -95,16 +96,121 @@ pub struct ProgressEvent {
 }
 
 /// An event with its JSON text, serialized once however many clients receive it.
-#[derive(Clone, PartialEq)]
 ///
 /// Only the JSON text is kept (plus the seq and whether it is terminal): a parsed
 /// `serde_json::Value` of a `completed` event's result takes several times its text's
 /// memory, and every retained query keeps up to `replay_events` of these.
+#[derive(Clone, PartialEq)]
 pub struct Published {
     seq: u64,
     terminal: bool,
     /// `serde_json::to_string(&event)`.
     pub json: Arc<str>,
+}
+
+/// A JSON value kept as its compact text, shared: cloning it copies no text, and it
+/// serializes as that text, verbatim.
+///
+/// Finished queries are kept for `query_retention`, so what they hold matters: a
+/// parsed `serde_json::Value` takes 5 to 10 times the memory of its text, and a query's
+/// `result` appears both in its record and in its terminal `completed` event. Held as
+/// `JsonText`, the record's result is a slice of the event's text
+/// ([`Published::completed_result`]), so the result is in memory once.
+///
+/// The text is always valid JSON: it is only ever made by serializing a value.
+#[derive(Clone)]
+pub struct JsonText {
+    text: Arc<str>,
+    start: usize,
+    end: usize,
+}
+
+// === impl JsonText ===
+
+impl JsonText {
+    /// The compact JSON text of `value`.
+    pub fn new<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        let text: Arc<str> = serde_json::to_string(value)?.into();
+        Ok(Self {
+            end: text.len(),
+            text,
+            start: 0,
+        })
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        &self.text[self.start..self.end]
+    }
+
+    /// The value, parsed from the text.
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.get()).expect("JsonText holds valid JSON")
+    }
+
+    /// The value that starts at `at` in `text` (a shared slice of it), if one does.
+    fn slice_of(text: &Arc<str>, at: usize) -> Option<Self> {
+        let rest = text.get(at..)?;
+        let mut de = serde_json::Deserializer::from_str(rest);
+        let raw = <&RawValue>::deserialize(&mut de).ok()?;
+        // `raw` borrows from `rest`: its offset there is where the value starts.
+        let start = at + (raw.get().as_ptr() as usize - rest.as_ptr() as usize);
+        Some(Self {
+            text: text.clone(),
+            start,
+            end: start + raw.get().len(),
+        })
+    }
+}
+
+impl From<Value> for JsonText {
+    fn from(value: Value) -> Self {
+        Self::from(&value)
+    }
+}
+
+impl From<&Value> for JsonText {
+    fn from(value: &Value) -> Self {
+        Self::new(value).expect("a serde_json::Value serializes")
+    }
+}
+
+impl PartialEq for JsonText {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for JsonText {}
+
+impl fmt::Debug for JsonText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl fmt::Display for JsonText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl Serialize for JsonText {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Borrowing the text as a `RawValue` checks it (a scan, no allocation); JSON
+        // serializers then copy it as it is.
+        let raw: &RawValue = serde_json::from_str(self.get()).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonText {
+    /// Through a `Value`, so it also works where serde buffers the input (internally
+    /// tagged enums, `flatten`), which a `RawValue` does not survive.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        Self::new(&value).map_err(serde::de::Error::custom)
+    }
 }
 
 // === impl EventKind ===
@@ -153,6 +259,18 @@ impl Published {
     /// Whether this is the query's terminal event (`completed`, `failed`, `cancelled`).
     pub fn is_terminal(&self) -> bool {
         self.terminal
+    }
+
+    /// The `result` of a `completed` event, as a slice of this event's text (no copy).
+    /// `None` for every other event.
+    pub fn completed_result(&self) -> Option<JsonText> {
+        // `type` comes first, then the variant's fields in order (`ProgressEvent`
+        // flattens `EventKind`, which is tagged by `type`).
+        const PREFIX: &str = r#"{"type":"completed","result":"#;
+        if !self.terminal || !self.json.starts_with(PREFIX) {
+            return None;
+        }
+        JsonText::slice_of(&self.json, PREFIX.len())
     }
 
     /// The event, parsed back from its JSON (for tests and other backends; the hot
@@ -251,7 +369,7 @@ mod tests {
         );
         assert_eq!(
             event(EventKind::Completed {
-                result: json!({"nlp": {"intent": "x"}}),
+                result: json!({"nlp": {"intent": "x"}}).into(),
                 duration_ms: 12
             }),
             json!({"type":"completed","query_id":"q1","seq":3,"ts":"2026-11-25T12:00:00.250Z",
@@ -272,5 +390,62 @@ mod tests {
             event(EventKind::Cancelled {}),
             json!({"type":"cancelled","query_id":"q1","seq":3,"ts":"2026-11-25T12:00:00.250Z"})
         );
+    }
+
+    fn published(kind: EventKind) -> Published {
+        Published::new(ProgressEvent {
+            kind,
+            query_id: "q1".into(),
+            seq: 9,
+            ts: at(),
+        })
+    }
+
+    #[test]
+    fn completed_result_is_a_slice_of_the_event_text() {
+        let result = json!({"a": {"x": [1, 2.5, "s\"}{"]}, "b": null, "c": "é"});
+        let p = published(EventKind::Completed {
+            result: JsonText::from(&result),
+            duration_ms: 7,
+        });
+        let r = p.completed_result().unwrap();
+        assert!(Arc::ptr_eq(&r.text, &p.json), "shares the event's text");
+        assert_eq!(r.get(), serde_json::to_string(&result).unwrap());
+        assert_eq!(r.to_value(), result);
+        for kind in [
+            EventKind::Cancelled {},
+            EventKind::Failed {
+                error: ErrorInfo {
+                    stage: None,
+                    kind: "k".into(),
+                    message: "m".into(),
+                },
+            },
+            EventKind::Progress {
+                stage: "s".into(),
+                status: StageStatus::Completed,
+                progress: 100,
+                attempt: None,
+                detail: Some(json!({"result": 1})),
+            },
+        ] {
+            assert_eq!(published(kind).completed_result(), None);
+        }
+    }
+
+    #[test]
+    fn json_text_serializes_verbatim_and_round_trips() {
+        let v = json!({"k": [1, {"n": -0.5e-3, "big": u64::MAX}], "s": "é\n\"", "t": true});
+        let t = JsonText::from(&v);
+        assert_eq!(t.get(), serde_json::to_string(&v).unwrap());
+        assert_eq!(serde_json::to_string(&t).unwrap(), t.get());
+        assert_eq!(serde_json::to_value(&t).unwrap(), v);
+        assert_eq!(
+            serde_json::to_string(&json!({"x": v.clone()})).unwrap(),
+            serde_json::to_string(&std::collections::BTreeMap::from([("x", t.clone())])).unwrap()
+        );
+        let pretty = serde_json::to_string_pretty(&v).unwrap();
+        assert_eq!(serde_json::from_str::<JsonText>(&pretty).unwrap(), t);
+        assert_eq!(format!("{t:?}"), t.get());
     }
 }

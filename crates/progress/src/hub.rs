@@ -113,9 +113,15 @@ pub(crate) struct QueryStream {
 
 struct StreamState {
     next_seq: u64,
+    /// The last `capacity` events, for replay. Grows as events come, and is cut to its
+    /// length at the terminal event: a finished stream is retained for minutes.
     buffer: VecDeque<Arc<Published>>,
     capacity: usize,
+    /// The live channel, made by the first subscriber (most queries have none, and a
+    /// channel is `live_buffer` slots) and dropped at the terminal event.
     live: Option<broadcast::Sender<Arc<Published>>>,
+    live_buffer: usize,
+    ended: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -143,16 +149,18 @@ impl QueryStream {
             query_id,
             state: Mutex::new(StreamState {
                 next_seq: 1,
-                buffer: VecDeque::with_capacity(replay.min(64)),
+                buffer: VecDeque::new(),
                 capacity: replay.max(1),
-                live: Some(broadcast::channel(live_buffer.max(1)).0),
+                live: None,
+                live_buffer: live_buffer.max(1),
+                ended: false,
             }),
             on_end,
         }
     }
 
     pub(crate) fn is_running(&self) -> bool {
-        lock(&self.state).live.is_some()
+        !lock(&self.state).ended
     }
 
     pub(crate) fn subscribers(&self) -> usize {
@@ -166,25 +174,29 @@ impl QueryStream {
         let terminal = kind.is_terminal();
         let published = {
             let mut state = lock(&self.state);
-            let Some(live) = state.live.as_ref() else {
+            if state.ended {
                 return Err(PublishError::Ended(self.query_id.to_string()));
-            };
+            }
             let event = Arc::new(Published::new(ProgressEvent {
                 kind,
                 query_id: self.query_id.to_string(),
                 seq: state.next_seq,
                 ts: SystemTime::now(),
             }));
-            // Never blocks: a subscriber that is behind will see `Lagged`.
-            let _ = live.send(event.clone());
+            if let Some(live) = &state.live {
+                // Never blocks: a subscriber that is behind will see `Lagged`.
+                let _ = live.send(event.clone());
+            }
             state.next_seq += 1;
             if state.buffer.len() == state.capacity {
                 state.buffer.pop_front();
             }
             state.buffer.push_back(event.clone());
             if terminal {
+                state.ended = true;
                 // Dropping the sender ends every live subscription after the terminal event.
                 state.live = None;
+                state.buffer.shrink_to_fit();
             }
             event
         };
@@ -197,7 +209,7 @@ impl QueryStream {
     }
 
     pub(crate) fn subscribe(&self, after_seq: u64) -> Subscription {
-        let state = lock(&self.state);
+        let mut state = lock(&self.state);
         let replay: VecDeque<_> = state
             .buffer
             .iter()
@@ -210,13 +222,25 @@ impl QueryStream {
         Subscription {
             query_id: self.query_id.clone(),
             replay,
-            live: state.live.as_ref().map(broadcast::Sender::subscribe),
+            live: live_receiver(&mut state),
             last: after_seq,
             lag,
             lagged: false,
             ended: false,
         }
     }
+}
+
+/// A receiver of the stream's live events; `None` once it has ended.
+fn live_receiver(state: &mut StreamState) -> Option<broadcast::Receiver<Arc<Published>>> {
+    if state.ended {
+        return None;
+    }
+    let capacity = state.live_buffer;
+    let live = state
+        .live
+        .get_or_insert_with(|| broadcast::channel(capacity).0);
+    Some(live.subscribe())
 }
 
 // === impl QueryPublisher ===
@@ -229,6 +253,12 @@ impl QueryPublisher {
     /// The query.
     pub fn query_id(&self) -> &str {
         &self.stream.query_id
+    }
+
+    /// The query's id as the hub holds it, to share rather than copy (callers that
+    /// keep per-query state keyed by it for as long as the hub keeps the stream).
+    pub fn shared_query_id(&self) -> Arc<str> {
+        self.stream.query_id.clone()
     }
 
     /// Publishes the next event: stamps `seq` and `ts`, keeps it for replay, sends it to

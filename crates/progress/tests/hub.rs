@@ -21,7 +21,7 @@ fn progress(n: u64) -> EventKind {
 
 fn done() -> EventKind {
     EventKind::Completed {
-        result: json!({}),
+        result: json!({}).into(),
         duration_ms: 1,
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use agentgate_agent_client::{AgentClient, AgentConfig};
 use agentgate_circuit_breaker::CircuitBreakerConfig;
-use agentgate_pipeline::{Engine, EngineSettings, PipelineConfig};
+use agentgate_pipeline::{Engine, EngineSettings, PipelineConfig, QueryRecord};
 use agentgate_progress::{HubConfig, MemoryHub, ProgressHub, SubscriptionItem};
 use agentgate_retry::{Jitter, RetryConfig};
 use bytes::Bytes;
@@ -177,6 +177,37 @@ async fn reply(mut step: Reply, dropped: &Arc<AtomicUsize>) -> Response<Full<Byt
     }
 }
 
+/// An agent that answers every request with 200 and `body` (JSON) and remembers
+/// nothing, so it holds no memory per request (for the memory test).
+pub async fn quiet_agent(body: Bytes) -> http::Uri {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let body = body.clone();
+                    async move {
+                        let _ = req.into_body().collect().await;
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(body))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}").parse().unwrap()
+}
+
 /// A loopback port with nothing listening.
 pub fn closed_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -250,6 +281,11 @@ pub async fn events(hub: &MemoryHub, query_id: &str) -> Vec<Value> {
         }
     }
     out
+}
+
+/// A record's result, parsed.
+pub fn result(record: &QueryRecord) -> Option<Value> {
+    record.result.as_ref().map(|r| r.to_value())
 }
 
 /// `type/status@progress` for each event, e.g. `progress/started@0`, `error/status`.
