@@ -17,10 +17,11 @@ done
 # --- system packages (Debian) ----------------------------------------------------------
 # Each entry: "<command that must exist>:<package that provides it>".
 # promtool checks the live /metrics exposition and deploy/prometheus/alerts.yml;
-# chromium + chromedriver run the /dashboard test in a real headless browser.
+# chromium + chromedriver run the /dashboard test in a real headless browser;
+# redis-server backs the tests of the Redis progress backend (each starts its own).
 needed=()
 for pair in "cc:build-essential" "pkg-config:pkg-config" "promtool:prometheus" \
-    "chromium:chromium" "chromedriver:chromium-driver"; do
+    "chromium:chromium" "chromedriver:chromium-driver" "redis-server:redis-server"; do
     cmd=${pair%%:*}
     pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || needed+=("$pkg")

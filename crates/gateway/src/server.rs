@@ -9,7 +9,9 @@ use std::time::Duration;
 use agentgate_agent_client::AgentClient;
 use agentgate_circuit_breaker::State as BreakerState;
 use agentgate_pipeline::{Engine, EngineSettings};
+use agentgate_pipeline::{QueryRecord, RecordSink};
 use agentgate_progress::{HubConfig, MemoryHub, ProgressHub};
+use agentgate_progress_redis::{RedisBridge, RedisSettings};
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
@@ -48,9 +50,9 @@ pub enum GatewayError {
         /// What was wrong.
         source: agentgate_agent_client::AgentConfigError,
     },
-    /// A progress backend that is not available in this build.
-    #[error("progress.backend = \"redis\" is not supported yet; use \"memory\"")]
-    Backend,
+    /// The Redis progress backend could not be set up.
+    #[error("progress.redis_url: {0}")]
+    Redis(#[from] agentgate_progress_redis::BridgeError),
     /// Listening failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -84,6 +86,7 @@ fn describe_metrics() {
     agentgate_agent_client::describe_metrics();
     agentgate_retry::describe_metrics();
     agentgate_pipeline::describe_metrics();
+    agentgate_progress_redis::describe_metrics();
     metrics::describe_gauge!("agentgate_health_score", "Health score 0..100");
 }
 
@@ -100,14 +103,27 @@ pub fn build_state(config: Config) -> Result<AppState, GatewayError> {
             })?;
         agents.insert(name.clone(), client);
     }
-    if config.progress.backend != ProgressBackend::Memory {
-        return Err(GatewayError::Backend);
-    }
-    let hub: Arc<dyn ProgressHub> = Arc::new(MemoryHub::new(HubConfig {
+    let hub_config = HubConfig {
         replay_events: config.progress.replay_events,
         retention: config.server.query_retention,
         ..HubConfig::default()
-    }));
+    };
+    // With Redis, the local hub forwards its queries' events to the other replicas and
+    // mirrors theirs (`agentgate-progress-redis`); connecting happens in the background.
+    let (memory, redis) = match config.progress.backend {
+        ProgressBackend::Memory => (MemoryHub::new(hub_config), None),
+        ProgressBackend::Redis => {
+            let bridge = RedisBridge::new(RedisSettings {
+                retention: config.server.query_retention,
+                replay_events: config.progress.replay_events,
+                ..RedisSettings::new(config.progress.redis_url.clone())
+            })?;
+            let hub = MemoryHub::with_hook(hub_config, bridge.hook());
+            bridge.start(hub.clone());
+            (hub, Some(bridge))
+        }
+    };
+    let hub: Arc<dyn ProgressHub> = Arc::new(memory);
     let engine = Engine::new(
         config.pipelines.clone(),
         agents,
@@ -117,7 +133,25 @@ pub fn build_state(config: Config) -> Result<AppState, GatewayError> {
             ..EngineSettings::default()
         },
     );
-    Ok(AppState::new(config, engine, prometheus))
+    if let Some(bridge) = &redis {
+        engine.set_record_sink(Arc::new(RecordsToRedis(bridge.clone())));
+    }
+    Ok(AppState::with_redis(config, engine, prometheus, redis))
+}
+
+/// Shares query records with the other replicas (`GET /api/query/{id}` on any of them).
+#[derive(Debug)]
+struct RecordsToRedis(RedisBridge);
+
+impl RecordSink for RecordsToRedis {
+    fn record(&self, record: &QueryRecord) {
+        match serde_json::to_string(record) {
+            Ok(json) => self
+                .0
+                .put_record(&record.query_id, json, record.status.is_finished()),
+            Err(e) => tracing::warn!(error = %e, "query record not shared: not serializable"),
+        }
+    }
 }
 
 /// Runs the gateway on `listener` (public routes) and `admin_listener` (admin routes;
@@ -178,6 +212,9 @@ pub async fn serve(
     }
     for task in loggers {
         task.abort();
+    }
+    if let Some(redis) = state.redis() {
+        redis.close().await;
     }
     // Connections finish their current request and close; give them a moment.
     let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use agentgate_agent_client::AgentClient;
@@ -87,6 +87,16 @@ struct Inner {
     closed: AtomicBool,
     /// Queries running now.
     running: watch::Sender<u64>,
+    /// Gets every query's record when it starts and when it ends.
+    record_sink: OnceLock<Arc<dyn RecordSink>>,
+}
+
+/// Gets each query's record when the query starts (`running`) and when it ends (its
+/// final record, before the terminal event is published). Used to share records between
+/// replicas; must not block.
+pub trait RecordSink: Send + Sync + fmt::Debug {
+    /// `record` is the query's latest state.
+    fn record(&self, record: &QueryRecord);
 }
 
 /// Ends the query as `cancelled` (or `failed`, on a panic) if its task is dropped
@@ -137,6 +147,7 @@ impl Engine {
                 stats: StatsCollector::default(),
                 closed: AtomicBool::new(false),
                 running: watch::Sender::new(0),
+                record_sink: OnceLock::new(),
             }),
         }
     }
@@ -164,6 +175,7 @@ impl Engine {
         let (done_tx, done) = watch::channel(None);
         let mut record = QueryRecord::running(query_id.clone(), plan.name.clone());
         record.stages.reserve_exact(plan.config.stages.len());
+        inner.share(&record);
         inner.lock().insert(
             publisher.shared_query_id(),
             Entry {
@@ -275,6 +287,11 @@ impl Engine {
         live.into_iter().take(limit).map(|(_, l)| l).collect()
     }
 
+    /// Sends every query's record to `sink` from now on (once; later calls are ignored).
+    pub fn set_record_sink(&self, sink: Arc<dyn RecordSink>) {
+        let _ = self.inner.record_sink.set(sink);
+    }
+
     /// Query figures.
     pub fn stats(&self) -> QueryStats {
         self.inner.stats.snapshot()
@@ -374,6 +391,13 @@ impl Inner {
         self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Hands `record` to the record sink, if any.
+    fn share(&self, record: &QueryRecord) {
+        if let Some(sink) = self.record_sink.get() {
+            sink.record(record);
+        }
+    }
+
     /// A stage of a running query ended: show it in the record at once.
     fn stage_done(&self, query_id: &str, stage: StageRecord) {
         if let Some(e) = self.lock().get_mut(query_id) {
@@ -440,6 +464,9 @@ impl Inner {
             },
             _ => EventKind::Cancelled {},
         };
+        // The final record goes out before the terminal event, so whoever sees that
+        // event elsewhere can read the record.
+        self.share(&record);
         let shared = publisher
             .publish(terminal)
             .ok()

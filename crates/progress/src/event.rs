@@ -251,6 +251,35 @@ impl Published {
         }
     }
 
+    /// An event published elsewhere (another replica), from its JSON text, which is
+    /// kept as it is: its query id, `seq`, `ts` and body are the original's. Returns the
+    /// query id with it.
+    pub fn from_json(json: Arc<str>) -> Result<(Arc<str>, Self), serde_json::Error> {
+        /// Only what the hub needs; the rest of the text is not looked at.
+        #[derive(Deserialize)]
+        struct Head<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            query_id: std::borrow::Cow<'a, str>,
+            seq: u64,
+        }
+        let head: Head<'_> = serde_json::from_str(&json)?;
+        let terminal = matches!(&*head.kind, "completed" | "failed" | "cancelled");
+        if head.seq == 0 {
+            return Err(serde::de::Error::custom("seq counts from 1"));
+        }
+        let query_id: Arc<str> = head.query_id.into();
+        Ok((
+            query_id,
+            Self {
+                seq: head.seq,
+                terminal,
+                json,
+            },
+        ))
+    }
+
     /// The event's sequence number.
     pub fn seq(&self) -> u64 {
         self.seq

@@ -29,8 +29,8 @@ pub trait ProgressHub: Send + Sync + fmt::Debug + 'static {
 
 /// Called after each local publish (e.g. to forward to Redis). Must not block.
 pub trait PublishHook: Send + Sync + fmt::Debug {
-    /// `event` was published locally.
-    fn published(&self, event: &Arc<Published>);
+    /// `event` of `query_id` was published locally.
+    fn published(&self, query_id: &Arc<str>, event: &Arc<Published>);
 }
 
 /// Hub figures.
@@ -99,6 +99,24 @@ pub struct Subscription {
     ended: bool,
 }
 
+/// What became of an event of another replica given to
+/// [`MemoryHub::mirror`](crate::MemoryHub::mirror).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mirrored {
+    /// Kept for replay and sent to live subscribers.
+    Applied,
+    /// Already there (or the query already ended here): skipped.
+    Duplicate,
+    /// Events before it are missing, from `next_seq` on. Nothing was kept: fill the gap
+    /// first, or mirror it with `allow_gap` (subscribers then get `lagged`).
+    Gap {
+        /// The first missing `seq`.
+        next_seq: u64,
+    },
+    /// The query runs on this replica: its events are published here, never mirrored.
+    Local,
+}
+
 /// Called when a stream ends (for retention).
 pub(crate) trait OnEnd: Send + Sync {
     fn ended(&self, query_id: &Arc<str>);
@@ -109,6 +127,8 @@ pub(crate) struct QueryStream {
     query_id: Arc<str>,
     state: Mutex<StreamState>,
     on_end: Weak<dyn OnEnd>,
+    /// A query of another replica, whose events arrive through [`QueryStream::mirror`].
+    foreign: bool,
 }
 
 struct StreamState {
@@ -145,6 +165,26 @@ impl QueryStream {
         live_buffer: usize,
         on_end: Weak<dyn OnEnd>,
     ) -> Self {
+        Self::build(query_id, replay, live_buffer, on_end, false)
+    }
+
+    /// The stream of another replica's query.
+    pub(crate) fn foreign(
+        query_id: Arc<str>,
+        replay: usize,
+        live_buffer: usize,
+        on_end: Weak<dyn OnEnd>,
+    ) -> Self {
+        Self::build(query_id, replay, live_buffer, on_end, true)
+    }
+
+    fn build(
+        query_id: Arc<str>,
+        replay: usize,
+        live_buffer: usize,
+        on_end: Weak<dyn OnEnd>,
+        foreign: bool,
+    ) -> Self {
         Self {
             query_id,
             state: Mutex::new(StreamState {
@@ -156,7 +196,56 @@ impl QueryStream {
                 ended: false,
             }),
             on_end,
+            foreign,
         }
+    }
+
+    pub(crate) fn is_foreign(&self) -> bool {
+        self.foreign
+    }
+
+    /// The `seq` the next event will have.
+    pub(crate) fn next_seq(&self) -> u64 {
+        lock(&self.state).next_seq
+    }
+
+    /// Takes in an event published by another replica, keeping its `seq` and text.
+    pub(crate) fn mirror(&self, event: Published, allow_gap: bool) -> Mirrored {
+        if !self.foreign {
+            return Mirrored::Local;
+        }
+        let terminal = event.is_terminal();
+        {
+            let mut state = lock(&self.state);
+            let Some(live) = state.live.as_ref() else {
+                return Mirrored::Duplicate;
+            };
+            if event.seq() < state.next_seq {
+                return Mirrored::Duplicate;
+            }
+            if event.seq() > state.next_seq && !allow_gap {
+                return Mirrored::Gap {
+                    next_seq: state.next_seq,
+                };
+            }
+            let event = Arc::new(event);
+            // Subscribers see a skipped range as `lagged` (see `Subscription::recv`).
+            let _ = live.send(event.clone());
+            state.next_seq = event.seq() + 1;
+            if state.buffer.len() == state.capacity {
+                state.buffer.pop_front();
+            }
+            state.buffer.push_back(event);
+            if terminal {
+                state.live = None;
+            }
+        }
+        if terminal {
+            if let Some(on_end) = self.on_end.upgrade() {
+                on_end.ended(&self.query_id);
+            }
+        }
+        Mirrored::Applied
     }
 
     pub(crate) fn is_running(&self) -> bool {
@@ -266,7 +355,7 @@ impl QueryPublisher {
     pub fn publish(&self, kind: EventKind) -> Result<Arc<Published>, PublishError> {
         let event = self.stream.publish(kind)?;
         if let Some(hook) = &self.hook {
-            hook.published(&event);
+            hook.published(&self.stream.query_id, &event);
         }
         Ok(event)
     }

@@ -43,8 +43,8 @@ mod memory;
 
 pub use event::{ErrorInfo, EventKind, JsonText, ProgressEvent, Published, StageStatus};
 pub use hub::{
-    HubStats, OpenError, ProgressHub, PublishError, PublishHook, QueryPublisher, SubscribeError,
-    Subscription, SubscriptionItem,
+    HubStats, Mirrored, OpenError, ProgressHub, PublishError, PublishHook, QueryPublisher,
+    SubscribeError, Subscription, SubscriptionItem,
 };
 pub use layer::{
     attempt_error_kind, ProgressContext, ProgressFuture, ProgressLayer, ProgressService,

@@ -9,7 +9,8 @@ use tokio::time::Instant;
 
 use crate::hub::{OnEnd, QueryStream};
 use crate::{
-    HubStats, OpenError, ProgressHub, PublishHook, QueryPublisher, SubscribeError, Subscription,
+    HubStats, Mirrored, OpenError, ProgressHub, PublishHook, Published, QueryPublisher,
+    SubscribeError, Subscription,
 };
 
 /// How much the hub keeps.
@@ -84,6 +85,49 @@ impl MemoryHub {
     /// The configuration.
     pub fn config(&self) -> &HubConfig {
         &self.inner.config
+    }
+
+    /// Takes in an event of `query_id` published by another replica (the Redis backend
+    /// calls this), keeping its text, `seq` and `ts`; local subscribers get it like any
+    /// other. The first event of an unknown query starts its (foreign) stream; one that
+    /// is not `seq` 1 is a [`Mirrored::Gap`] unless `allow_gap`.
+    pub fn mirror(&self, query_id: &Arc<str>, event: Published, allow_gap: bool) -> Mirrored {
+        let stream = {
+            let mut queries = lock(&self.inner.queries);
+            match queries.get(query_id) {
+                Some(stream) => stream.clone(),
+                None => {
+                    if event.seq() > 1 && !allow_gap {
+                        return Mirrored::Gap { next_seq: 1 };
+                    }
+                    let on_end: Weak<dyn OnEnd> = self.inner.me.clone();
+                    let stream = Arc::new(QueryStream::foreign(
+                        query_id.clone(),
+                        self.inner.config.replay_events,
+                        self.inner.config.live_buffer,
+                        on_end,
+                    ));
+                    queries.insert(query_id.clone(), stream.clone());
+                    stream
+                }
+            }
+        };
+        stream.mirror(event, allow_gap)
+    }
+
+    /// Whether the hub holds `query_id`'s stream (local or mirrored, running or retained).
+    pub fn contains(&self, query_id: &str) -> bool {
+        lock(&self.inner.queries).contains_key(query_id)
+    }
+
+    /// Mirrored queries still running, with the `seq` each expects next (to catch up
+    /// after missing messages).
+    pub fn mirrored_running(&self) -> Vec<(Arc<str>, u64)> {
+        lock(&self.inner.queries)
+            .iter()
+            .filter(|(_, s)| s.is_foreign() && s.is_running())
+            .map(|(id, s)| (id.clone(), s.next_seq()))
+            .collect()
     }
 
     /// Drops finished queries past their retention or beyond `max_finished`.

@@ -77,9 +77,25 @@ async fn submit_inner(state: AppState, req: Request) -> Result<Response, ApiErro
 
 /// The record of a query, running or finished.
 pub(crate) async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match state.engine().get(&id) {
-        Some(record) => Json(record).into_response(),
-        None => unknown_query(&id).into_response(),
+    if let Some(record) = state.engine().get(&id) {
+        return Json(record).into_response();
+    }
+    // With the Redis backend, the query may have run on another replica.
+    let Some(redis) = state.redis() else {
+        return unknown_query(&id).into_response();
+    };
+    match redis.record(&id).await {
+        Ok(Some(json)) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Ok(None) => unknown_query(&id).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, query_id = %id, "progress backend: record lookup failed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "backend_unavailable",
+                "query records of other replicas cannot be read right now",
+            )
+            .into_response()
+        }
     }
 }
 

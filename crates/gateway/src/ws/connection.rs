@@ -350,12 +350,17 @@ impl Connection {
     /// query, which is how a client recovers after `lagged`).
     async fn subscribe(&mut self, query_id: String, after_seq: u64) -> Result<(), FrameError> {
         self.check_room(Some(&query_id))?;
-        let sub = self
-            .state
-            .engine()
-            .hub()
-            .subscribe(&query_id, after_seq)
-            .map_err(|_| FrameError::unknown_query(&query_id))?;
+        let hub = self.state.engine().hub();
+        let sub = match hub.subscribe(&query_id, after_seq) {
+            Ok(sub) => sub,
+            // A query of another replica that this one has not followed: load it.
+            Err(_) => match self.state.redis() {
+                Some(redis) if redis.load(&query_id).await.unwrap_or(false) => hub
+                    .subscribe(&query_id, after_seq)
+                    .map_err(|_| FrameError::unknown_query(&query_id))?,
+                _ => return Err(FrameError::unknown_query(&query_id)),
+            },
+        };
         self.stop(&query_id).await;
         self.send(Outgoing::Frame(protocol::subscribed(&query_id, after_seq)))
             .await;

@@ -1,0 +1,237 @@
+//! `progress.backend = "redis"` (SPEC §5 "Scale-out") end to end: several gateways —
+//! replicas — in this process sharing one real `redis-server`; each serves
+//! `GET /api/query/{id}` and WebSocket subscribe / replay for queries run on any other.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use agentgate_e2e::{base_config, mock, post_json, send, Gateway, RedisServer};
+use agentgate_mock_agent::MockAgent;
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Agents {
+    nlp: MockAgent,
+    data: MockAgent,
+}
+
+async fn agents(latency: Duration) -> Agents {
+    Agents {
+        nlp: mock("nlp", |_| {}).await,
+        data: mock("data", |b| b.latency = latency).await,
+    }
+}
+
+fn config(redis_url: &str, a: &Agents) -> String {
+    format!(
+        r#"{}
+[progress]
+backend = "redis"
+redis_url = "{redis_url}"
+
+[agents.nlp]
+url = "{}"
+[agents.data]
+url = "{}"
+
+[pipelines.default]
+deadline = "30s"
+[[pipelines.default.stages]]
+name = "nlp_processing"
+agent = "nlp"
+path = "/process"
+[[pipelines.default.stages]]
+name = "data_retrieval"
+agent = "data"
+path = "/query"
+"#,
+        base_config("", "10s"),
+        a.nlp.url(),
+        a.data.url()
+    )
+}
+
+/// A replica, once `/readyz` says its Redis connections are up.
+async fn replica(redis_url: &str, a: &Agents) -> Gateway {
+    let gw = Gateway::start(&config(redis_url, a)).await;
+    wait_ready(&gw, StatusCode::OK).await;
+    gw
+}
+
+async fn wait_ready(gw: &Gateway, want: StatusCode) -> Value {
+    let mut last = None;
+    for _ in 0..200 {
+        let res = send("GET", &gw.url("/readyz"), &[], "").await;
+        if res.status == want {
+            return res.json();
+        }
+        last = Some(res.json());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("/readyz never answered {want}: last {last:?}");
+}
+
+async fn submit_async(gw: &Gateway) -> String {
+    let res = send(
+        "POST",
+        &gw.url("/api/query"),
+        &[
+            ("content-type", "application/json"),
+            ("prefer", "respond-async"),
+        ],
+        r#"{"query":"sales by region"}"#,
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::ACCEPTED);
+    res.json()["query_id"].as_str().unwrap().to_owned()
+}
+
+async fn connect(addr: SocketAddr, path: &str) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
+        .await
+        .expect("upgrade");
+    ws
+}
+
+/// Text frames until the terminal event of the subscription, as raw JSON text.
+async fn events_until_terminal(ws: &mut Ws) -> Vec<String> {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(msg) = ws.next().await {
+            let Message::Text(text) = msg.expect("frame") else {
+                continue;
+            };
+            let v: Value = serde_json::from_str(&text).unwrap();
+            match v["type"].as_str().unwrap() {
+                "subscribed" => continue,
+                "completed" | "failed" | "cancelled" => {
+                    out.push(text.to_string());
+                    return;
+                }
+                _ => out.push(text.to_string()),
+            }
+        }
+        panic!("connection closed before the terminal event: {out:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no terminal event within 20 s: {out:?}"));
+    out
+}
+
+fn seqs(events: &[String]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|t| {
+            serde_json::from_str::<Value>(t).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_serve_each_others_records_and_event_streams() {
+    let redis = RedisServer::start().await;
+    let a = agents(Duration::from_millis(300)).await;
+    let one = replica(&redis.url(), &a).await;
+    let two = replica(&redis.url(), &a).await;
+
+    // A query runs on replica one; replica two follows it live, from the start.
+    let id = submit_async(&one).await;
+    let mut on_one = connect(one.addr, &format!("/ws?query_id={id}&after_seq=0")).await;
+    let mut on_two = connect(two.addr, "/ws").await;
+    on_two
+        .send(Message::text(
+            json!({"type": "subscribe", "query_id": id, "after_seq": 0}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let here = events_until_terminal(&mut on_one).await;
+    let there = events_until_terminal(&mut on_two).await;
+    assert_eq!(seqs(&here), (1..=here.len() as u64).collect::<Vec<_>>());
+    // The same events, byte for byte: seq, ts and all.
+    assert_eq!(here, there);
+    let last: Value = serde_json::from_str(there.last().unwrap()).unwrap();
+    assert_eq!(last["type"], "completed");
+    assert_eq!(last["query_id"], id.as_str());
+
+    // Its record, from the other replica.
+    let local = send("GET", &one.url(&format!("/api/query/{id}")), &[], "").await;
+    let mut remote = None;
+    for _ in 0..100 {
+        let res = send("GET", &two.url(&format!("/api/query/{id}")), &[], "").await;
+        if res.status == StatusCode::OK && res.json()["status"] == "completed" {
+            remote = Some(res);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let remote = remote.expect("the record reaches the other replica");
+    assert_eq!(remote.headers["content-type"], "application/json");
+    assert_eq!(remote.json(), local.json());
+
+    // A replica started after the query ended replays it on demand (resume included).
+    let three = replica(&redis.url(), &a).await;
+    let mut late = connect(three.addr, &format!("/ws?query_id={id}&after_seq=2")).await;
+    let replayed = events_until_terminal(&mut late).await;
+    assert_eq!(replayed, here[2..].to_vec());
+    assert_eq!(
+        send("GET", &three.url(&format!("/api/query/{id}")), &[], "")
+            .await
+            .json(),
+        local.json()
+    );
+
+    // Unknown everywhere: 404, and `unknown_query` over WebSocket.
+    let missing = send("GET", &two.url("/api/query/nope"), &[], "").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    late.send(Message::text(
+        json!({"type": "subscribe", "query_id": "nope"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let err = loop {
+        let Some(Ok(Message::Text(t))) = late.next().await else {
+            panic!("no answer")
+        };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if v["type"] == "error" {
+            break v;
+        }
+    };
+    assert_eq!(err["code"], "unknown_query");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_redis_serves_its_own_queries_and_is_not_ready() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let a = agents(Duration::ZERO).await;
+    let gw = Gateway::start(&config(&url, &a)).await;
+
+    let body = wait_ready(&gw, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(body["status"], "redis_unavailable");
+    // Queries still run and their records and events are served locally.
+    let res = post_json(&gw.url("/api/query"), &json!({"query": "q"})).await;
+    assert_eq!(res.status, StatusCode::OK, "{:?}", res.json());
+    let id = res.json()["query_id"].as_str().unwrap().to_owned();
+    let mut ws = connect(gw.addr, &format!("/ws?query_id={id}&after_seq=0")).await;
+    assert!(!events_until_terminal(&mut ws).await.is_empty());
+
+    // Redis comes up: the replica connects by itself and turns ready; Redis dies: not
+    // ready again.
+    let mut redis = RedisServer::start_on(port).await;
+    wait_ready(&gw, StatusCode::OK).await;
+    redis.kill();
+    wait_ready(&gw, StatusCode::SERVICE_UNAVAILABLE).await;
+}
