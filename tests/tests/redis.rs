@@ -235,3 +235,54 @@ async fn a_replica_without_redis_serves_its_own_queries_and_is_not_ready() {
     redis.kill();
     wait_ready(&gw, StatusCode::SERVICE_UNAVAILABLE).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_is_cancelled_from_any_replica() {
+    let redis = RedisServer::start().await;
+    let a = agents(Duration::from_secs(30)).await;
+    let one = replica(&redis.url(), &a).await;
+    let two = replica(&redis.url(), &a).await;
+
+    // Over HTTP: DELETE on replica two cancels the query running on replica one.
+    let id = submit_async(&one).await;
+    wait_running_elsewhere(&two, &id).await;
+    let res = send("DELETE", &two.url(&format!("/api/query/{id}")), &[], "").await;
+    assert_eq!(res.status, StatusCode::OK, "{:?}", res.json());
+    assert_eq!(res.json()["status"], "cancelled");
+    let here = send("GET", &one.url(&format!("/api/query/{id}")), &[], "").await;
+    assert_eq!(here.json()["status"], "cancelled");
+    // A second DELETE: already finished, wherever it is asked.
+    for gw in [&one, &two] {
+        let again = send("DELETE", &gw.url(&format!("/api/query/{id}")), &[], "").await;
+        assert_eq!(again.status, StatusCode::CONFLICT, "{:?}", again.json());
+    }
+
+    // Over WebSocket: `cancel` on replica two; its subscribers get the terminal event.
+    let id = submit_async(&one).await;
+    wait_running_elsewhere(&two, &id).await;
+    let mut ws = connect(two.addr, &format!("/ws?query_id={id}&after_seq=0")).await;
+    ws.send(Message::text(
+        json!({"type": "cancel", "query_id": id}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let events = events_until_terminal(&mut ws).await;
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["type"], "cancelled");
+    assert_eq!(seqs(&events), (1..=events.len() as u64).collect::<Vec<_>>());
+    let missing = send("DELETE", &two.url("/api/query/nope"), &[], "").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}
+
+/// Until `gw` (not the replica running it) reads `id`'s record as running.
+async fn wait_running_elsewhere(gw: &Gateway, id: &str) {
+    for _ in 0..200 {
+        let res = send("GET", &gw.url(&format!("/api/query/{id}")), &[], "").await;
+        if res.status == StatusCode::OK {
+            assert_eq!(res.json()["status"], "running");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("query {id} never showed on the other replica");
+}

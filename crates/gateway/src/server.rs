@@ -135,6 +135,13 @@ pub fn build_state(config: Config) -> Result<AppState, GatewayError> {
     );
     if let Some(bridge) = &redis {
         engine.set_record_sink(Arc::new(RecordsToRedis(bridge.clone())));
+        let weak = engine.downgrade();
+        bridge.on_cancel(Arc::new(move |query_id: &str| {
+            if let Some(engine) = weak.upgrade() {
+                // Only the replica running the query has it; the others find nothing.
+                let _ = engine.cancel(query_id);
+            }
+        }));
     }
     Ok(AppState::with_redis(config, engine, prometheus, redis))
 }

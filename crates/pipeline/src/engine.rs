@@ -69,6 +69,17 @@ pub struct LiveQuery {
     pub elapsed_ms: u64,
 }
 
+/// An [`Engine`] that may be gone ([`Engine::downgrade`]).
+#[derive(Clone, Debug)]
+pub struct WeakEngine(std::sync::Weak<Inner>);
+
+impl WeakEngine {
+    /// The engine, if it still exists.
+    pub fn upgrade(&self) -> Option<Engine> {
+        self.0.upgrade().map(|inner| Engine { inner })
+    }
+}
+
 /// A started query. Its id is known at once; [`Submitted::finished`] waits for the end.
 #[derive(Debug)]
 pub struct Submitted {
@@ -285,6 +296,11 @@ impl Engine {
         };
         live.sort_by_key(|(started, _)| *started);
         live.into_iter().take(limit).map(|(_, l)| l).collect()
+    }
+
+    /// A handle that does not keep the engine alive.
+    pub fn downgrade(&self) -> WeakEngine {
+        WeakEngine(Arc::downgrade(&self.inner))
     }
 
     /// Sends every query's record to `sink` from now on (once; later calls are ignored).

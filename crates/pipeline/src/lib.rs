@@ -125,7 +125,7 @@ mod stats;
 
 pub use agentgate_progress::JsonText;
 pub use config::{Fallback, PipelineConfig, PipelineConfigError, StageConfig};
-pub use engine::{Engine, EngineSettings, LiveQuery, RecordSink, Submitted};
+pub use engine::{Engine, EngineSettings, LiveQuery, RecordSink, Submitted, WeakEngine};
 pub use error::{CancelError, SubmitError};
 pub use metrics::describe_metrics;
 pub use query::QueryInput;

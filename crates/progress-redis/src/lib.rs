@@ -27,6 +27,9 @@
 //! - **On demand**: a query that ended before this replica was listening is loaded from
 //!   its stream the first time a client asks for it ([`RedisBridge::load`]); records are
 //!   read with [`RedisBridge::record`].
+//! - **Cancel**: a replica asked to cancel a query it does not run publishes
+//!   `cancel|<id>` on `{prefix}:control` ([`RedisBridge::request_cancel`]); the replica
+//!   running it cancels it ([`RedisBridge::on_cancel`]).
 //!
 //! Every replica therefore holds the events of every replica's recent queries, bounded by
 //! the hub's own `replay_events`, `retention` and `max_finished` caps. Breakers stay per
@@ -46,6 +49,7 @@ use std::time::Duration;
 
 use agentgate_progress::{MemoryHub, Mirrored, PublishHook, Published};
 use redis::aio::ConnectionManager;
+pub use redis::RedisError;
 use tokio::sync::{mpsc, OnceCell};
 use tokio::task::JoinHandle;
 
@@ -125,7 +129,12 @@ struct Inner {
     writer_up: AtomicBool,
     reader_up: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Cancels a query of this replica asked for by another one.
+    on_cancel: OnceLock<CancelHandler>,
 }
+
+/// What [`RedisBridge::on_cancel`] calls with a query id.
+pub type CancelHandler = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// What the writer sends, in order.
 #[derive(Debug)]
@@ -169,6 +178,10 @@ impl Keys {
     pub(crate) fn channel(&self) -> String {
         format!("{}:events", self.prefix)
     }
+
+    pub(crate) fn control(&self) -> String {
+        format!("{}:control", self.prefix)
+    }
 }
 
 // === impl RedisBridge ===
@@ -193,6 +206,7 @@ impl RedisBridge {
                 writer_up: AtomicBool::new(false),
                 reader_up: AtomicBool::new(false),
                 tasks: Mutex::new(Vec::new()),
+                on_cancel: OnceLock::new(),
             }),
         })
     }
@@ -238,6 +252,31 @@ impl RedisBridge {
     /// This replica's id in Redis messages.
     pub fn replica(&self) -> &str {
         &self.inner.replica
+    }
+
+    /// Sets what cancels a query of this replica when another replica asks (its
+    /// `DELETE /api/query/{id}` or WebSocket `cancel`). Set once, before [`start`].
+    ///
+    /// [`start`]: RedisBridge::start
+    pub fn on_cancel(&self, handler: CancelHandler) {
+        let _ = self.inner.on_cancel.set(handler);
+    }
+
+    /// Asks every replica to cancel `query_id`; the one running it does. Its terminal
+    /// `cancelled` event and final record then arrive like any other.
+    pub async fn request_cancel(&self, query_id: &str) -> Result<(), redis::RedisError> {
+        let mut conn = self.reads().await?;
+        redis::cmd("PUBLISH")
+            .arg(self.inner.keys.control())
+            .arg(format!("cancel|{query_id}"))
+            .query_async::<()>(&mut conn)
+            .await
+    }
+
+    pub(crate) fn cancel_local(&self, query_id: &str) {
+        if let Some(handler) = self.inner.on_cancel.get() {
+            handler(query_id);
+        }
     }
 
     /// Queues `query_id`'s record (JSON) for other replicas' `GET /api/query/{id}`.

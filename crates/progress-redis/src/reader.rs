@@ -41,7 +41,9 @@ pub(crate) async fn run(bridge: RedisBridge) {
 /// One subscription, until the connection ends.
 async fn listen(bridge: &RedisBridge, backoff: &mut Duration) -> Result<(), redis::RedisError> {
     let mut pubsub = bridge.client().get_async_pubsub().await?;
-    pubsub.subscribe(bridge.keys().channel()).await?;
+    let events = bridge.keys().channel();
+    pubsub.subscribe(&events).await?;
+    pubsub.subscribe(bridge.keys().control()).await?;
     bridge.set_reader_up(true);
     *backoff = BACKOFF_MIN;
     // Whatever was published while nobody listened: catch up every followed query.
@@ -56,6 +58,12 @@ async fn listen(bridge: &RedisBridge, backoff: &mut Duration) -> Result<(), redi
         let Ok(text) = std::str::from_utf8(payload) else {
             continue;
         };
+        if msg.get_channel_name() != events {
+            if let Some(query_id) = text.strip_prefix("cancel|") {
+                bridge.cancel_local(query_id);
+            }
+            continue;
+        }
         let Some((replica, json)) = text.split_once('|') else {
             continue;
         };

@@ -225,3 +225,74 @@ async fn stats_count_live_subscribers() {
     assert_eq!(hub.stats().subscribers, 0);
     drop(b);
 }
+
+/// Another replica's events, as the Redis backend hands them over.
+#[derive(Debug, Default)]
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+impl agentgate_progress::PublishHook for Recorder {
+    fn published(&self, query_id: &Arc<str>, event: &Arc<agentgate_progress::Published>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{query_id}:{}", event.seq()));
+    }
+}
+
+#[tokio::test]
+async fn mirrored_events_keep_their_text_and_seq_and_skip_duplicates_and_gaps() {
+    use agentgate_progress::{Mirrored, Published};
+
+    // Replica A publishes; its hook sees every event with its query id.
+    let hook = Arc::new(Recorder::default());
+    let a = MemoryHub::with_hook(HubConfig::default(), hook.clone());
+    let publisher = a.open("q").unwrap();
+    let texts: Vec<Arc<str>> = [progress(1), progress(2), progress(3), done()]
+        .into_iter()
+        .map(|k| publisher.publish(k).unwrap().json.clone())
+        .collect();
+    assert_eq!(*hook.0.lock().unwrap(), ["q:1", "q:2", "q:3", "q:4"]);
+
+    // Replica B mirrors them.
+    let b = MemoryHub::new(HubConfig::default());
+    let event = |i: usize| Published::from_json(texts[i].clone()).unwrap();
+    let (id, first) = event(0);
+    assert_eq!(&*id, "q");
+    assert!(!b.contains("q"));
+    // A stream cannot start in the middle unless asked to.
+    assert_eq!(
+        b.mirror(&id, event(1).1, false),
+        Mirrored::Gap { next_seq: 1 }
+    );
+    assert!(!b.contains("q"));
+    assert_eq!(b.mirror(&id, first, false), Mirrored::Applied);
+    let live = b.subscribe("q", 0).unwrap();
+    assert_eq!(b.mirror(&id, event(0).1, false), Mirrored::Duplicate);
+    assert_eq!(
+        b.mirror(&id, event(2).1, false),
+        Mirrored::Gap { next_seq: 2 }
+    );
+    assert_eq!(b.mirrored_running(), vec![(id.clone(), 2)]);
+    assert_eq!(b.mirror(&id, event(1).1, false), Mirrored::Applied);
+    assert_eq!(b.mirror(&id, event(2).1, false), Mirrored::Applied);
+    assert_eq!(b.mirror(&id, event(3).1, false), Mirrored::Applied);
+    assert!(b.mirrored_running().is_empty());
+    assert_eq!(drain(live).await, [1, 2, 3, 4]);
+    // Replay on B is A's text, byte for byte.
+    let mut replay = b.subscribe("q", 1).unwrap();
+    for text in &texts[1..] {
+        match replay.recv().await.unwrap() {
+            SubscriptionItem::Event(e) => assert_eq!(&e.json, text),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Mirroring never feeds B's own hook, and A's own queries are never mirrored over.
+    assert_eq!(a.mirror(&id, event(0).1, true), Mirrored::Local);
+
+    // Events that cannot be recovered: accepted with `allow_gap`, subscribers get lagged.
+    let c = MemoryHub::new(HubConfig::default());
+    assert_eq!(c.mirror(&id, event(2).1, true), Mirrored::Applied);
+    assert_eq!(c.mirror(&id, event(3).1, true), Mirrored::Applied);
+    assert_eq!(drain(c.subscribe("q", 0).unwrap()).await, [-3, 3, 4]);
+    assert!(Published::from_json(r#"{"type":"progress"}"#.into()).is_err());
+}

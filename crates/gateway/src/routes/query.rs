@@ -1,5 +1,7 @@
 //! `POST /api/query`, `GET /api/query/{id}`, `DELETE /api/query/{id}` (SPEC §3).
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -11,6 +13,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use agentgate_pipeline::{CancelError, QueryInput, QueryRecord, SubmitError};
+
+use agentgate_progress_redis::{RedisBridge, RedisError};
 
 use crate::error::{retry_after_value, ApiError};
 use crate::AppState;
@@ -103,18 +107,79 @@ pub(crate) async fn get(State(state): State<AppState>, Path(id): Path<String>) -
 pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     match state.engine().cancel(&id) {
         Ok(record) => Json(record).into_response(),
-        Err(CancelError::NotFound) => unknown_query(&id).into_response(),
-        Err(CancelError::AlreadyFinished(record)) => (
-            StatusCode::CONFLICT,
-            Json(json!({
-                "error": {
-                    "kind": "already_finished",
-                    "message": format!("query `{id}` already finished ({})", status_name(&record)),
-                }
-            })),
-        )
-            .into_response(),
+        Err(CancelError::NotFound) => match state.redis() {
+            Some(redis) => cancel_elsewhere(redis, &id).await,
+            None => unknown_query(&id).into_response(),
+        },
+        Err(CancelError::AlreadyFinished(record)) => already_finished(&id, &status_name(&record)),
     }
+}
+
+fn already_finished(id: &str, status: &str) -> Response {
+    (
+        StatusCode::CONFLICT,
+        Json(json!({
+            "error": {
+                "kind": "already_finished",
+                "message": format!("query `{id}` already finished ({status})"),
+            }
+        })),
+    )
+        .into_response()
+}
+
+/// How long `DELETE` waits for another replica to cancel its query.
+const REMOTE_CANCEL_WAIT: Duration = Duration::from_secs(2);
+
+/// `DELETE` of a query another replica runs: asks that replica (through Redis) and
+/// answers with the final record once it shows, else 202 `cancelling`.
+async fn cancel_elsewhere(redis: &RedisBridge, id: &str) -> Response {
+    let status = |json: &str| {
+        serde_json::from_str::<Value>(json)
+            .ok()
+            .and_then(|v| v.get("status").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let unavailable = |e: RedisError| {
+        tracing::warn!(error = %e, query_id = %id, "progress backend: remote cancel failed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backend_unavailable",
+            "queries of other replicas cannot be cancelled right now",
+        )
+        .into_response()
+    };
+    match redis.record(id).await {
+        Ok(None) => return unknown_query(id).into_response(),
+        Ok(Some(json)) if status(&json) != "running" => {
+            return already_finished(id, &status(&json))
+        }
+        Ok(Some(_)) => {}
+        Err(e) => return unavailable(e),
+    }
+    if let Err(e) = redis.request_cancel(id).await {
+        return unavailable(e);
+    }
+    let until = tokio::time::Instant::now() + REMOTE_CANCEL_WAIT;
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        match redis.record(id).await {
+            Ok(Some(json)) => match status(&json).as_str() {
+                "running" => continue,
+                "cancelled" => {
+                    return ([(header::CONTENT_TYPE, "application/json")], json).into_response()
+                }
+                other => return already_finished(id, other),
+            },
+            Ok(None) => return unknown_query(id).into_response(),
+            Err(e) => return unavailable(e),
+        }
+    }
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "query_id": id, "status": "cancelling" })),
+    )
+        .into_response()
 }
 
 fn status_name(record: &QueryRecord) -> String {

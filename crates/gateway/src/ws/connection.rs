@@ -328,7 +328,16 @@ impl Connection {
                 // The terminal `cancelled` event reaches subscribers through the hub;
                 // cancelling a query that already ended changes nothing.
                 Ok(_) | Err(CancelError::AlreadyFinished(_)) => {}
-                Err(CancelError::NotFound) => return Err(FrameError::unknown_query(&query_id)),
+                Err(CancelError::NotFound) => match self.state.redis() {
+                    // Another replica runs it (or ran it): ask it. Its `cancelled` event
+                    // reaches subscribers here through the mirror.
+                    Some(redis) if redis.load(&query_id).await.unwrap_or(false) => {
+                        if let Err(e) = redis.request_cancel(&query_id).await {
+                            tracing::warn!(error = %e, %query_id, "progress backend: remote cancel failed");
+                        }
+                    }
+                    _ => return Err(FrameError::unknown_query(&query_id)),
+                },
             },
             ClientFrame::Ping => self.send(Outgoing::Frame(protocol::pong())).await,
             ClientFrame::SubscribeMetrics { interval } => {
