@@ -51,7 +51,7 @@ name = "data_retrieval"
 agent = "data"
 path = "/query"
 "#,
-        base_config("", "10s"),
+        base_config(r#"admin_listen = "127.0.0.1:1""#, "10s"),
         a.nlp.url(),
         a.data.url()
     )
@@ -60,21 +60,25 @@ path = "/query"
 /// A replica, once `/readyz` says its Redis connections are up.
 async fn replica(redis_url: &str, a: &Agents) -> Gateway {
     let gw = Gateway::start(&config(redis_url, a)).await;
-    wait_ready(&gw, StatusCode::OK).await;
+    wait_redis(&gw, "connected").await;
     gw
 }
 
-async fn wait_ready(gw: &Gateway, want: StatusCode) -> Value {
+/// Until `/readyz` reports Redis `want` (`connected` or `unavailable`).
+async fn wait_redis(gw: &Gateway, want: &str) -> Value {
     let mut last = None;
     for _ in 0..200 {
         let res = send("GET", &gw.url("/readyz"), &[], "").await;
-        if res.status == want {
-            return res.json();
+        // Ready either way: queries run whether or not Redis is there.
+        assert_eq!(res.status, StatusCode::OK);
+        let body = res.json();
+        if body["redis"] == want {
+            return body;
         }
-        last = Some(res.json());
+        last = Some(body);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("/readyz never answered {want}: last {last:?}");
+    panic!("/readyz never reported redis {want}: last {last:?}");
 }
 
 async fn submit_async(gw: &Gateway) -> String {
@@ -209,7 +213,7 @@ async fn replicas_serve_each_others_records_and_event_streams() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_without_redis_serves_its_own_queries_and_is_not_ready() {
+async fn a_replica_without_redis_serves_its_own_queries_and_says_so() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -219,8 +223,13 @@ async fn a_replica_without_redis_serves_its_own_queries_and_is_not_ready() {
     let a = agents(Duration::ZERO).await;
     let gw = Gateway::start(&config(&url, &a)).await;
 
-    let body = wait_ready(&gw, StatusCode::SERVICE_UNAVAILABLE).await;
-    assert_eq!(body["status"], "redis_unavailable");
+    let body = wait_redis(&gw, "unavailable").await;
+    assert_eq!(body["status"], "ready");
+    let health = send("GET", &gw.admin_url("/api/orchestration/health"), &[], "")
+        .await
+        .json();
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(health["reasons"].to_string().contains("redis"), "{health}");
     // Queries still run and their records and events are served locally.
     let res = post_json(&gw.url("/api/query"), &json!({"query": "q"})).await;
     assert_eq!(res.status, StatusCode::OK, "{:?}", res.json());
@@ -228,12 +237,11 @@ async fn a_replica_without_redis_serves_its_own_queries_and_is_not_ready() {
     let mut ws = connect(gw.addr, &format!("/ws?query_id={id}&after_seq=0")).await;
     assert!(!events_until_terminal(&mut ws).await.is_empty());
 
-    // Redis comes up: the replica connects by itself and turns ready; Redis dies: not
-    // ready again.
+    // Redis comes up: the replica connects by itself; Redis dies: it notices.
     let mut redis = RedisServer::start_on(port).await;
-    wait_ready(&gw, StatusCode::OK).await;
+    wait_redis(&gw, "connected").await;
     redis.kill();
-    wait_ready(&gw, StatusCode::SERVICE_UNAVAILABLE).await;
+    wait_redis(&gw, "unavailable").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -119,3 +119,139 @@ fn demo_serves_a_query_and_stops_cleanly_on_sigterm() {
     assert!(status.success(), "demo exited with {status}");
     drain.join().unwrap();
 }
+
+/// Kills the child on drop, so a failing test leaves nothing running.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 exchange over a fresh connection: (status, body).
+fn http(method: &str, port: u16, path: &str, headers: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn two_replicas_share_queries_through_redis() {
+    let redis_port = free_port();
+    let _redis = Proc(
+        Command::new("redis-server")
+            .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "redis-server is missing: install Debian's redis-server (scripts/test.sh does)",
+            ),
+    );
+    let agent_port = free_port();
+    let _agent = Proc(
+        Command::new(BIN)
+            .args(["mock-agent", "--listen", &format!("127.0.0.1:{agent_port}")])
+            .args(["--latency", "300ms"])
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let replica = async |name: &str| {
+        let (port, admin) = (free_port(), free_port());
+        let config = write(
+            &format!("{name}.toml"),
+            &format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\n\
+                 [progress]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{redis_port}\"\n\n\
+                 [agents.nlp]\nurl = \"http://127.0.0.1:{agent_port}\"\n\n\
+                 [pipelines.default]\n[[pipelines.default.stages]]\nname = \"nlp\"\nagent = \"nlp\"\npath = \"/process\"\n"
+            ),
+        );
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until(&format!("{name} connected to redis"), || {
+            let (status, body) = http("GET", port, "/readyz", "", "");
+            status == 200 && body.contains("\"redis\":\"connected\"")
+        })
+        .await;
+        (Proc(child), port)
+    };
+    let (mut one, one_port) = replica("one").await;
+    let (mut two, two_port) = replica("two").await;
+
+    let (status, body) = http(
+        "POST",
+        one_port,
+        "/api/query",
+        "content-type: application/json\r\nprefer: respond-async\r\n",
+        r#"{"query":"q"}"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    let id = body
+        .split("\"query_id\":\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("a query id")
+        .to_owned();
+    // Replica two serves the record of the query replica one runs, running then done.
+    let path = format!("/api/query/{id}");
+    wait_until("the record on replica two", || {
+        let (status, body) = http("GET", two_port, &path, "", "");
+        status == 200 && body.contains("\"status\":\"completed\"")
+    })
+    .await;
+
+    for proc in [&mut one, &mut two] {
+        let pid = proc.0.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = proc.0.wait().unwrap();
+        assert!(status.success(), "replica exited with {status}");
+    }
+}

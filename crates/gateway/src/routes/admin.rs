@@ -129,7 +129,8 @@ pub fn breaker_json(s: &Snapshot) -> Value {
 /// queries), where each open or forced-open breaker weighs 1 and each half-open one
 /// 0.5. Status: `unhealthy` when some pipeline has a required stage whose agent and
 /// every agent fallback are open (and no static fallback), else `degraded` when the
-/// score is below 90 or any breaker is not closed, else `healthy`.
+/// score is below 90, any breaker is not closed or the Redis progress backend is
+/// unreachable, else `healthy`.
 pub fn health(state: &AppState) -> (u8, &'static str, Vec<String>) {
     let agents = state.engine().agents();
     let mut reasons = Vec::new();
@@ -192,9 +193,18 @@ pub fn health(state: &AppState) -> (u8, &'static str, Vec<String>) {
             }
         }
     }
+    // Redis down does not lower the score (queries run as before), but other replicas
+    // cannot follow this one's queries: degraded.
+    let redis_down = state.redis().is_some_and(|r| !r.is_ready());
+    if redis_down {
+        reasons.push(
+            "progress backend (redis) unreachable: other replicas cannot follow this one's queries"
+                .to_owned(),
+        );
+    }
     let status = if unhealthy {
         "unhealthy"
-    } else if score < 90 || weight > 0.0 {
+    } else if score < 90 || weight > 0.0 || redis_down {
         "degraded"
     } else {
         "healthy"

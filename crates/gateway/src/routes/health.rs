@@ -12,20 +12,24 @@ pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// 200 while serving; 503 once shutdown began, or while the Redis progress backend is
-/// not connected (queries still run, but other replicas cannot follow them).
+/// 200 while serving, 503 once shutdown began. With the Redis progress backend, the
+/// body also says whether Redis is reachable (`"redis": "connected" | "unavailable"`);
+/// an unreachable Redis does not make the replica unready — it still runs queries and
+/// serves its own clients — it only stops other replicas from following its queries
+/// (see `/api/orchestration/health` and `agentgate_progress_redis_connected`).
 pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    if state.is_draining() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "draining" })),
-        )
-    } else if state.redis().is_some_and(|r| !r.is_ready()) {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "redis_unavailable" })),
-        )
+    let (code, status) = if state.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
     } else {
-        (StatusCode::OK, Json(json!({ "status": "ready" })))
+        (StatusCode::OK, "ready")
+    };
+    let mut body = json!({ "status": status });
+    if let Some(redis) = state.redis() {
+        body["redis"] = Value::from(if redis.is_ready() {
+            "connected"
+        } else {
+            "unavailable"
+        });
     }
+    (code, Json(body))
 }
