@@ -217,10 +217,7 @@ impl QueryStream {
         let terminal = event.is_terminal();
         {
             let mut state = lock(&self.state);
-            let Some(live) = state.live.as_ref() else {
-                return Mirrored::Duplicate;
-            };
-            if event.seq() < state.next_seq {
+            if state.ended || event.seq() < state.next_seq {
                 return Mirrored::Duplicate;
             }
             if event.seq() > state.next_seq && !allow_gap {
@@ -229,15 +226,19 @@ impl QueryStream {
                 };
             }
             let event = Arc::new(event);
-            // Subscribers see a skipped range as `lagged` (see `Subscription::recv`).
-            let _ = live.send(event.clone());
+            if let Some(live) = &state.live {
+                // Subscribers see a skipped range as `lagged` (see `Subscription::recv`).
+                let _ = live.send(event.clone());
+            }
             state.next_seq = event.seq() + 1;
             if state.buffer.len() == state.capacity {
                 state.buffer.pop_front();
             }
             state.buffer.push_back(event);
             if terminal {
+                state.ended = true;
                 state.live = None;
+                state.buffer.shrink_to_fit();
             }
         }
         if terminal {
