@@ -233,10 +233,13 @@ impl RedisBridge {
     /// Writes everything queued so far, then stops both tasks. Later events stay local.
     pub async fn close(&self) {
         let (done, wait) = tokio::sync::oneshot::channel();
-        if self.inner.tx.send(Out::Close(done)).await.is_ok() {
-            // Bounded: a writer stuck on a dead Redis gives up after this.
-            let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
-        }
+        // Bounded: a writer stuck on a dead Redis (or a full queue) is given up on.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            if self.inner.tx.send(Out::Close(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+        })
+        .await;
         for task in lock(&self.inner.tasks).drain(..) {
             task.abort();
         }
