@@ -294,3 +294,96 @@ async fn wait_running_elsewhere(gw: &Gateway, id: &str) {
     }
     panic!("query {id} never showed on the other replica");
 }
+
+/// `redis-cli` against the test server (a peer that writes as another replica would).
+fn cli(redis: &RedisServer, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli (from Debian's redis-tools, a dependency of redis-server)");
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes event `seq` of query `q` as another replica would: into the query's stream,
+/// and (`announce`) on the events channel.
+fn peer_event(redis: &RedisServer, q: &str, seq: u64, kind: &str, announce: bool) -> String {
+    let json = match kind {
+        "completed" => json!({"type": "completed", "query_id": q, "seq": seq,
+            "ts": "2026-11-25T12:00:00.000Z", "result": {}, "duration_ms": 1}),
+        _ => json!({"type": "progress", "query_id": q, "seq": seq,
+            "ts": "2026-11-25T12:00:00.000Z", "stage": "s", "status": "started",
+            "progress": seq}),
+    }
+    .to_string();
+    cli(
+        redis,
+        &["XADD", &format!("agentgate:q:{q}:events"), "*", "e", &json],
+    );
+    if announce {
+        cli(
+            redis,
+            &["PUBLISH", "agentgate:events", &format!("peer|{json}")],
+        );
+    }
+    json
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_messages_are_filled_from_the_streams() {
+    let redis = RedisServer::start().await;
+    let a = agents(Duration::ZERO).await;
+    let gw = replica(&redis.url(), &a).await;
+
+    // A peer's query: its first event is announced and followed here.
+    let first = peer_event(&redis, "peer-q", 1, "progress", true);
+    let mut ws = connect(gw.addr, "/ws").await;
+    let mut subscribed = false;
+    for _ in 0..100 {
+        ws.send(Message::text(
+            json!({"type": "subscribe", "query_id": "peer-q", "after_seq": 0}).to_string(),
+        ))
+        .await
+        .unwrap();
+        let answer = next_text(&mut ws).await;
+        if answer.contains("\"subscribed\"") {
+            subscribed = true;
+            break;
+        }
+        assert!(answer.contains("unknown_query"), "{answer}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(subscribed);
+    assert_eq!(next_text(&mut ws).await, first);
+    // The second is never announced; when the third is, the gap is filled from the
+    // stream, and the subscriber gets both in order.
+    let second = peer_event(&redis, "peer-q", 2, "progress", false);
+    let third = peer_event(&redis, "peer-q", 3, "progress", true);
+    assert_eq!(next_text(&mut ws).await, second);
+    assert_eq!(next_text(&mut ws).await, third);
+
+    // The subscription to Redis breaks; an event published meanwhile is caught up from
+    // the stream after the reconnect, and the stream goes on live to its end.
+    cli(&redis, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+    let missed = peer_event(&redis, "peer-q", 4, "progress", false);
+    assert_eq!(next_text(&mut ws).await, missed);
+    wait_redis(&gw, "connected").await;
+    let last = peer_event(&redis, "peer-q", 5, "completed", true);
+    assert_eq!(next_text(&mut ws).await, last);
+}
+
+/// The next text frame, within 10 s.
+async fn next_text(ws: &mut Ws) -> String {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => return t.to_string(),
+                Some(Ok(_)) => continue,
+                other => panic!("connection ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a frame within 10 s")
+}
