@@ -1,9 +1,15 @@
-//! The per-attempt stage under tower's `Retry`: reads the attempt number the retry
-//! layer stamped, tells the response how many attempts were made, and writes the
-//! attempt's outcome to the request's ledger when the caller asked for one.
+//! The per-attempt stage under tower's `Retry`: stamps the attempt number the retry
+//! layer gave the request's body as `x-agentgate-attempt`, tells the response how many
+//! attempts were made, and writes the attempt's outcome to the request's ledger when the
+//! caller asked for one.
 //!
-//! Nothing here allocates on a call without a ledger: attempt numbers travel in the
-//! `x-agentgate-attempt` header (static values), not in per-request state.
+//! The header is added here, under tower's `Retry`, rather than before it: `Retry`
+//! keeps a copy of each request for the next attempt before calling, and a request
+//! without headers of its own is then copied without an allocation.
+//!
+//! No per-request state is allocated on a call without a ledger: the attempt number
+//! travels in the [`RetryBody`] (so no layer looks the header up again), and the
+//! header values are static text.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,7 +22,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::{AttemptLedger, AttemptRecord};
+use crate::{AttemptLedger, AttemptRecord, RetryBody};
 
 /// Request header carrying the 1-based attempt number to the agent (SPEC §3).
 pub const ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-agentgate-attempt");
@@ -35,7 +41,8 @@ pub(crate) fn number_value(n: u32) -> HeaderValue {
     }
 }
 
-/// The attempt number stamped on a request (1 when there is none).
+/// The attempt number stamped on a request's headers (1 when there is none). Layers
+/// under the retry read [`RetryBody::attempt`] instead, which costs no lookup.
 pub fn attempt_of(headers: &HeaderMap) -> u32 {
     headers
         .get(ATTEMPT_HEADER)
@@ -74,22 +81,26 @@ impl<S> Attempt<S> {
     }
 }
 
-impl<S, B, RB> Service<Request<B>> for Attempt<S>
+impl<S, RB> Service<Request<RetryBody>> for Attempt<S>
 where
-    S: Service<Request<B>, Response = Response<RB>>,
+    S: Service<Request<RetryBody>, Response = Response<RB>>,
     S::Error: Into<BoxError>,
 {
     type Response = Response<RB>;
     type Error = BoxError;
     type Future = AttemptFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    #[inline]
+    fn call(&mut self, mut req: Request<RetryBody>) -> Self::Future {
         let ledger = req.extensions().get::<AttemptLedger>().cloned();
-        let attempt = attempt_of(req.headers());
+        let attempt = req.body().attempt();
+        req.headers_mut()
+            .insert(ATTEMPT_HEADER, number_value(attempt));
         AttemptFuture {
             start: ledger.as_ref().map(|_| Instant::now()),
             inner: self.inner.call(req),
@@ -106,6 +117,7 @@ where
 {
     type Output = Result<Response<RB>, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut result = ready!(this.inner.poll(cx)).map_err(Into::into);

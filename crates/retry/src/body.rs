@@ -16,14 +16,20 @@ use http_body_util::BodyExt;
 /// whole and can be replayed for retries; if not, what was read is sent first and the
 /// rest streams through, once. This costs at most `cap` bytes of memory per request and
 /// never holds a large upload back.
+///
+/// Each copy also knows which attempt it is sent with (1 for the original; the retry
+/// policy numbers the copies it makes), so the layers under the retry read the attempt
+/// number here instead of parsing `x-agentgate-attempt` back out of the headers.
 pub struct RetryBody {
     kind: Kind,
+    attempt: u32,
 }
 
 enum Kind {
     Full {
         data: Option<Bytes>,
-        trailers: Option<HeaderMap>,
+        // Boxed: trailers are rare, and the body is moved through every layer.
+        trailers: Option<Box<HeaderMap>>,
     },
     Streaming {
         prefix: Option<Bytes>,
@@ -40,12 +46,14 @@ impl RetryBody {
     /// A replayable body holding `data`.
     pub fn full(data: impl Into<Bytes>) -> Self {
         let data: Bytes = data.into();
-        Self {
-            kind: Kind::Full {
-                data: (!data.is_empty()).then_some(data),
-                trailers: None,
-            },
-        }
+        Self::from_kind(Kind::Full {
+            data: (!data.is_empty()).then_some(data),
+            trailers: None,
+        })
+    }
+
+    fn from_kind(kind: Kind) -> Self {
+        Self { kind, attempt: 1 }
     }
 
     /// A body streamed once, never replayed.
@@ -54,12 +62,10 @@ impl RetryBody {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        Self {
-            kind: Kind::Streaming {
-                prefix: None,
-                rest: body.map_err(Into::into).boxed_unsync(),
-            },
-        }
+        Self::from_kind(Kind::Streaming {
+            prefix: None,
+            rest: body.map_err(Into::into).boxed_unsync(),
+        })
     }
 
     /// Reads `body` until it ends or more than `cap` bytes arrived (see the type docs).
@@ -78,24 +84,20 @@ impl RetryBody {
                     Ok(data) => {
                         buf.extend_from_slice(&data);
                         if buf.len() > cap {
-                            return Ok(Self {
-                                kind: Kind::Streaming {
-                                    prefix: Some(buf.freeze()),
-                                    rest: body,
-                                },
-                            });
+                            return Ok(Self::from_kind(Kind::Streaming {
+                                prefix: Some(buf.freeze()),
+                                rest: body,
+                            }));
                         }
                     }
                     Err(frame) => {
                         // Trailers end the body.
-                        let trailers = frame.into_trailers().ok();
+                        let trailers = frame.into_trailers().ok().map(Box::new);
                         let data = buf.freeze();
-                        return Ok(Self {
-                            kind: Kind::Full {
-                                data: (!data.is_empty()).then_some(data),
-                                trailers,
-                            },
-                        });
+                        return Ok(Self::from_kind(Kind::Full {
+                            data: (!data.is_empty()).then_some(data),
+                            trailers,
+                        }));
                     }
                 },
             }
@@ -115,9 +117,20 @@ impl RetryBody {
                     data: data.clone(),
                     trailers: trailers.clone(),
                 },
+                attempt: self.attempt,
             }),
             Kind::Streaming { .. } => None,
         }
+    }
+
+    /// The attempt this body is sent with: 1 for the original, `n` for the copy the
+    /// retry policy made for attempt `n`.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    pub(crate) fn set_attempt(&mut self, attempt: u32) {
+        self.attempt = attempt;
     }
 }
 
@@ -154,7 +167,7 @@ impl Body for RetryBody {
                 if let Some(data) = data.take() {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(*t))))
             }
             Kind::Streaming { prefix, rest } => {
                 if let Some(prefix) = prefix.take() {

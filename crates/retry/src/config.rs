@@ -140,13 +140,6 @@ impl RetryConfig {
 
 // === impl RetryOn ===
 
-impl RetryOn {
-    /// Whether the status `code` is listed.
-    pub(crate) fn matches_status(list: &[RetryOn], code: u16) -> bool {
-        list.contains(&RetryOn::Status(code))
-    }
-}
-
 impl fmt::Display for RetryOn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

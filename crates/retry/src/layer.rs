@@ -9,7 +9,6 @@ use tower::retry::Retry;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::attempt::{number_value, ATTEMPT_HEADER};
 #[cfg(doc)]
 use crate::AttemptLedger;
 use crate::{Attempt, RetryBody, RetryPolicy};
@@ -66,12 +65,16 @@ where
     type Future =
         RetryFuture<<Retry<RetryPolicy, Attempt<S>> as Service<Request<RetryBody>>>::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, mut req: Request<RetryBody>) -> Self::Future {
-        req.headers_mut().insert(ATTEMPT_HEADER, number_value(1));
+        // The header is added per attempt by the `Attempt` stage, after tower's `Retry`
+        // has kept its copy: a request without headers of its own is copied for free.
+        req.body_mut().set_attempt(1);
         RetryFuture {
             inner: self.inner.call(req),
         }
@@ -84,6 +87,7 @@ where
 {
     type Output = F::Output;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.project().inner.poll(cx)
     }

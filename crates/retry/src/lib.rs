@@ -15,8 +15,9 @@
 //!   `max_retry_after` means no retry);
 //! - only when the backoff ends before the caller's [`Deadline`], the query's
 //!   [`RetryAllowance`] has a retry left, and the agent's retry budget (`budget_ratio` of
-//!   recent requests plus `budget_min_per_sec`, tower's `TpsBudget`) allows it — an
-//!   exhausted budget counts `agentgate_retry_budget_exhausted_total{agent}`;
+//!   recent requests plus `budget_min_per_sec`: [`RetryBudget`], tower's `TpsBudget`
+//!   without its lock) allows it — an exhausted budget counts
+//!   `agentgate_retry_budget_exhausted_total{agent}`;
 //! - only requests whose body was small enough to keep ([`RetryBody`]).
 //!
 //! Each attempt carries `x-agentgate-attempt: n` and the response
@@ -61,6 +62,7 @@
 mod attempt;
 mod backoff;
 mod body;
+mod budget;
 mod config;
 mod layer;
 mod ledger;
@@ -69,6 +71,7 @@ mod policy;
 pub use attempt::{attempt_of, Attempt, AttemptFuture, ATTEMPTS_HEADER, ATTEMPT_HEADER};
 pub use backoff::Backoff;
 pub use body::RetryBody;
+pub use budget::RetryBudget;
 pub use config::{ConfigError, Jitter, RetryConfig, RetryOn};
 pub use layer::{RetryFuture, RetryLayer, RetryService};
 pub use ledger::{

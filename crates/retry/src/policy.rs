@@ -13,12 +13,12 @@ use metrics::Counter;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tokio::time::Instant;
-use tower::retry::budget::{Budget, TpsBudget};
+use tower::retry::budget::Budget;
 use tower::retry::Policy;
 
-use crate::attempt::{number_value, ATTEMPT_HEADER};
 use crate::{
-    AttemptLedger, Backoff, ConfigError, Deadline, RetryAllowance, RetryBody, RetryConfig, RetryOn,
+    AttemptLedger, Backoff, ConfigError, Deadline, RetryAllowance, RetryBody, RetryBudget,
+    RetryConfig, RetryOn,
 };
 
 /// Header telling the agent how long the caller will still wait (SPEC §3); kept
@@ -55,11 +55,17 @@ pub struct RetryPolicy {
 struct Shared {
     agent: Arc<str>,
     config: RetryConfig,
+    /// The statuses of `retry_on`, looked up on every response.
+    retry_statuses: StatusSet,
     backoff: Backoff,
-    budget: TpsBudget,
+    budget: RetryBudget,
     rng: Option<Mutex<SmallRng>>,
     budget_exhausted: Counter,
 }
+
+/// A set of HTTP statuses (100–999), one bit each.
+#[derive(Clone, Copy, Debug, Default)]
+struct StatusSet([u64; 16]);
 
 /// Why a failed attempt will not be retried (for logs and tests).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,7 +109,7 @@ impl RetryPolicy {
         rng: Option<SmallRng>,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
-        let budget = TpsBudget::new(
+        let budget = RetryBudget::new(
             BUDGET_TTL,
             config.budget_min_per_sec,
             config.budget_ratio as f32,
@@ -117,6 +123,7 @@ impl RetryPolicy {
         Ok(Self {
             prev_delay: config.base_delay,
             shared: Arc::new(Shared {
+                retry_statuses: StatusSet::of(&config.retry_on),
                 agent,
                 config,
                 backoff,
@@ -149,7 +156,7 @@ impl RetryPolicy {
         let (retry_after, nothing_sent) = match result {
             Ok(res) => {
                 let status = res.status().as_u16();
-                if !RetryOn::matches_status(&cfg.retry_on, status) {
+                if !self.shared.retry_statuses.contains(status) {
                     return Err(NoRetry::NotRetryable);
                 }
                 let retry_after = (cfg.honor_retry_after && matches!(status, 429 | 503))
@@ -222,6 +229,29 @@ impl RetryPolicy {
     }
 }
 
+// === impl StatusSet ===
+
+impl StatusSet {
+    fn of(list: &[RetryOn]) -> Self {
+        let mut set = Self::default();
+        for entry in list {
+            if let RetryOn::Status(code) = *entry {
+                let i = usize::from(code);
+                if i < 1024 {
+                    set.0[i / 64] |= 1 << (i % 64);
+                }
+            }
+        }
+        set
+    }
+
+    #[inline]
+    fn contains(&self, code: u16) -> bool {
+        let i = usize::from(code);
+        i < 1024 && self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+}
+
 /// Safe to send twice: an idempotent method (RFC 9110 §9.2.2) or an `Idempotency-Key`.
 fn is_idempotent<B>(req: &Request<B>) -> bool {
     matches!(
@@ -239,8 +269,12 @@ impl<B> Policy<Request<RetryBody>, Response<B>, BoxError> for RetryPolicy {
         result: &mut Result<Response<B>, BoxError>,
     ) -> Option<Self::Future> {
         let delay = self.decide(req, result).ok()?;
+        // `req` is the copy `clone_request` kept: number it for the attempt it becomes
+        // (the `Attempt` stage turns the number into `x-agentgate-attempt`).
+        let next = self.sent + 1;
+        req.body_mut().set_attempt(next);
         if let Some(ledger) = req.extensions().get::<AttemptLedger>() {
-            ledger.retry_scheduled(self.sent + 1, delay);
+            ledger.retry_scheduled(next, delay);
         }
         // Keep `x-agentgate-deadline-ms` true for the retry: the time left when it is sent.
         if let Some(Deadline(deadline)) = req.extensions().get::<Deadline>().copied() {
@@ -271,9 +305,9 @@ impl<B> Policy<Request<RetryBody>, Response<B>, BoxError> for RetryPolicy {
         *copy.version_mut() = req.version();
         *copy.headers_mut() = req.headers().clone();
         *copy.extensions_mut() = req.extensions().clone();
-        // The copy is the next attempt's request.
-        copy.headers_mut()
-            .insert(ATTEMPT_HEADER, number_value(self.sent + 1));
+        // The copy still carries this attempt's number: `retry` renumbers it if it is
+        // ever sent. It has no `x-agentgate-attempt` header: the `Attempt` stage under
+        // tower's `Retry` adds it to each attempt after this copy was made.
         Some(copy)
     }
 }

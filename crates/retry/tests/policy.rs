@@ -455,7 +455,7 @@ async fn the_budget_caps_retries() {
         layer.layer(svc.clone()).oneshot(get()).await.unwrap();
     }
     let retries = seen.lock().unwrap().len() - 50;
-    // `min_per_sec = 1` over tower's 10 s window allows about 10 retries, not 50.
+    // `min_per_sec = 1` over the budget's 10 s window allows about 10 retries, not 50.
     assert!((1..=15).contains(&retries), "{retries} retries");
 }
 
