@@ -8,7 +8,10 @@
 //!   server. Target: agentgate ≥ 0.95× the bare client's throughput.
 //!
 //! With `ABLATE=1` the client group also runs the stack built up one layer at a time
-//! (client, + timeout, + breaker, + metrics, + retry, full), to show what each costs.
+//! (client, + timeout, + breaker, + metrics, + retry, full; each unboxed, as
+//! `AgentClient` holds it; and the full stack boxed), to show what each costs.
+//! `stack/unboxed` is the in-memory stack as `AgentClient` holds it, `stack/full` the
+//! boxed one `stack` returns.
 #![allow(missing_docs)]
 
 use std::convert::Infallible;
@@ -19,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use agentgate_agent_client::{
-    stack, AgentClient, AgentConfig, AgentMetrics, HttpClient, StackParts,
+    layered, stack, AgentClient, AgentConfig, AgentMetrics, HttpClient, StackParts,
 };
 use agentgate_circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
 use agentgate_retry::{RetryBody, RetryConfig, RetryPolicy};
@@ -73,6 +76,7 @@ fn in_memory_stack(c: &mut Criterion) {
         timeout: Duration::from_secs(30),
     };
     let mut full = stack(&parts, inner);
+    let mut unboxed = layered(&parts, inner);
     let mut bare = inner;
 
     let mut group = c.benchmark_group("stack");
@@ -85,6 +89,9 @@ fn in_memory_stack(c: &mut Criterion) {
     });
     group.bench_function("full", |b| {
         b.iter(|| std::hint::black_box(one_call(&mut full)))
+    });
+    group.bench_function("unboxed", |b| {
+        b.iter(|| std::hint::black_box(one_call(&mut unboxed)))
     });
     group.finish();
     assert_eq!(
@@ -200,88 +207,135 @@ fn through_hyper(c: &mut Criterion) {
         })
     });
     if std::env::var("ABLATE").is_ok() {
-        use tower::util::BoxCloneSyncService;
-        use tower::{ServiceBuilder, ServiceExt};
-        type Svc = BoxCloneSyncService<
-            Request<RetryBody>,
-            Response<Incoming>,
-            agentgate_classify::BoxError,
-        >;
-        let shared = agentgate_agent_client::SharedClient::new(bare.clone());
+        use agentgate_agent_client::{AgentMetricsLayer, SharedClient};
+        use agentgate_retry::RetryLayer;
+        use tower::ServiceBuilder;
+        let shared = SharedClient::new(bare.clone());
         let parts = StackParts {
             metrics: Arc::new(AgentMetrics::new("abl")),
             retry: RetryPolicy::try_new("abl", RetryConfig::default()).unwrap(),
             breaker: CircuitBreakerLayer::try_new("abl", CircuitBreakerConfig::default()).unwrap(),
             timeout: Duration::from_secs(30),
         };
-        let t = Duration::from_secs(30);
-        let variants: Vec<(&str, Svc)> = vec![
-            (
-                "a_client",
-                BoxCloneSyncService::new(
-                    ServiceBuilder::new()
-                        .map_err(Into::<agentgate_classify::BoxError>::into)
-                        .service(shared.clone()),
-                ),
+        let t = parts.timeout;
+        let mut variant = |name: &str, svc| ablate(&mut group, &rt, &url, name, svc);
+        variant("a_client", Variant::A(shared.clone()));
+        variant(
+            "b_timeout",
+            Variant::B(ServiceBuilder::new().timeout(t).service(shared.clone())),
+        );
+        variant(
+            "c_breaker",
+            Variant::C(
+                ServiceBuilder::new()
+                    .layer(parts.breaker.clone())
+                    .timeout(t)
+                    .service(shared.clone()),
             ),
-            (
-                "b_timeout",
-                BoxCloneSyncService::new(ServiceBuilder::new().timeout(t).service(shared.clone())),
+        );
+        variant(
+            "d_metrics",
+            Variant::D(
+                ServiceBuilder::new()
+                    .layer(AgentMetricsLayer::new(parts.metrics.clone()))
+                    .layer(parts.breaker.clone())
+                    .timeout(t)
+                    .service(shared.clone()),
             ),
-            (
-                "c_breaker",
-                BoxCloneSyncService::new(
-                    ServiceBuilder::new()
-                        .layer(parts.breaker.clone())
-                        .timeout(t)
-                        .service(shared.clone()),
-                ),
+        );
+        variant(
+            "e_retry",
+            Variant::E(
+                ServiceBuilder::new()
+                    .layer(RetryLayer::new(parts.retry.clone()))
+                    .layer(AgentMetricsLayer::new(parts.metrics.clone()))
+                    .layer(parts.breaker.clone())
+                    .timeout(t)
+                    .service(shared.clone()),
             ),
-            (
-                "d_metrics",
-                BoxCloneSyncService::new(
-                    ServiceBuilder::new()
-                        .layer(agentgate_agent_client::AgentMetricsLayer::new(
-                            parts.metrics.clone(),
-                        ))
-                        .layer(parts.breaker.clone())
-                        .timeout(t)
-                        .service(shared.clone()),
-                ),
-            ),
-            (
-                "e_retry",
-                BoxCloneSyncService::new(
-                    ServiceBuilder::new()
-                        .layer(agentgate_retry::RetryLayer::new(parts.retry.clone()))
-                        .layer(agentgate_agent_client::AgentMetricsLayer::new(
-                            parts.metrics.clone(),
-                        ))
-                        .layer(parts.breaker.clone())
-                        .timeout(t)
-                        .service(shared.clone()),
-                ),
-            ),
-            ("f_full", stack(&parts, shared.clone())),
-        ];
-        for (name, svc) in variants {
-            let url = url.clone();
-            group.bench_function(name, |b| {
-                b.iter_custom(|iters| {
-                    let (svc, url) = (svc.clone(), url.clone());
-                    rt.block_on(run(iters, move || {
-                        let (svc, url) = (svc.clone(), url.clone());
-                        async move {
-                            let req = Request::get(url).body(RetryBody::empty()).unwrap();
-                            let res = svc.oneshot(req).await.unwrap();
-                            res.into_body().collect().await.unwrap();
-                        }
-                    }))
-                })
-            });
-        }
+        );
+        variant("f_full", Variant::F(layered(&parts, shared.clone())));
+        variant("g_boxed", Variant::G(stack(&parts, shared.clone())));
     }
     group.finish();
+}
+
+/// The stack built up one layer at a time (`ABLATE=1`), each unboxed as `AgentClient`
+/// holds it (`g_boxed`: the whole stack boxed).
+enum Variant {
+    A(agentgate_agent_client::SharedClient),
+    B(tower::timeout::Timeout<agentgate_agent_client::SharedClient>),
+    C(
+        agentgate_circuit_breaker::CircuitBreaker<
+            tower::timeout::Timeout<agentgate_agent_client::SharedClient>,
+            agentgate_classify::HttpClassifier,
+        >,
+    ),
+    D(
+        agentgate_agent_client::AgentMetricsService<
+            agentgate_circuit_breaker::CircuitBreaker<
+                tower::timeout::Timeout<agentgate_agent_client::SharedClient>,
+                agentgate_classify::HttpClassifier,
+            >,
+        >,
+    ),
+    E(
+        agentgate_retry::RetryService<
+            agentgate_agent_client::AgentMetricsService<
+                agentgate_circuit_breaker::CircuitBreaker<
+                    tower::timeout::Timeout<agentgate_agent_client::SharedClient>,
+                    agentgate_classify::HttpClassifier,
+                >,
+            >,
+        >,
+    ),
+    F(agentgate_agent_client::Stack<agentgate_agent_client::SharedClient>),
+    G(agentgate_agent_client::AgentService<Incoming>),
+}
+
+fn ablate(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    url: &http::Uri,
+    name: &str,
+    svc: Variant,
+) {
+    match svc {
+        Variant::A(svc) => ablate_one(group, rt, url, name, svc),
+        Variant::B(svc) => ablate_one(group, rt, url, name, svc),
+        Variant::C(svc) => ablate_one(group, rt, url, name, svc),
+        Variant::D(svc) => ablate_one(group, rt, url, name, svc),
+        Variant::E(svc) => ablate_one(group, rt, url, name, svc),
+        Variant::F(svc) => ablate_one(group, rt, url, name, svc),
+        Variant::G(svc) => ablate_one(group, rt, url, name, svc),
+    }
+}
+
+fn ablate_one<S>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    url: &http::Uri,
+    name: &str,
+    svc: S,
+) where
+    S: Service<Request<RetryBody>, Response = Response<Incoming>> + Clone + Send + 'static,
+    S::Error: std::fmt::Debug,
+    S::Future: Send,
+{
+    use tower::ServiceExt;
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let (svc, url) = (svc.clone(), url.clone());
+            rt.block_on(run(iters, move || {
+                let (svc, url) = (svc.clone(), url.clone());
+                async move {
+                    let req = Request::get(url).body(RetryBody::empty()).unwrap();
+                    let res = svc.oneshot(req).await.unwrap();
+                    res.into_body().collect().await.unwrap();
+                }
+            }))
+        })
+    });
 }
 
 criterion_group!(benches, in_memory_stack, through_hyper);

@@ -1,5 +1,8 @@
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use agentgate_circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer};
 use agentgate_classify::BoxError;
@@ -10,10 +13,12 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use pin_project_lite::pin_project;
 use serde_json::Value;
+use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 
-use crate::stack::{stack, AgentService, StackParts};
+use crate::stack::{layered, AgentService, Stack, StackParts};
 use crate::{AgentConfig, AgentConfigError, AgentMetrics, AgentStats, JsonBody};
 
 /// The transport under every agent's stack: one pooled keep-alive HTTP/1 client.
@@ -37,14 +42,13 @@ impl tower_service::Service<Request<RetryBody>> for SharedClient {
     type Error = hyper_util::client::legacy::Error;
     type Future = hyper_util::client::legacy::ResponseFuture;
 
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
+    #[inline]
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // The pool hands out or opens connections inside the response future.
-        std::task::Poll::Ready(Ok(()))
+        Poll::Ready(Ok(()))
     }
 
+    #[inline]
     fn call(&mut self, req: Request<RetryBody>) -> Self::Future {
         self.0.request(req)
     }
@@ -55,15 +59,40 @@ impl tower_service::Service<Request<RetryBody>> for SharedClient {
 /// Holds one pooled hyper-util client and two stacks over it that share a breaker,
 /// a retry budget and metrics: [`AgentClient::send`] streams bodies both ways (the
 /// reverse proxy), [`AgentClient::call_json`] reads a JSON answer (pipeline stages).
+///
+/// Cloning it is one reference count: everything lives behind one `Arc`. The stacks
+/// are kept unboxed, so a call clones the stack (a few reference counts, no
+/// allocation) and polls its concrete future.
 #[derive(Clone)]
 pub struct AgentClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     name: Arc<str>,
     base: Uri,
-    config: Arc<AgentConfig>,
-    streaming: AgentService<Incoming>,
-    json: AgentService<Value>,
+    config: AgentConfig,
+    streaming: Stack<Transport>,
+    json: Stack<JsonBody<Transport>>,
     breaker: CircuitBreakerHandle,
     metrics: Arc<AgentMetrics>,
+}
+
+/// What sits under the stacks: the pooled hyper-util client, or the caller's own
+/// transport ([`AgentClient::with_transport`]), boxed.
+#[derive(Clone)]
+enum Transport {
+    Hyper(SharedClient),
+    Custom(BoxCloneSyncService<Request<RetryBody>, Response<Incoming>, BoxError>),
+}
+
+pin_project! {
+    /// The response future of [`Transport`].
+    #[project = TransportProj]
+    enum TransportFuture {
+        Hyper { #[pin] fut: hyper_util::client::legacy::ResponseFuture },
+        Custom { #[pin] fut: Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>> },
+    }
 }
 
 impl AgentClient {
@@ -77,7 +106,7 @@ impl AgentClient {
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .pool_idle_timeout(config.pool_idle_timeout)
             .build(connector);
-        Self::with_transport(name, config, SharedClient::new(client))
+        Self::build(name, config, Transport::Hyper(SharedClient::new(client)))
     }
 
     /// Builds the client over a transport of the caller's (tests, benches, other
@@ -96,6 +125,15 @@ impl AgentClient {
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
+        let transport = BoxCloneSyncService::new(transport.map_err(Into::into));
+        Self::build(name, config, Transport::Custom(transport))
+    }
+
+    fn build(
+        name: &str,
+        config: AgentConfig,
+        transport: Transport,
+    ) -> Result<Self, AgentConfigError> {
         config.validate()?;
         let breaker = CircuitBreakerLayer::try_new(name, config.circuit_breaker.clone())?;
         let parts = StackParts {
@@ -104,94 +142,140 @@ impl AgentClient {
             breaker,
             timeout: config.timeout,
         };
-        let streaming = stack(&parts, transport.clone());
-        let json = stack(&parts, JsonBody::new(transport, config.max_response_bytes));
+        let streaming = layered(&parts, transport.clone());
+        let json = layered(&parts, JsonBody::new(transport, config.max_response_bytes));
         Ok(Self {
-            name: name.into(),
-            base: config.url.clone(),
-            breaker: parts.breaker.handle(),
-            metrics: parts.metrics,
-            config: Arc::new(config),
-            streaming,
-            json,
+            inner: Arc::new(Inner {
+                name: name.into(),
+                base: config.url.clone(),
+                breaker: parts.breaker.handle(),
+                metrics: parts.metrics,
+                config,
+                streaming,
+                json,
+            }),
         })
     }
 
     /// The agent's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.inner.name
     }
 
     /// The agent's configuration.
     pub fn config(&self) -> &AgentConfig {
-        &self.config
+        &self.inner.config
     }
 
     /// The agent's circuit breaker.
     pub fn breaker(&self) -> &CircuitBreakerHandle {
-        &self.breaker
+        &self.inner.breaker
     }
 
     /// The agent's request figures.
     pub fn stats(&self) -> AgentStats {
-        self.metrics.stats()
+        self.inner.metrics.stats()
     }
 
     /// The absolute URI of `path_and_query` on this agent: the agent URL's path, then
     /// `path_and_query` (which must start with `/`).
     pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        let base_path = self.base.path().trim_end_matches('/');
+        let base = &self.inner.base;
+        let base_path = base.path().trim_end_matches('/');
         let joined: PathAndQuery = format!("{base_path}{path_and_query}").parse()?;
-        let mut parts = self.base.clone().into_parts();
+        let mut parts = base.clone().into_parts();
         parts.path_and_query = Some(joined);
         Ok(Uri::from_parts(parts)?)
     }
 
     /// Sends `req` through the streaming stack. `req`'s URI may be relative (a path):
     /// it is resolved against the agent's URL.
-    pub async fn send(&self, req: Request<RetryBody>) -> Result<Response<Incoming>, BoxError> {
-        let req = self.resolve(req)?;
-        self.streaming.clone().oneshot(req).await
+    pub async fn send(&self, mut req: Request<RetryBody>) -> Result<Response<Incoming>, BoxError> {
+        self.resolve(req.uri_mut())?;
+        self.inner.streaming.clone().oneshot(req).await
     }
 
     /// Sends `req` through the JSON stack: a 2xx must be JSON (else `bad_response`).
-    pub async fn call_json(&self, req: Request<RetryBody>) -> Result<Response<Value>, BoxError> {
-        let req = self.resolve(req)?;
-        self.json.clone().oneshot(req).await
+    pub async fn call_json(
+        &self,
+        mut req: Request<RetryBody>,
+    ) -> Result<Response<Value>, BoxError> {
+        self.resolve(req.uri_mut())?;
+        self.inner.json.clone().oneshot(req).await
     }
 
     /// The streaming stack as a tower service (URIs must already be absolute).
     pub fn streaming_service(&self) -> AgentService<Incoming> {
-        self.streaming.clone()
+        AgentService::new(self.inner.streaming.clone())
     }
 
-    fn resolve(&self, mut req: Request<RetryBody>) -> Result<Request<RetryBody>, BoxError> {
-        if req.uri().scheme().is_some() {
-            return Ok(req);
+    /// Makes `uri` absolute on this agent (in place: the request is not moved).
+    fn resolve(&self, uri: &mut Uri) -> Result<(), BoxError> {
+        if uri.scheme().is_some() {
+            return Ok(());
         }
-        let base_path = self.base.path().trim_end_matches('/');
+        let base = &self.inner.base;
+        let base_path = base.path().trim_end_matches('/');
         if base_path.is_empty() {
             // The common case: reuse the request's path as it is (no formatting, no parsing).
-            let mut parts = std::mem::take(req.uri_mut()).into_parts();
-            parts.scheme = self.base.scheme().cloned();
-            parts.authority = self.base.authority().cloned();
+            let mut parts = std::mem::take(uri).into_parts();
+            parts.scheme = base.scheme().cloned();
+            parts.authority = base.authority().cloned();
             if parts.path_and_query.is_none() {
                 parts.path_and_query = Some(PathAndQuery::from_static("/"));
             }
-            *req.uri_mut() = Uri::from_parts(parts)?;
+            *uri = Uri::from_parts(parts)?;
         } else {
-            let pq = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
-            *req.uri_mut() = self.uri_for(pq)?;
+            let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+            *uri = self.uri_for(pq)?;
         }
-        Ok(req)
+        Ok(())
     }
 }
 
 impl fmt::Debug for AgentClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AgentClient")
-            .field("name", &self.name)
-            .field("url", &self.base)
+            .field("name", &self.inner.name)
+            .field("url", &self.inner.base)
             .finish_non_exhaustive()
+    }
+}
+
+// === impl Transport ===
+
+impl tower_service::Service<Request<RetryBody>> for Transport {
+    type Response = Response<Incoming>;
+    type Error = BoxError;
+    type Future = TransportFuture;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Transport::Hyper(client) => client.poll_ready(cx).map_err(Into::into),
+            Transport::Custom(svc) => svc.poll_ready(cx),
+        }
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<RetryBody>) -> TransportFuture {
+        match self {
+            Transport::Hyper(client) => TransportFuture::Hyper {
+                fut: client.call(req),
+            },
+            Transport::Custom(svc) => TransportFuture::Custom { fut: svc.call(req) },
+        }
+    }
+}
+
+impl Future for TransportFuture {
+    type Output = Result<Response<Incoming>, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            TransportProj::Hyper { fut } => fut.poll(cx).map_err(Into::into),
+            TransportProj::Custom { fut } => fut.poll(cx),
+        }
     }
 }

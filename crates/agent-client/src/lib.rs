@@ -41,4 +41,4 @@ pub use json::JsonBody;
 pub use metrics::{
     describe_metrics, AgentMetrics, AgentMetricsLayer, AgentMetricsService, AgentStats,
 };
-pub use stack::{stack, AgentService, StackParts};
+pub use stack::{layered, stack, AgentService, Stack, StackParts};

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use agentgate_classify::BoxError;
-use agentgate_retry::{attempt_of, AttemptOutcome, AttemptRecord};
+use agentgate_retry::{AttemptOutcome, AttemptRecord, RetryBody};
 use http::{Request, Response};
 use metrics::{Counter, Histogram};
 use pin_project_lite::pin_project;
@@ -40,19 +40,22 @@ pub fn describe_metrics() {
 }
 
 /// One agent's counters. Shared by every request to that agent.
+///
+/// The series' handles are resolved once, here, so recording an attempt never looks a
+/// series up. The figures for the JSON API are atomics, as few as can be: attempts and
+/// timed attempts are sums of the outcome counters, not counters of their own (each
+/// atomic add is a locked instruction on the request path).
 #[derive(Debug)]
 pub struct AgentMetrics {
     outcomes: [Counter; 4],
     duration: Histogram,
     retries_counter: Counter,
-    requests: AtomicU64,
     successes: AtomicU64,
     failures: AtomicU64,
     timeouts: AtomicU64,
     rejected: AtomicU64,
     retries: AtomicU64,
     latency_micros: AtomicU64,
-    timed: AtomicU64,
 }
 
 /// A snapshot of one agent's figures (SPEC §4 `agents.{name}`, less the breaker).
@@ -102,26 +105,29 @@ impl AgentMetrics {
             ],
             duration: metrics::histogram!(DURATION, "agent" => agent.to_owned()),
             retries_counter: metrics::counter!(RETRIES, "agent" => agent.to_owned()),
-            requests: AtomicU64::new(0),
             successes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             latency_micros: AtomicU64::new(0),
-            timed: AtomicU64::new(0),
         }
     }
 
     /// The figures now.
     pub fn stats(&self) -> AgentStats {
-        let timed = self.timed.load(Ordering::Relaxed);
+        let successes = self.successes.load(Ordering::Relaxed);
+        let failures = self.failures.load(Ordering::Relaxed);
+        let timeouts = self.timeouts.load(Ordering::Relaxed);
+        let rejected = self.rejected.load(Ordering::Relaxed);
+        // Every attempt but a rejected one reached the agent and was timed.
+        let timed = successes + failures + timeouts;
         AgentStats {
-            requests: self.requests.load(Ordering::Relaxed),
-            successes: self.successes.load(Ordering::Relaxed),
-            failures: self.failures.load(Ordering::Relaxed),
-            timeouts: self.timeouts.load(Ordering::Relaxed),
-            rejected: self.rejected.load(Ordering::Relaxed),
+            requests: timed + rejected,
+            successes,
+            failures,
+            timeouts,
+            rejected,
             retries: self.retries.load(Ordering::Relaxed),
             avg_latency_ms: if timed == 0 {
                 0.0
@@ -143,7 +149,6 @@ impl AgentMetrics {
         };
         self.outcomes[index].increment(1);
         counter.fetch_add(1, Ordering::Relaxed);
-        self.requests.fetch_add(1, Ordering::Relaxed);
         if record.attempt > 1 {
             self.retries_counter.increment(1);
             self.retries.fetch_add(1, Ordering::Relaxed);
@@ -153,7 +158,6 @@ impl AgentMetrics {
             self.duration.record(record.duration.as_secs_f64());
             self.latency_micros
                 .fetch_add(record.duration.as_micros() as u64, Ordering::Relaxed);
-            self.timed.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -178,22 +182,24 @@ impl<S> Layer<S> for AgentMetricsLayer {
     }
 }
 
-impl<S, B, RB> Service<Request<B>> for AgentMetricsService<S>
+impl<S, RB> Service<Request<RetryBody>> for AgentMetricsService<S>
 where
-    S: Service<Request<B>, Response = Response<RB>>,
+    S: Service<Request<RetryBody>, Response = Response<RB>>,
     S::Error: Into<BoxError>,
 {
     type Response = Response<RB>;
     type Error = BoxError;
     type Future = AgentMetricsFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    #[inline]
+    fn call(&mut self, req: Request<RetryBody>) -> Self::Future {
         AgentMetricsFuture {
-            attempt: attempt_of(req.headers()),
+            attempt: req.body().attempt(),
             inner: self.inner.call(req),
             metrics: Some(self.metrics.clone()),
             start: Instant::now(),
@@ -220,6 +226,7 @@ where
 {
     type Output = Result<Response<RB>, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx)).map_err(Into::into);

@@ -1,22 +1,27 @@
 //! The one place where the order of agentgate's layers is written.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use agentgate_circuit_breaker::CircuitBreakerLayer;
-use agentgate_classify::BoxError;
-use agentgate_progress::ProgressLayer;
-use agentgate_retry::{RetryBody, RetryLayer, RetryPolicy};
+use agentgate_circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
+use agentgate_classify::{BoxError, HttpClassifier};
+use agentgate_progress::{ProgressLayer, ProgressService};
+use agentgate_retry::{RetryBody, RetryLayer, RetryPolicy, RetryService};
 use http::{Request, Response};
-use std::sync::Arc;
-use tower::timeout::TimeoutLayer;
+use tower::timeout::{Timeout, TimeoutLayer};
 use tower::util::BoxCloneSyncService;
 use tower::ServiceBuilder;
 use tower_service::Service;
 
-use crate::{AgentMetrics, AgentMetricsLayer};
+use crate::{AgentMetrics, AgentMetricsLayer, AgentMetricsService};
 
-/// A boxed stack: what [`crate::AgentClient`] calls.
+/// A boxed stack: what [`crate::AgentClient::streaming_service`] hands out.
 pub type AgentService<B> = BoxCloneSyncService<Request<RetryBody>, Response<B>, BoxError>;
+
+/// The stack over `S` as [`layered`] builds it, unboxed: what [`crate::AgentClient`]
+/// calls, so a call costs no allocation for a boxed service or a boxed future.
+pub type Stack<S> =
+    ProgressService<RetryService<AgentMetricsService<CircuitBreaker<Timeout<S>, HttpClassifier>>>>;
 
 /// The shared parts of one agent's stack. Two stacks built from the same parts (the
 /// streaming proxy and the JSON pipeline stacks) share one breaker, one retry budget and
@@ -48,6 +53,17 @@ pub struct StackParts {
 ///   retry it could only count attempts through a per-request ledger, which cost more
 ///   than the rest of the stack together);
 /// - the timeout inside the breaker, so a timed-out attempt counts as a failure.
+pub fn layered<S>(parts: &StackParts, inner: S) -> Stack<S> {
+    ServiceBuilder::new()
+        .layer(ProgressLayer::new())
+        .layer(RetryLayer::new(parts.retry.clone()))
+        .layer(AgentMetricsLayer::new(parts.metrics.clone()))
+        .layer(parts.breaker.clone())
+        .layer(TimeoutLayer::new(parts.timeout))
+        .service(inner)
+}
+
+/// [`layered`], boxed.
 pub fn stack<S, B>(parts: &StackParts, inner: S) -> AgentService<B>
 where
     S: Service<Request<RetryBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
@@ -55,12 +71,5 @@ where
     S::Future: Send + 'static,
     B: Send + Sync + 'static,
 {
-    let svc = ServiceBuilder::new()
-        .layer(ProgressLayer::new())
-        .layer(RetryLayer::new(parts.retry.clone()))
-        .layer(AgentMetricsLayer::new(parts.metrics.clone()))
-        .layer(parts.breaker.clone())
-        .layer(TimeoutLayer::new(parts.timeout))
-        .service(inner);
-    BoxCloneSyncService::new(svc)
+    BoxCloneSyncService::new(layered(parts, inner))
 }

@@ -301,3 +301,25 @@ async fn uris_join_the_agent_base_path() {
         assert!(err.to_string().starts_with("url = "), "{bad}: {err}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_transport_of_the_callers_gets_the_same_stack() {
+    let agent = ScriptedAgent::start(vec![Step::Status(503), Step::Json(r#"{"ok":true}"#)]).await;
+    let client: agentgate_agent_client::HttpClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let client = AgentClient::with_transport(
+        "custom",
+        config(agent.url()),
+        agentgate_agent_client::SharedClient::new(client),
+    )
+    .unwrap();
+    let (req, ledger) = get("/process");
+    let res = client.send(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-agentgate-attempts"], "2");
+    let attempts: Vec<_> = agent.seen().iter().map(|s| s.attempt.clone()).collect();
+    assert_eq!(attempts, [Some("1".to_owned()), Some("2".to_owned())]);
+    assert_eq!(ledger.attempts(), 2);
+    assert_eq!((client.stats().requests, client.stats().retries), (2, 1));
+}
