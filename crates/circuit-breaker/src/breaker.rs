@@ -152,31 +152,46 @@ fn thread_shard() -> usize {
 // === impl Shard ===
 
 impl Shard {
-    /// Records the outcome of an admitted call that finished: a probe's when it holds
-    /// a permit, else a closed-state call's.
-    ///
-    /// `start` is the call's [`Core::stamp`], or 0 when slow calls are not detected.
+    /// Records the outcome of a closed-state call that finished. `start` is the call's
+    /// [`Core::stamp`], or 0 when slow calls are not detected.
     #[inline]
-    pub(crate) fn finish(
+    pub(crate) fn finish_closed(
         &self,
-        probe: Option<Box<ProbePermit>>,
         classified: Classified,
         start: u64,
         now: impl FnOnce() -> Instant,
     ) {
-        let admission = match probe {
-            Some(permit) => Admission::Probe(*permit),
-            None => Admission::Closed,
-        };
         if start == 0 {
-            self.core
-                .finish(self.index, admission, classified, None, now);
+            self.core.record_closed(self.index, classified, None, now);
         } else {
-            let now = now();
-            let elapsed = Duration::from_nanos(self.core.nanos(now).saturating_sub(start - 1));
-            self.core
-                .finish(self.index, admission, classified, Some(elapsed), || now);
+            self.finish_timed(classified, start, now());
         }
+    }
+
+    /// A closed-state call timed for slow-call detection.
+    #[inline(never)]
+    fn finish_timed(&self, classified: Classified, start: u64, now: Instant) {
+        let elapsed = self.core.elapsed_since(start, now);
+        self.core
+            .record_closed(self.index, classified, Some(elapsed), || now);
+    }
+
+    /// Records a probe's outcome, once (a permit already used records nothing).
+    #[inline(never)]
+    pub(crate) fn finish_probe(
+        &self,
+        permit: &mut ProbePermit,
+        classified: Classified,
+        start: u64,
+        now: Instant,
+    ) {
+        if permit.used {
+            return;
+        }
+        permit.used = true;
+        let elapsed = (start != 0).then(|| self.core.elapsed_since(start, now));
+        self.core
+            .record_probe(permit.generation, classified, elapsed, now);
     }
 
     pub(crate) fn core(&self) -> &Core {
@@ -241,6 +256,11 @@ impl Core {
         self.nanos(now) + 1
     }
 
+    /// The time since a [`Core::stamp`].
+    fn elapsed_since(&self, start: u64, now: Instant) -> Duration {
+        Duration::from_nanos(self.nanos(now).saturating_sub(start - 1))
+    }
+
     #[inline]
     fn nanos(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.origin).as_nanos() as u64
@@ -253,9 +273,18 @@ impl Core {
     }
 
     /// Decides for one call. `now` is read only when the breaker is not closed, so the
-    /// closed path costs one atomic load.
+    /// closed path costs one atomic load (inlined into the caller; the rest is not).
     #[inline]
     pub(crate) fn admit(self: &Arc<Self>, now: impl FnOnce() -> Instant) -> Admission {
+        if self.is_closed() {
+            return Admission::Closed;
+        }
+        self.admit_not_closed(now)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn admit_not_closed(self: &Arc<Self>, now: impl FnOnce() -> Instant) -> Admission {
         let word = self.word.load(Ordering::Acquire);
         match State::from_index(word & STATE_MASK) {
             State::Closed => Admission::Closed,
@@ -311,8 +340,9 @@ impl Core {
         CircuitOpen::new(self.name.clone(), state, retry_after)
     }
 
-    /// Records the outcome of an admitted call that finished, counting it in `shard`.
-    #[inline]
+    /// Records the outcome of an admitted call that finished, counting it in `shard`
+    /// (the unit tests' way in; the response future goes through [`Shard`]).
+    #[cfg(test)]
     pub(crate) fn finish(
         &self,
         shard: usize,
@@ -347,6 +377,8 @@ impl Core {
         self.slow_calls_enabled() && elapsed.is_some_and(|e| e > self.config.slow_call_duration)
     }
 
+    /// Counts a closed-state call's outcome: in the window, and in the consecutive
+    /// count; trips when a threshold is reached.
     #[inline]
     fn record_closed(
         &self,
@@ -367,12 +399,29 @@ impl Core {
         if word & STATE_MASK != State::Closed.index() as u64 {
             return;
         }
-        let generation = word >> STATE_BITS;
         let slow = self.is_slow(elapsed);
         let now = now();
         self.window.record(shard, now, failure, slow);
+        if failure || slow || classified.retry_after.is_some() {
+            self.check_trips(word >> STATE_BITS, &classified, failure, slow, now);
+        } else if self.consecutive.load(Ordering::Relaxed) != 0 {
+            // A success ends a run of failures.
+            self.consecutive.store(0, Ordering::Relaxed);
+        }
+    }
 
-        if let Some(open_for) = self.retry_after_trip(&classified) {
+    /// The rest of [`Core::record_closed`] for an outcome that may trip the breaker:
+    /// a failure, a slow call, or an answer carrying `Retry-After`.
+    #[inline(never)]
+    fn check_trips(
+        &self,
+        generation: u64,
+        classified: &Classified,
+        failure: bool,
+        slow: bool,
+        now: Instant,
+    ) {
+        if let Some(open_for) = self.retry_after_trip(classified) {
             self.trip(generation, Reason::RetryAfter, Some(open_for), now);
             return;
         }

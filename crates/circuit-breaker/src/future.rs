@@ -31,7 +31,7 @@ pin_project! {
         Called {
             #[pin]
             fut: F,
-            recorder: Option<Recorder<C>>,
+            recorder: Recorder<C>,
         },
         Rejected {
             err: Option<CircuitOpen>,
@@ -41,21 +41,39 @@ pin_project! {
 
 /// Carries the admission from `call` to the outcome.
 ///
-/// Kept to three plain words: it is written on every call.
-pub(crate) struct Recorder<C> {
+/// Two words (the future of every call carries it, and every layer above moves that
+/// future): the shard and the start stamp of a closed-state call, or a box holding a
+/// half-open probe's permit (rare).
+pub(crate) enum Recorder<C> {
+    /// A closed-state call, or a call through a disabled breaker (`start` is [`DONE`]).
+    Closed {
+        shard: Arc<Shard>,
+        /// [`Core::stamp`](crate::breaker::Core::stamp) of the call's start when slow
+        /// calls are detected, 0 when not, [`DONE`] once there is nothing to record.
+        start: u64,
+        classifier: C,
+    },
+    /// A half-open probe.
+    Probe(Box<ProbeRecorder<C>>),
+}
+
+/// What a probe's future carries.
+pub(crate) struct ProbeRecorder<C> {
     pub(crate) shard: Arc<Shard>,
-    /// The half-open permit this call holds, if it is a probe (rare: boxed).
-    pub(crate) probe: Option<Box<ProbePermit>>,
-    /// [`Core::stamp`](crate::breaker::Core::stamp) of the call's start when slow calls
-    /// are detected, else 0.
+    pub(crate) permit: ProbePermit,
     pub(crate) start: u64,
     pub(crate) classifier: C,
 }
 
+/// [`Recorder::Closed`]'s `start` once the outcome was recorded (or for a call that is
+/// not counted). Stamps are nanoseconds plus one, so they never reach it.
+pub(crate) const DONE: u64 = u64::MAX;
+
 // === impl ResponseFuture ===
 
 impl<F, C> ResponseFuture<F, C> {
-    pub(crate) fn called(fut: F, recorder: Option<Recorder<C>>) -> Self {
+    #[inline(always)]
+    pub(crate) fn called(fut: F, recorder: Recorder<C>) -> Self {
         Self {
             state: State::Called { fut, recorder },
         }
@@ -76,13 +94,12 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Called { fut, recorder } => {
                 let result = ready!(fut.poll(cx)).map_err(Into::into);
-                if let Some(recorder) = recorder.take() {
-                    recorder.finish(&result);
-                }
+                recorder.finish(&result);
                 Poll::Ready(result)
             }
             StateProj::Rejected { err } => {
@@ -102,13 +119,32 @@ impl<F, C> fmt::Debug for ResponseFuture<F, C> {
 // === impl Recorder ===
 
 impl<C> Recorder<C> {
+    /// Records the outcome, once.
     #[inline]
-    fn finish<T>(self, result: &Result<T, BoxError>)
+    fn finish<T>(&mut self, result: &Result<T, BoxError>)
     where
         C: Classify<T>,
     {
-        let classified = self.classifier.classify(result);
-        self.shard
-            .finish(self.probe, classified, self.start, Instant::now);
+        match self {
+            Recorder::Closed {
+                shard,
+                start,
+                classifier,
+            } => {
+                if *start != DONE {
+                    let start = std::mem::replace(start, DONE);
+                    shard.finish_closed(classifier.classify(result), start, Instant::now);
+                }
+            }
+            Recorder::Probe(probe) => {
+                let classified = probe.classifier.classify(result);
+                probe.shard.finish_probe(
+                    &mut probe.permit,
+                    classified,
+                    probe.start,
+                    Instant::now(),
+                );
+            }
+        }
     }
 }

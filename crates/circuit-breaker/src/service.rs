@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::breaker::{Admission, Breaker, ProbePermit};
-use crate::future::{Recorder, ResponseFuture};
+use crate::future::{ProbeRecorder, Recorder, ResponseFuture, DONE};
 use crate::{CircuitBreakerHandle, CircuitBreakerLayer};
 
 /// A service guarded by a circuit breaker. Built by [`CircuitBreakerLayer`].
@@ -21,6 +21,11 @@ pub struct CircuitBreaker<S, C> {
     inner: S,
     breaker: Arc<Breaker>,
     classifier: C,
+    /// `poll_ready` admitted the next call as a closed-state call. Kept apart from
+    /// `admission`, which has drop glue (a probe permit), so that the closed path only
+    /// sets and tests a flag.
+    closed: bool,
+    /// Any other decision `poll_ready` took (disabled, a probe permit, a rejection).
     admission: Option<Admission>,
 }
 
@@ -33,6 +38,7 @@ impl<S, C: Clone> CircuitBreaker<S, C> {
             inner,
             breaker: layer.breaker().clone(),
             classifier: layer.classifier().clone(),
+            closed: false,
             admission: None,
         }
     }
@@ -70,22 +76,22 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, C>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // A probe permit already held is kept while the inner service gets ready;
-        // any other decision is cheap to take again and must not go stale.
-        if !matches!(self.admission, Some(Admission::Probe(_))) {
-            let admission = self.breaker.core().admit(Instant::now);
-            if let Admission::Rejected { .. } = admission {
-                // Fail fast: never wait on (or even poll) a backend the breaker has given up on.
-                self.admission = Some(admission);
-                return Poll::Ready(Ok(()));
-            }
-            self.admission = Some(admission);
+        // A probe permit already held is kept while the inner service gets ready; any
+        // other decision is cheap to take again and must not go stale.
+        if self.admission.is_none() && self.breaker.core().is_closed() {
+            self.closed = true;
+        } else if self.admit_not_closed() {
+            // Rejected. Fail fast: never wait on (or even poll) a backend the breaker
+            // has given up on.
+            return Poll::Ready(Ok(()));
         }
         match self.inner.poll_ready(cx) {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
             Poll::Ready(Err(e)) => {
                 // Gives back a probe permit, if one was held.
+                self.closed = false;
                 self.admission = None;
                 Poll::Ready(Err(e.into()))
             }
@@ -93,10 +99,10 @@ where
         }
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        // The closed path, by far the most common, only looks at the decision's tag.
-        if let Some(Admission::Closed) = self.admission {
-            self.admission = None;
+        // The closed path, by far the most common, only looks at the flag.
+        if std::mem::take(&mut self.closed) {
             // The breaker may have tripped since poll_ready: then decide again.
             if self.breaker.core().is_closed() {
                 return self.called(req, None);
@@ -110,7 +116,14 @@ where
         match admission {
             Admission::Closed => self.called(req, None),
             Admission::Probe(permit) => self.called(req, Some(permit)),
-            Admission::Disabled => ResponseFuture::called(self.inner.call(req), None),
+            Admission::Disabled => {
+                let recorder = Recorder::Closed {
+                    shard: self.breaker.shard(),
+                    start: DONE,
+                    classifier: self.classifier.clone(),
+                };
+                ResponseFuture::called(self.inner.call(req), recorder)
+            }
             Admission::Rejected { state, retry_after } => {
                 ResponseFuture::rejected(self.breaker.core().reject(state, retry_after))
             }
@@ -119,8 +132,23 @@ where
 }
 
 impl<S, C: Clone> CircuitBreaker<S, C> {
+    /// `poll_ready`'s decision when the breaker is not closed, or when an earlier
+    /// decision is held (rare). Returns whether the call is rejected.
+    #[cold]
+    #[inline(never)]
+    fn admit_not_closed(&mut self) -> bool {
+        self.closed = false;
+        if !matches!(self.admission, Some(Admission::Probe(_))) {
+            let admission = self.breaker.core().admit(Instant::now);
+            let rejected = matches!(admission, Admission::Rejected { .. });
+            self.admission = Some(admission);
+            return rejected;
+        }
+        false
+    }
+
     /// Calls the inner service, recording the outcome when it finishes.
-    #[inline]
+    #[inline(always)]
     fn called<Req>(&mut self, req: Req, probe: Option<ProbePermit>) -> ResponseFuture<S::Future, C>
     where
         S: Service<Req>,
@@ -131,13 +159,21 @@ impl<S, C: Clone> CircuitBreaker<S, C> {
         } else {
             0
         };
-        let recorder = Recorder {
-            shard,
-            probe: probe.map(Box::new),
-            start,
-            classifier: self.classifier.clone(),
+        let classifier = self.classifier.clone();
+        let recorder = match probe {
+            None => Recorder::Closed {
+                shard,
+                start,
+                classifier,
+            },
+            Some(permit) => Recorder::Probe(Box::new(ProbeRecorder {
+                shard,
+                permit,
+                start,
+                classifier,
+            })),
         };
-        ResponseFuture::called(self.inner.call(req), Some(recorder))
+        ResponseFuture::called(self.inner.call(req), recorder)
     }
 }
 
@@ -148,6 +184,7 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
             inner: self.inner.clone(),
             breaker: self.breaker.clone(),
             classifier: self.classifier.clone(),
+            closed: false,
             admission: None,
         }
     }
@@ -158,6 +195,7 @@ impl<S: fmt::Debug, C> fmt::Debug for CircuitBreaker<S, C> {
         f.debug_struct("CircuitBreaker")
             .field("agent", self.breaker.core().name())
             .field("inner", &self.inner)
+            .field("closed", &self.closed)
             .field("admission", &self.admission)
             .finish()
     }

@@ -13,6 +13,7 @@
 //! shard at the same instant, and when they do one count is lost — a statistical window
 //! can afford that, the hot path cannot afford a locked instruction per call.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -48,6 +49,8 @@ struct Shard {
 
 #[derive(Debug)]
 pub(crate) struct Window {
+    /// Tells this window's entry in the per-thread [`LastBucket`] from another's.
+    id: u64,
     origin: Instant,
     shift: u32,
     /// Buckets that are still inside the window, counting the current one.
@@ -92,7 +95,9 @@ impl Window {
                 buckets: (0..slots).map(|_| Bucket::default()).collect(),
             })
             .collect();
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             origin,
             shift,
             live,
@@ -107,9 +112,31 @@ impl Window {
 
     #[inline]
     fn interval(&self, now: Instant) -> u64 {
+        // Calls end in the same bucket as the previous call on this thread almost
+        // always: comparing two instants is cheaper than turning one into nanoseconds.
+        if let Some(last) = LAST_BUCKET.get() {
+            if last.window == self.id && last.start <= now && now < last.end {
+                return last.interval;
+            }
+        }
+        self.interval_slow(now)
+    }
+
+    #[inline(never)]
+    fn interval_slow(&self, now: Instant) -> u64 {
         // u64 nanoseconds last 584 years.
         let nanos = now.saturating_duration_since(self.origin).as_nanos() as u64;
-        nanos >> self.shift
+        let interval = nanos >> self.shift;
+        if now >= self.origin {
+            let start = self.origin + Duration::from_nanos(interval << self.shift);
+            LAST_BUCKET.set(Some(LastBucket {
+                window: self.id,
+                start,
+                end: start + Duration::from_nanos(1 << self.shift),
+                interval,
+            }));
+        }
+        interval
     }
 
     /// Counts one call that finished at `now`, in shard `shard`.
@@ -159,6 +186,20 @@ impl Window {
     }
 }
 
+/// The bucket interval the last call recorded on this thread fell in, and its bounds.
+#[derive(Clone, Copy)]
+struct LastBucket {
+    /// [`Window::id`].
+    window: u64,
+    start: Instant,
+    end: Instant,
+    interval: u64,
+}
+
+thread_local! {
+    static LAST_BUCKET: Cell<Option<LastBucket>> = const { Cell::new(None) };
+}
+
 #[inline]
 fn bump(counter: &AtomicU64, tag: u64) {
     let cur = counter.load(Ordering::Relaxed);
@@ -181,6 +222,26 @@ mod tests {
         assert_eq!((w.shift, w.live, w.slot_mask), (30, 28, 31));
         let w = Window::new(Duration::from_millis(10), Instant::now(), 1);
         assert!(w.live >= 20 && w.live <= 40, "{}", w.live);
+    }
+
+    #[test]
+    fn the_remembered_bucket_gives_the_exact_interval() {
+        let t0 = Instant::now();
+        let a = Window::new(Duration::from_secs(30), t0, 1);
+        let b = Window::new(Duration::from_millis(10), t0 + Duration::from_secs(1), 1);
+        let exact = |w: &Window, t: Instant| {
+            (t.saturating_duration_since(w.origin).as_nanos() as u64) >> w.shift
+        };
+        let width = Duration::from_nanos(1 << a.shift);
+        let mut times = vec![t0, t0 + width - Duration::from_nanos(1), t0 + width];
+        // Forwards, backwards, before the origin, and two windows taking turns.
+        times.extend((0..200u64).map(|i| t0 + Duration::from_micros(i * 7_919 % 5_000_000)));
+        times.extend((0..50u64).rev().map(|i| t0 + Duration::from_millis(i * 97)));
+        for t in times {
+            assert_eq!(a.interval(t), exact(&a, t), "{t:?}");
+            assert_eq!(a.interval(t), exact(&a, t), "{t:?} (remembered)");
+            assert_eq!(b.interval(t), exact(&b, t), "{t:?}");
+        }
     }
 
     #[test]

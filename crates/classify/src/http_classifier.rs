@@ -44,11 +44,16 @@ impl HttpClassifier {
     }
 
     /// Classifies a response's head.
+    #[inline]
     pub fn classify_response_parts(
         &self,
         status: StatusCode,
         headers: &http::HeaderMap,
     ) -> Classified {
+        // Most answers are below 429: successes without a `Retry-After` to look for.
+        if status.as_u16() < 429 {
+            return Classified::SUCCESS;
+        }
         let outcome = if is_failure_status(status) {
             Outcome::Failure(FailureClass::Status)
         } else {
@@ -67,6 +72,7 @@ impl HttpClassifier {
 }
 
 impl<B> Classify<Response<B>> for HttpClassifier {
+    #[inline]
     fn classify(&self, result: &Result<Response<B>, BoxError>) -> Classified {
         match result {
             Ok(res) => self.classify_response_parts(res.status(), res.headers()),
