@@ -41,14 +41,15 @@ const BUDGET_TTL: Duration = Duration::from_secs(10);
 
 /// The retry policy of one agent, for `tower::retry::Retry`.
 ///
-/// A fresh clone serves each request (tower clones the policy per call), so the
-/// per-request state — attempts made, the previous delay — lives in the clone, and
-/// everything shared — config, budget, RNG — behind an `Arc`.
+/// Everything shared — config, budget, RNG — is behind an `Arc`. The attempt number
+/// is the request's own ([`RetryBody::attempt`]), not the policy's: tower's `Retry`
+/// calls `clone_request` on the service's policy before it clones the policy into the
+/// response future, so state kept in the policy there would leak into the next call
+/// made through the same service. The one per-request field, the previous delay, is
+/// only changed in `retry`, on the response future's clone.
 #[derive(Clone)]
 pub struct RetryPolicy {
     shared: Arc<Shared>,
-    /// Attempts sent so far for this request.
-    sent: u32,
     prev_delay: Duration,
 }
 
@@ -131,7 +132,6 @@ impl RetryPolicy {
                 rng: rng.map(Mutex::new),
                 budget_exhausted,
             }),
-            sent: 0,
         })
     }
 
@@ -145,8 +145,8 @@ impl RetryPolicy {
         &self.shared.config
     }
 
-    /// Decides whether attempt `self.sent` of `req`, which ended in `result`, is retried,
-    /// and after how long.
+    /// Decides whether attempt `req.body().attempt()` of `req`, which ended in `result`,
+    /// is retried, and after how long.
     pub fn decide<B>(
         &mut self,
         req: &Request<RetryBody>,
@@ -181,13 +181,14 @@ impl RetryPolicy {
                 (None, class == FailureClass::Connect)
             }
         };
-        if self.sent >= cfg.max_attempts {
+        let sent = req.body().attempt();
+        if sent >= cfg.max_attempts {
             return Err(NoRetry::Attempts);
         }
         if !(nothing_sent || cfg.retry_non_idempotent || is_idempotent(req)) {
             return Err(NoRetry::NotIdempotent);
         }
-        let mut delay = self.next_delay();
+        let mut delay = self.next_delay(sent);
         if let Some(ra) = retry_after {
             if ra > cfg.max_retry_after {
                 return Err(NoRetry::RetryAfterTooLong);
@@ -214,8 +215,8 @@ impl RetryPolicy {
         Ok(delay)
     }
 
-    fn next_delay(&self) -> Duration {
-        let n = self.sent; // retry n follows attempt n
+    /// The delay before retry `n` (which follows attempt `n`).
+    fn next_delay(&self, n: u32) -> Duration {
         match &self.shared.rng {
             Some(rng) => {
                 let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
@@ -271,7 +272,7 @@ impl<B> Policy<Request<RetryBody>, Response<B>, BoxError> for RetryPolicy {
         let delay = self.decide(req, result).ok()?;
         // `req` is the copy `clone_request` kept: number it for the attempt it becomes
         // (the `Attempt` stage turns the number into `x-agentgate-attempt`).
-        let next = self.sent + 1;
+        let next = req.body().attempt() + 1;
         req.body_mut().set_attempt(next);
         if let Some(ledger) = req.extensions().get::<AttemptLedger>() {
             ledger.retry_scheduled(next, delay);
@@ -289,13 +290,13 @@ impl<B> Policy<Request<RetryBody>, Response<B>, BoxError> for RetryPolicy {
     }
 
     fn clone_request(&mut self, req: &Request<RetryBody>) -> Option<Request<RetryBody>> {
-        if self.sent == 0 {
+        let attempt = req.body().attempt();
+        if attempt == 1 {
             // Every original request earns the budget its share of retries.
             self.shared.budget.deposit();
         }
-        self.sent += 1;
         // No copy is needed when this is the last attempt we would make.
-        if self.sent >= self.shared.config.max_attempts {
+        if attempt >= self.shared.config.max_attempts {
             return None;
         }
         let body = req.body().try_clone()?;
@@ -317,7 +318,6 @@ impl fmt::Debug for RetryPolicy {
         f.debug_struct("RetryPolicy")
             .field("agent", &self.shared.agent)
             .field("config", &self.shared.config)
-            .field("sent", &self.sent)
             .finish()
     }
 }

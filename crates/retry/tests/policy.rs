@@ -490,3 +490,21 @@ async fn a_retry_carries_the_time_left_when_it_is_sent() {
     // The retry is sent 100 ms later, with 100 ms less left.
     assert_eq!(*left.lock().unwrap(), ["5000", "4900"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn calls_through_one_service_are_numbered_and_retried_alike() {
+    // Each call fails once with 503, then succeeds.
+    let (agent, seen) = agent(
+        vec![Ok(503), Ok(200), Ok(503), Ok(200), Ok(503), Ok(200)],
+        None,
+    );
+    let mut svc = retry(config(Jitter::None)).layer(agent);
+    for _ in 0..3 {
+        // The same service instance each time, not a fresh clone.
+        let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["x-agentgate-attempts"], "2");
+    }
+    let attempts: Vec<u32> = seen.lock().unwrap().iter().map(|s| s.0).collect();
+    assert_eq!(attempts, [1, 2, 1, 2, 1, 2]);
+}
