@@ -1,6 +1,6 @@
 //! What agentgate's stack costs per call.
 //!
-//! - `stack/bare` vs `stack/full`: the full stack (progress → metrics → retry → circuit
+//! - `stack/bare` vs `stack/full`: the full stack (progress → retry → metrics → circuit
 //!   breaker → timeout) around an always-ready in-memory service, against that service
 //!   alone. Target: ≤ 1 µs/call of overhead.
 //! - `client/bare_hyper` vs `client/agentgate`: 64 concurrent requests at a time through

@@ -1,7 +1,7 @@
 //! A circuit breaker for tower services, with the semantics of resilience4j.
 //!
 //! The breaker sits between the retry layer and the per-attempt timeout in agentgate's
-//! stack (`progress → metrics → retry → circuit breaker → timeout → client`), so every
+//! stack (`progress → retry → metrics → circuit breaker → timeout → client`), so every
 //! attempt passes it and a timeout counts as a failure. It protects a failing agent from
 //! load and callers from waiting on it:
 //!

@@ -1,7 +1,7 @@
 //! Retries for calls to HTTP agents, built on `tower::retry::Retry`.
 //!
 //! In agentgate's stack the retry layer sits outside the circuit breaker
-//! (`progress → metrics → retry → circuit breaker → timeout → client`), so every attempt
+//! (`progress → retry → metrics → circuit breaker → timeout → client`), so every attempt
 //! passes the breaker, and an open breaker's rejection is never retried. The
 //! [`RetryPolicy`] decides, per failed attempt (SPEC §5):
 //!
