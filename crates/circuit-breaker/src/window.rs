@@ -114,7 +114,8 @@ impl Window {
     fn interval(&self, now: Instant) -> u64 {
         // Calls end in the same bucket as the previous call on this thread almost
         // always: comparing two instants is cheaper than turning one into nanoseconds.
-        if let Some(last) = LAST_BUCKET.get() {
+        let slot = self.id as usize % LAST_BUCKETS;
+        if let Some(last) = LAST_BUCKET.with(|b| b[slot].get()) {
             if last.window == self.id && last.start <= now && now < last.end {
                 return last.interval;
             }
@@ -129,12 +130,13 @@ impl Window {
         let interval = nanos >> self.shift;
         if now >= self.origin {
             let start = self.origin + Duration::from_nanos(interval << self.shift);
-            LAST_BUCKET.set(Some(LastBucket {
+            let last = LastBucket {
                 window: self.id,
                 start,
                 end: start + Duration::from_nanos(1 << self.shift),
                 interval,
-            }));
+            };
+            LAST_BUCKET.with(|b| b[self.id as usize % LAST_BUCKETS].set(Some(last)));
         }
         interval
     }
@@ -196,8 +198,14 @@ struct LastBucket {
     interval: u64,
 }
 
+/// Breakers remembered per thread: a gateway thread serves several agents in turn, and
+/// windows are numbered in creation order, so the first four agents never evict each
+/// other.
+const LAST_BUCKETS: usize = 4;
+
 thread_local! {
-    static LAST_BUCKET: Cell<Option<LastBucket>> = const { Cell::new(None) };
+    static LAST_BUCKET: [Cell<Option<LastBucket>>; LAST_BUCKETS] =
+        const { [const { Cell::new(None) }; LAST_BUCKETS] };
 }
 
 #[inline]
