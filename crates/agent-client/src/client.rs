@@ -71,6 +71,8 @@ pub struct AgentClient {
 struct Inner {
     name: Arc<str>,
     base: Uri,
+    /// The agent URL's path without its trailing `/` (empty for the common `http://host:port`).
+    base_path: Box<str>,
     config: AgentConfig,
     streaming: Stack<Transport>,
     json: Stack<JsonBody<Transport>>,
@@ -148,6 +150,7 @@ impl AgentClient {
             inner: Arc::new(Inner {
                 name: name.into(),
                 base: config.url.clone(),
+                base_path: config.url.path().trim_end_matches('/').into(),
                 breaker: parts.breaker.handle(),
                 metrics: parts.metrics,
                 config,
@@ -181,7 +184,7 @@ impl AgentClient {
     /// `path_and_query` (which must start with `/`).
     pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
         let base = &self.inner.base;
-        let base_path = base.path().trim_end_matches('/');
+        let base_path = &self.inner.base_path;
         let joined: PathAndQuery = format!("{base_path}{path_and_query}").parse()?;
         let mut parts = base.clone().into_parts();
         parts.path_and_query = Some(joined);
@@ -215,8 +218,7 @@ impl AgentClient {
             return Ok(());
         }
         let base = &self.inner.base;
-        let base_path = base.path().trim_end_matches('/');
-        if base_path.is_empty() {
+        if self.inner.base_path.is_empty() {
             // The common case: reuse the request's path as it is (no formatting, no parsing).
             let mut parts = std::mem::take(uri).into_parts();
             parts.scheme = base.scheme().cloned();
