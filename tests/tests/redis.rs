@@ -67,7 +67,8 @@ async fn replica(redis_url: &str, a: &Agents) -> Gateway {
 /// Until `/readyz` reports Redis `want` (`connected` or `unavailable`).
 async fn wait_redis(gw: &Gateway, want: &str) -> Value {
     let mut last = None;
-    for _ in 0..200 {
+    // Up to 20 s: reconnect backoff tops out at 2 s, and CI machines are busy.
+    for _ in 0..400 {
         let res = send("GET", &gw.url("/readyz"), &[], "").await;
         // Ready either way: queries run whether or not Redis is there.
         assert_eq!(res.status, StatusCode::OK);

@@ -53,6 +53,9 @@ pub use redis::RedisError;
 use tokio::sync::{mpsc, OnceCell};
 use tokio::task::JoinHandle;
 
+/// Connecting to Redis, and each answer from it, may take this long at most.
+pub(crate) const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Pauses between the looks [`RedisBridge::load`] takes for a query not (yet) in Redis.
 const LOAD_RETRIES: [Duration; 3] = [
     Duration::from_millis(20),
@@ -336,9 +339,25 @@ impl RedisBridge {
     async fn reads(&self) -> Result<ConnectionManager, redis::RedisError> {
         self.inner
             .reads
-            .get_or_try_init(|| self.inner.client.get_connection_manager())
+            .get_or_try_init(|| self.connect())
             .await
             .cloned()
+    }
+
+    /// A new auto-reconnecting connection. Every call is bounded: a Redis that is down or
+    /// hangs makes calls fail within a few seconds, and the tasks here do their own
+    /// retrying (with their own backoff), so the connection retries little by itself.
+    pub(crate) async fn connect(&self) -> Result<ConnectionManager, redis::RedisError> {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500))
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT));
+        self.inner
+            .client
+            .get_connection_manager_with_config(config)
+            .await
     }
 
     /// The events of `query_id` in Redis with `seq > after_seq`, in order.

@@ -8,7 +8,7 @@ use agentgate_progress::{Mirrored, Published};
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
-use crate::RedisBridge;
+use crate::{RedisBridge, REDIS_TIMEOUT};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -40,7 +40,12 @@ pub(crate) async fn run(bridge: RedisBridge) {
 
 /// One subscription, until the connection ends.
 async fn listen(bridge: &RedisBridge, backoff: &mut Duration) -> Result<(), redis::RedisError> {
-    let mut pubsub = bridge.client().get_async_pubsub().await?;
+    let connect = bridge.client().get_async_pubsub();
+    let mut pubsub = tokio::time::timeout(REDIS_TIMEOUT, connect)
+        .await
+        .map_err(|_| {
+            redis::RedisError::from((redis::ErrorKind::Io, "connecting to redis timed out"))
+        })??;
     let events = bridge.keys().channel();
     pubsub.subscribe(&events).await?;
     pubsub.subscribe(bridge.keys().control()).await?;

@@ -118,7 +118,7 @@ async fn send(
     pipe: &redis::Pipeline,
 ) -> Result<(), redis::RedisError> {
     if conn.is_none() {
-        *conn = Some(bridge.client().get_connection_manager().await?);
+        *conn = Some(bridge.connect().await?);
     }
     let conn = conn.as_mut().expect("just connected");
     pipe.query_async::<()>(conn).await

@@ -86,8 +86,9 @@ async fn forward(
                 ApiError::bad_request("the request body could not be read")
             }
         })?;
-    let uri = agent
-        .uri_for(&path_and_query)
+    // Relative: `send` puts it on the agent's URL (without formatting it again when the
+    // URL has no base path).
+    let uri = http::Uri::try_from(path_and_query)
         .map_err(|_| ApiError::bad_request("the request path is not a valid URI path"))?;
     let mut upstream = http::Request::from_parts(parts, body);
     *upstream.uri_mut() = uri;
