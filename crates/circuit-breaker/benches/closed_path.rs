@@ -276,6 +276,26 @@ fn closed_path(c: &mut Criterion) {
     calls(&mut failsafe, SANITY_CALLS);
     assert!(failsafe.breaker.is_call_permitted());
 
+    // failsafe with agentgate's default policy: 5 consecutive failures, or a 50% failure
+    // rate (success rate below 0.5) over a 30 s window once it holds 20 calls. This one
+    // reads the clock on every call, as any time-based window must.
+    let backoff = failsafe::backoff::exponential(Duration::from_secs(60), Duration::from_secs(300));
+    let policy = failsafe::FailurePolicy::or_else(
+        failsafe::failure_policy::consecutive_failures(5, backoff.clone()),
+        failsafe::failure_policy::success_rate_over_time_window(
+            0.5,
+            20,
+            Duration::from_secs(30),
+            backoff,
+        ),
+    );
+    let mut failsafe_windowed = Failsafe {
+        inner: Echo,
+        breaker: failsafe::Config::new().failure_policy(policy).build(),
+    };
+    calls(&mut failsafe_windowed, SANITY_CALLS);
+    assert!(failsafe_windowed.breaker.is_call_permitted());
+
     let mut group = c.benchmark_group("closed_path");
     group
         .warm_up_time(Duration::from_secs(1))
@@ -285,6 +305,7 @@ fn closed_path(c: &mut Criterion) {
     bench_variant(&mut group, "agentgate", agentgate);
     bench_variant(&mut group, "tower_resilience", tower_resilience);
     bench_variant(&mut group, "failsafe", failsafe);
+    bench_variant(&mut group, "failsafe_same_policy", failsafe_windowed);
     group.finish();
 
     assert_eq!(
