@@ -1,29 +1,25 @@
-//! `loadgen`: the client side of `benches/pipeline.sh`.
+//! `loadgen`: the load clients of the whole-process benchmarks in `benches/`.
 //!
-//! Measures, one request at a time (concurrency 1), the latency of
+//! - no subcommand (`loadgen --gateway … --stage …`): the sequential pipeline comparison
+//!   of `benches/pipeline.sh` ([`pipeline`]);
+//! - `loadgen ws-fanout`: thousands of WebSocket clients subscribed to a steady stream of
+//!   queries, for `benches/ws_fanout.sh` ([`ws_fanout`]);
+//! - `loadgen open-loop`: GET requests at a fixed offered rate, latency measured from
+//!   when each request was due, for `benches/failfast.sh` ([`open_loop`]).
 //!
-//! - **gateway**: `POST /api/query` (synchronous) to a running agentgate whose default
-//!   pipeline has N stages, and
-//! - **direct**: the same N agent calls made by this client in sequence, with the bodies
-//!   and headers the gateway sends (SPEC §3: stage *k* gets the answers of the earlier
-//!   stages under `results`), each on its own keep-alive connection.
-//!
-//! The two are interleaved in blocks so that drift (frequency, noisy neighbours) hits
-//! both alike. Prints a Markdown table and the p50 the gateway adds.
+//! Every mode runs on one current-thread tokio runtime (one OS thread does the work), so
+//! the scripts can pin the client to one CPU and leave the other to the servers.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use bytes::Bytes;
-use clap::Parser;
-use http::header::{CONTENT_TYPE, HOST};
-use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use serde_json::{json, Map, Value};
-use tokio::net::TcpStream;
-use tokio::time::Instant;
+use clap::{Parser, Subcommand};
+
+mod http;
+mod open_loop;
+mod pipeline;
+mod procfs;
+mod stats;
+mod ws_fanout;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -31,254 +27,29 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, Parser)]
 #[command(
     name = "loadgen",
-    about = "Sequential pipeline latency: gateway vs direct"
+    about = "Load clients for benches/: pipeline latency (default), WebSocket fan-out, open-loop HTTP",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
-struct Args {
-    /// The gateway's base URL, e.g. http://127.0.0.1:8080.
-    #[arg(long)]
-    gateway: String,
-    /// The stages in pipeline order, as NAME=URL (the agent URL with the stage path),
-    /// e.g. nlp=http://127.0.0.1:7001/process. Repeat once per stage.
-    #[arg(long = "stage", required = true)]
-    stages: Vec<String>,
-    /// Queries (and direct sequences) sent before measuring, per mode.
-    #[arg(long, default_value_t = 1000)]
-    warmup: usize,
-    /// Measured queries (and direct sequences) per mode.
-    #[arg(long, default_value_t = 10_000)]
-    iterations: usize,
-    /// How many alternating blocks the measured iterations are split into.
-    #[arg(long, default_value_t = 10)]
-    blocks: usize,
+struct Cli {
+    #[command(subcommand)]
+    mode: Option<Mode>,
+    #[command(flatten)]
+    pipeline: pipeline::Args,
 }
 
-/// One keep-alive HTTP/1.1 connection to one origin.
-struct Conn {
-    host: String,
-    send: SendRequest<Full<Bytes>>,
-}
-
-impl Conn {
-    async fn open(uri: &Uri) -> Result<Conn, BoxError> {
-        let authority = uri.authority().ok_or("URL without host:port")?.to_string();
-        let stream = TcpStream::connect(&authority).await?;
-        stream.set_nodelay(true)?;
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                eprintln!("loadgen: connection to {authority} ended: {e}");
-            }
-        });
-        Ok(Conn {
-            host: uri.authority().map(ToString::to_string).unwrap_or_default(),
-            send,
-        })
-    }
-
-    /// POSTs `body` as JSON and returns the status and the whole answer.
-    async fn post(
-        &mut self,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Bytes,
-    ) -> Result<(StatusCode, Bytes), BoxError> {
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header(HOST, self.host.as_str())
-            .header(CONTENT_TYPE, "application/json");
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req.body(Full::new(body))?;
-        self.send.ready().await?;
-        let res = self.send.send_request(req).await?;
-        let status = res.status();
-        let body = res.into_body().collect().await?.to_bytes();
-        Ok((status, body))
-    }
-}
-
-struct Stage {
-    name: String,
-    path: String,
-    conn: Conn,
-}
-
-const QUERY: &str = "benchmark query: summarise the latest figures";
-
-/// One `POST /api/query`; checks the query completed.
-async fn via_gateway(gw: &mut Conn, body: &Bytes) -> Result<(), BoxError> {
-    let (status, answer) = gw.post("/api/query", &[], body.clone()).await?;
-    if status != StatusCode::OK {
-        return Err(format!(
-            "gateway answered {status}: {}",
-            String::from_utf8_lossy(&answer)
-        )
-        .into());
-    }
-    Ok(())
-}
-
-/// The stages' calls in sequence, as the gateway makes them.
-async fn direct(stages: &mut [Stage], n: usize) -> Result<(), BoxError> {
-    let query_id = format!("bench-{n}");
-    let mut results = Map::new();
-    for stage in stages.iter_mut() {
-        let body = json!({
-            "query_id": query_id,
-            "query": QUERY,
-            "context": {},
-            "results": results,
-        });
-        let body = Bytes::from(serde_json::to_vec(&body)?);
-        let idem = format!("{query_id}:{}", stage.name);
-        let headers = [
-            ("x-query-id", query_id.as_str()),
-            ("x-agentgate-stage", stage.name.as_str()),
-            ("x-agentgate-attempt", "1"),
-            ("x-agentgate-deadline-ms", "60000"),
-            ("idempotency-key", idem.as_str()),
-        ];
-        let (status, answer) = stage.conn.post(&stage.path, &headers, body).await?;
-        if !status.is_success() {
-            return Err(format!("stage {} answered {status}", stage.name).into());
-        }
-        let output: Value = serde_json::from_slice(&answer)?;
-        results.insert(stage.name.clone(), output);
-    }
-    Ok(())
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-struct Summary {
-    p50: Duration,
-    p90: Duration,
-    p99: Duration,
-    max: Duration,
-    mean: Duration,
-    n: usize,
-}
-
-fn summarise(mut samples: Vec<Duration>) -> Summary {
-    samples.sort_unstable();
-    let n = samples.len();
-    let total: Duration = samples.iter().sum();
-    Summary {
-        p50: percentile(&samples, 50.0),
-        p90: percentile(&samples, 90.0),
-        p99: percentile(&samples, 99.0),
-        max: samples.last().copied().unwrap_or_default(),
-        mean: if n == 0 {
-            Duration::ZERO
-        } else {
-            total / n as u32
-        },
-        n,
-    }
-}
-
-async fn run(args: Args) -> Result<(), BoxError> {
-    let gw_uri: Uri = args.gateway.parse()?;
-    let mut gw = Conn::open(&gw_uri).await?;
-    let mut stages = Vec::new();
-    for spec in &args.stages {
-        let (name, url) = spec
-            .split_once('=')
-            .ok_or_else(|| format!("--stage {spec}: expected NAME=URL"))?;
-        let uri: Uri = url.parse()?;
-        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-        stages.push(Stage {
-            name: name.to_owned(),
-            path,
-            conn: Conn::open(&uri).await?,
-        });
-    }
-    let gw_body = Bytes::from(serde_json::to_vec(&json!({"query": QUERY, "context": {}}))?);
-
-    // Check the gateway runs exactly these stages.
-    let (status, answer) = gw.post("/api/query", &[], gw_body.clone()).await?;
-    let answer: Value = serde_json::from_slice(&answer)?;
-    let ran: Vec<&str> = answer["stages"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|s| s["name"].as_str()).collect())
-        .unwrap_or_default();
-    let expected: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
-    if status != StatusCode::OK || answer["status"] != "completed" || ran != expected {
-        return Err(format!(
-            "the gateway's default pipeline does not complete the stages {expected:?}: {status} {answer}"
-        )
-        .into());
-    }
-
-    for i in 0..args.warmup {
-        via_gateway(&mut gw, &gw_body).await?;
-        direct(&mut stages, i).await?;
-    }
-
-    let blocks = args.blocks.max(1);
-    let per_block = args.iterations.div_ceil(blocks);
-    let mut gw_samples = Vec::with_capacity(per_block * blocks);
-    let mut direct_samples = Vec::with_capacity(per_block * blocks);
-    for b in 0..blocks {
-        for _ in 0..per_block {
-            let t = Instant::now();
-            via_gateway(&mut gw, &gw_body).await?;
-            gw_samples.push(t.elapsed());
-        }
-        for i in 0..per_block {
-            let t = Instant::now();
-            direct(&mut stages, b * per_block + i).await?;
-            direct_samples.push(t.elapsed());
-        }
-    }
-
-    let g = summarise(gw_samples);
-    let d = summarise(direct_samples);
-    println!(
-        "| path | n | p50 (us) | p90 (us) | p99 (us) | mean (us) | max (us) |\n|---|---:|---:|---:|---:|---:|---:|"
-    );
-    for (name, s) in [
-        (format!("direct ({} calls in sequence)", stages.len()), &d),
-        ("gateway (POST /api/query)".to_owned(), &g),
-    ] {
-        println!(
-            "| {name} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
-            s.n,
-            us(s.p50),
-            us(s.p90),
-            us(s.p99),
-            us(s.mean),
-            us(s.max)
-        );
-    }
-    let added = us(g.p50) - us(d.p50);
-    println!();
-    println!(
-        "added by the gateway: p50 {added:+.1} us, p99 {:+.1} us, mean {:+.1} us",
-        us(g.p99) - us(d.p99),
-        us(g.mean) - us(d.mean)
-    );
-    println!(
-        "target p50 added <= 300 us: {}",
-        if added <= 300.0 { "met" } else { "MISSED" }
-    );
-    Ok(())
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Many WebSocket clients subscribed to a steady stream of queries: delivery latency,
+    /// seq gaps, lagged notices, the gateway's memory and CPU.
+    WsFanout(ws_fanout::Args),
+    /// GET one URL at a fixed offered rate over a few keep-alive connections: latency
+    /// from when each request was due (no coordinated omission) and from when it was sent.
+    OpenLoop(open_loop::Args),
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -289,7 +60,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    let result = runtime.block_on(async {
+        match cli.mode {
+            None => pipeline::run(cli.pipeline).await,
+            Some(Mode::WsFanout(args)) => ws_fanout::run(args).await,
+            Some(Mode::OpenLoop(args)) => open_loop::run(args).await,
+        }
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("loadgen: {e}");

@@ -1,0 +1,268 @@
+//! `loadgen open-loop`: GET one URL at a fixed offered rate (`benches/failfast.sh`).
+//!
+//! Request *i* is due at `start + i / rate`, whatever happened to the earlier ones (an
+//! open loop, like wrk2): a dispatcher hands each due request to an idle keep-alive
+//! connection and the latency is counted from when the request was **due**, so a server
+//! (or a client) that falls behind shows up in the figures instead of lowering the rate
+//! (no coordinated omission). The latency from when it was actually sent is reported
+//! too; the difference is the client's own scheduling delay.
+//!
+//! tokio's timer ticks in milliseconds, too coarse for 20k requests per second, so the
+//! dispatcher never sleeps: it checks the clock, dispatches what is due and yields to
+//! the runtime (which polls the sockets in between). The client's CPU is therefore busy
+//! the whole run; it must be on a CPU of its own.
+
+use std::time::Duration;
+
+use clap::Args as ClapArgs;
+use http::{StatusCode, Uri};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::http::Conn;
+use crate::procfs::{self, Sched};
+use crate::stats::{summarise, us, Summary};
+use crate::BoxError;
+
+/// Flags of `loadgen open-loop`.
+#[derive(Debug, ClapArgs)]
+pub(crate) struct Args {
+    /// The URL to GET, e.g. http://127.0.0.1:8080/agents/echo/echo.
+    #[arg(long)]
+    url: String,
+    /// Offered requests per second.
+    #[arg(long, default_value_t = 20_000.0)]
+    rate: f64,
+    /// How long the measured part lasts.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// How long to send at the same rate before measuring.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Keep-alive connections (each carries one request at a time).
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// The status every answer must have (e.g. 503 for an open breaker).
+    #[arg(long, default_value_t = 200)]
+    expect_status: u16,
+    /// A name for the printed line.
+    #[arg(long, default_value = "open-loop")]
+    label: String,
+    /// The server's PID, to report the CPU it used while measured.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+/// What a finished request reports back to the dispatcher.
+struct Done {
+    /// The connection, unless it failed.
+    conn: Option<Conn>,
+    due: Instant,
+    sent: Instant,
+    finished: Instant,
+    measured: bool,
+    outcome: Result<StatusCode, String>,
+}
+
+pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
+    if !(args.rate > 0.0 && args.rate.is_finite()) {
+        return Err(format!("--rate {}: must be a positive number", args.rate).into());
+    }
+    let uri: Uri = args.url.parse()?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let expect = StatusCode::from_u16(args.expect_status)?;
+
+    let mut idle = Vec::with_capacity(args.connections.max(1));
+    for _ in 0..args.connections.max(1) {
+        idle.push(Conn::open(&uri).await?);
+    }
+    // One request first: the answer must be the expected one.
+    let (status, body) = idle[0].get(&path).await?;
+    if status != expect {
+        return Err(format!(
+            "GET {} answered {status} (expected {expect}): {}",
+            args.url,
+            String::from_utf8_lossy(&body)
+        )
+        .into());
+    }
+
+    let per_request = 1e9 / args.rate;
+    let warmup_n = (args.warmup.as_secs_f64() * args.rate).round() as u64;
+    let measured_n = (args.duration.as_secs_f64() * args.rate).round() as u64;
+    let total = warmup_n + measured_n;
+    let start = Instant::now() + Duration::from_millis(10);
+    let due = |i: u64| start + Duration::from_nanos((i as f64 * per_request) as u64);
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<Done>();
+    let mut from_due = Vec::with_capacity(measured_n as usize);
+    let mut from_sent = Vec::with_capacity(measured_n as usize);
+    let mut lag = Vec::with_capacity(measured_n as usize);
+    let mut first_due: Option<Instant> = None;
+    let mut last_finished = start;
+    let mut unexpected = 0u64;
+    let mut first_unexpected = None;
+    let mut errors = 0u64;
+    let mut first_error = None;
+    // Requests that were due while every connection was busy.
+    let mut starved = 0u64;
+    let mut starved_at = None;
+    let mut cpu_at_start = None;
+    let mut next = 0u64;
+    let mut outstanding = 0usize;
+
+    loop {
+        while let Ok(done) = rx.try_recv() {
+            outstanding -= 1;
+            if let Some(conn) = done.conn {
+                idle.push(conn);
+            }
+            match done.outcome {
+                Ok(status) if status == expect => {}
+                Ok(status) => {
+                    unexpected += 1;
+                    first_unexpected.get_or_insert(status);
+                }
+                Err(e) => {
+                    errors += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+            if done.measured {
+                from_due.push(done.finished - done.due);
+                from_sent.push(done.finished - done.sent);
+                lag.push(done.sent.saturating_duration_since(done.due));
+                last_finished = last_finished.max(done.finished);
+            }
+        }
+        if next == total && outstanding == 0 {
+            break;
+        }
+        let now = Instant::now();
+        while next < total && due(next) <= now {
+            let Some(mut conn) = idle.pop() else {
+                if starved_at != Some(next) {
+                    starved_at = Some(next);
+                    starved += 1;
+                }
+                break;
+            };
+            let measured = next >= warmup_n;
+            if measured && first_due.is_none() {
+                first_due = Some(due(next));
+                cpu_at_start = Some((args.server_pid.and_then(procfs::sched), procfs::sched(0)));
+            }
+            let (tx, path, due_at) = (tx.clone(), path.clone(), due(next));
+            tokio::spawn(async move {
+                let sent = Instant::now();
+                let result = conn.get(&path).await;
+                let finished = Instant::now();
+                let (conn, outcome) = match result {
+                    Ok((status, _)) => (Some(conn), Ok(status)),
+                    Err(e) => (None, Err(e.to_string())),
+                };
+                let _ = tx.send(Done {
+                    conn,
+                    due: due_at,
+                    sent,
+                    finished,
+                    measured,
+                    outcome,
+                });
+            });
+            next += 1;
+            outstanding += 1;
+        }
+        if idle.is_empty() && outstanding == 0 {
+            return Err(format!(
+                "every connection failed ({errors} errors; first: {})",
+                first_error.unwrap_or_default()
+            )
+            .into());
+        }
+        tokio::task::yield_now().await;
+    }
+    let (server, own) = match cpu_at_start {
+        Some((server, own)) => (
+            server
+                .zip(args.server_pid.and_then(procfs::sched))
+                .map(|(a, b)| b.since(a)),
+            own.zip(procfs::sched(0)).map(|(a, b)| b.since(a)),
+        ),
+        None => (None, None),
+    };
+
+    if errors > 0 || unexpected > 0 {
+        return Err(format!(
+            "{}: {errors} failed requests (first: {}), {unexpected} answers other than {expect} (first: {})",
+            args.label,
+            first_error.unwrap_or_default(),
+            first_unexpected.map(|s| s.to_string()).unwrap_or_default()
+        )
+        .into());
+    }
+    let elapsed = first_due.map_or(Duration::ZERO, |f| {
+        last_finished.saturating_duration_since(f)
+    });
+    let achieved = from_due.len() as f64 / elapsed.as_secs_f64().max(1e-9);
+    let d = summarise(from_due);
+    let s = summarise(from_sent);
+    let l = summarise(lag);
+    print_result(&args, achieved, (&d, &s, &l), starved, elapsed, server, own);
+    Ok(())
+}
+
+fn print_result(
+    args: &Args,
+    achieved: f64,
+    (d, s, l): (&Summary, &Summary, &Summary),
+    starved: u64,
+    elapsed: Duration,
+    server: Option<Sched>,
+    own: Option<Sched>,
+) {
+    let cpu = server.map_or("n/a".to_owned(), |c| c.shares(elapsed));
+    let wall = elapsed.as_secs_f64().max(1e-9);
+    let share = |c: Option<Sched>, f: fn(Sched) -> Duration| {
+        c.map_or("nan".to_owned(), |c| {
+            format!("{:.2}", f(c).as_secs_f64() / wall)
+        })
+    };
+    println!(
+        "{}: offered {:.0} req/s, achieved {achieved:.0} req/s over {} connections, n {}; \
+         latency from due: p50 {:.1} us, p90 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us; \
+         from sent: p50 {:.1} us, p99 {:.1} us; dispatch lag p99 {:.1} us ({starved} requests found every connection busy); \
+         server CPU {cpu} of one CPU; loadgen waiting for its CPU {}",
+        args.label,
+        args.rate,
+        args.connections,
+        d.n,
+        us(d.p50),
+        us(d.p90),
+        us(d.p99),
+        us(d.p999),
+        us(d.max),
+        us(s.p50),
+        us(s.p99),
+        us(l.p99),
+        own.map_or("n/a".to_owned(), |c| format!("{:.0}%", c.wait.as_secs_f64() / wall * 100.0)),
+    );
+    // One line for scripts: key=value, latencies in microseconds.
+    println!(
+        "RESULT label={} offered={:.0} achieved={achieved:.0} n={} p50_us={:.1} p90_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1} sent_p50_us={:.1} sent_p99_us={:.1} lag_p99_us={:.1} starved={starved} server_cpu={} server_wait={} loadgen_wait={}",
+        args.label,
+        args.rate,
+        d.n,
+        us(d.p50),
+        us(d.p90),
+        us(d.p99),
+        us(d.p999),
+        us(d.max),
+        us(s.p50),
+        us(s.p99),
+        us(l.p99),
+        share(server, |c| c.run),
+        share(server, |c| c.wait),
+        share(own, |c| c.wait),
+    );
+}
