@@ -45,6 +45,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
 cargo test --workspace --locked
 
+log "README's first command resolves the agentgate binary"
+# `cargo run --release -- demo` must find exactly one binary; checked on the debug build
+# the tests just made, so this costs no extra compile.
+cargo run --locked -q -- demo --help >/dev/null
+
 log "benches compile"
 cargo bench --workspace --locked --no-run
 
