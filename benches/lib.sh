@@ -35,3 +35,32 @@ wait_http() { # url [what]: up to 10 s for a 200
     done
     die "${2:-$1} did not answer 200 within 10 s (logs in $TMP)"
 }
+
+three_stage_toml() { # the agents nlp, data, viz on ${PORT[...]} and a 3-stage `default` pipeline
+    cat <<TOML
+[agents.nlp]
+url = "http://127.0.0.1:${PORT[nlp]}"
+[agents.data]
+url = "http://127.0.0.1:${PORT[data]}"
+[agents.viz]
+url = "http://127.0.0.1:${PORT[viz]}"
+
+[pipelines.default]
+deadline = "30s"
+
+[[pipelines.default.stages]]
+name = "nlp_processing"
+agent = "nlp"
+path = "/process"
+
+[[pipelines.default.stages]]
+name = "data_retrieval"
+agent = "data"
+path = "/query"
+
+[[pipelines.default.stages]]
+name = "visualization"
+agent = "viz"
+path = "/render"
+TOML
+}

@@ -66,30 +66,7 @@ cat >"$TMP/agentgate.toml" <<CONF
 listen = "127.0.0.1:$GW_PORT"
 admin_listen = "127.0.0.1:$GW_ADMIN_PORT"
 
-[agents.nlp]
-url = "http://127.0.0.1:${PORT[nlp]}"
-[agents.data]
-url = "http://127.0.0.1:${PORT[data]}"
-[agents.viz]
-url = "http://127.0.0.1:${PORT[viz]}"
-
-[pipelines.default]
-deadline = "30s"
-
-[[pipelines.default.stages]]
-name = "nlp_processing"
-agent = "nlp"
-path = "/process"
-
-[[pipelines.default.stages]]
-name = "data_retrieval"
-agent = "data"
-path = "/query"
-
-[[pipelines.default.stages]]
-name = "visualization"
-agent = "viz"
-path = "/render"
+$(three_stage_toml)
 CONF
 "$BIN" check --config "$TMP/agentgate.toml" >&2 || die "agentgate rejected the bench config"
 taskset -c "$SERVER_CPU" "$BIN" run --config "$TMP/agentgate.toml" >"$TMP/agentgate.log" 2>&1 &

@@ -113,30 +113,7 @@ admin_listen = "127.0.0.1:$admin_port"
 max_ws_connections = $((CLIENTS + 1000))
 shutdown_grace = "2s"
 
-[agents.nlp]
-url = "http://127.0.0.1:${PORT[nlp]}"
-[agents.data]
-url = "http://127.0.0.1:${PORT[data]}"
-[agents.viz]
-url = "http://127.0.0.1:${PORT[viz]}"
-
-[pipelines.default]
-deadline = "30s"
-
-[[pipelines.default.stages]]
-name = "nlp_processing"
-agent = "nlp"
-path = "/process"
-
-[[pipelines.default.stages]]
-name = "data_retrieval"
-agent = "data"
-path = "/query"
-
-[[pipelines.default.stages]]
-name = "visualization"
-agent = "viz"
-path = "/render"
+$(three_stage_toml)
 CONF
     "$BIN" check --config "$conf" >&2 || die "agentgate rejected the bench config"
     taskset -c "$SERVER_CPU" "$BIN" run --config "$conf" >"$TMP/agentgate-$name.log" 2>&1 &
