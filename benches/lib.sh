@@ -64,3 +64,25 @@ agent = "viz"
 path = "/render"
 TOML
 }
+
+require_tools() { # cmd:debian-package ...: installs what is missing (apt-get, root), or dies
+    local pair need=()
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+    done
+    if [ ${#need[@]} -gt 0 ]; then
+        log "installing ${need[*]}"
+        [ "$(id -u)" -eq 0 ] || die "need root to apt-get install ${need[*]}"
+        apt-get update -qq || die "apt-get update failed"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null ||
+            die "apt-get install ${need[*]} failed"
+    fi
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 ||
+            die "${pair%%:*} is still missing after trying to install it"
+    done
+}
+
+require_two_cpus() {
+    [ "$(nproc --all)" -ge 2 ] || die "needs at least 2 CPUs (load generator and servers are pinned apart)"
+}

@@ -23,22 +23,8 @@ BENCH_NAME=proxy.sh
 source benches/lib.sh
 
 # --- tools --------------------------------------------------------------------------------
-need_pkgs=()
-for pair in wrk:wrk nginx:nginx taskset:util-linux curl:curl python3:python3; do
-    cmd=${pair%%:*}
-    command -v "$cmd" >/dev/null 2>&1 || need_pkgs+=("${pair#*:}")
-done
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-    log "installing ${need_pkgs[*]}"
-    [ "$(id -u)" -eq 0 ] || die "need root to apt-get install ${need_pkgs[*]}"
-    apt-get update -qq || die "apt-get update failed"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null ||
-        die "apt-get install ${need_pkgs[*]} failed"
-fi
-for cmd in wrk nginx taskset curl python3; do
-    command -v "$cmd" >/dev/null 2>&1 || die "$cmd is still missing after trying to install it"
-done
-[ "$(nproc --all)" -ge 2 ] || die "needs at least 2 CPUs (load generator and servers are pinned apart)"
+require_tools wrk:wrk nginx:nginx taskset:util-linux curl:curl python3:python3
+require_two_cpus
 
 if [ "${NO_BUILD:-0}" != 1 ]; then
     log "cargo build --release -p agentgate-bin"

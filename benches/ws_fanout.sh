@@ -41,21 +41,8 @@ BENCH_NAME=ws_fanout.sh
 # shellcheck source=benches/lib.sh
 source benches/lib.sh
 
-need_pkgs=()
-for pair in taskset:util-linux curl:curl python3:python3; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair#*:}")
-done
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-    log "installing ${need_pkgs[*]}"
-    [ "$(id -u)" -eq 0 ] || die "need root to apt-get install ${need_pkgs[*]}"
-    apt-get update -qq || die "apt-get update failed"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null ||
-        die "apt-get install ${need_pkgs[*]} failed"
-fi
-for cmd in taskset curl python3; do
-    command -v "$cmd" >/dev/null 2>&1 || die "$cmd is still missing after trying to install it"
-done
-[ "$(nproc --all)" -ge 2 ] || die "needs at least 2 CPUs (client and servers are pinned apart)"
+require_tools taskset:util-linux curl:curl python3:python3
+require_two_cpus
 
 # Each client is one socket in the load client and one in the gateway: raise the
 # open-files limit (inherited by both) to NOFILE, or to the hard limit when that is lower

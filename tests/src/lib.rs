@@ -27,6 +27,18 @@ pub struct EchoServer {
 }
 
 impl EchoServer {
+    /// Answers 503 to the first `failures` requests, then 200.
+    pub async fn failing_first(failures: usize) -> Self {
+        Self::start(move |n| {
+            if n < failures {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            }
+        })
+        .await
+    }
+
     /// Starts an echo server; `status_for(n)` is the status of the n-th request.
     pub async fn start(status_for: impl Fn(usize) -> StatusCode + Send + Sync + 'static) -> Self {
         use http_body_util::BodyExt;
@@ -289,11 +301,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts one and waits until it accepts connections.
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        Self::start_on(port).await
+        Self::start_on(free_port()).await
     }
 
     /// Starts one on `port` (to restart a stopped server on the same address).
@@ -337,4 +345,13 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A loopback port nothing listens on (free when this returns; another process could
+/// take it before the caller binds it, which is unlikely enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }

@@ -8,7 +8,7 @@ use agentgate::classify::{cause_ref, classify_error, FailureClass};
 use agentgate::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitOpen};
 use agentgate_e2e::EchoServer;
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::Request;
 use http_body_util::Empty;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -40,14 +40,7 @@ fn breaker(consecutive_failures: u32) -> CircuitBreakerLayer {
 
 #[tokio::test]
 async fn failing_agent_trips_then_recovers_through_a_probe() {
-    let server = EchoServer::start(|n| {
-        if n < 3 {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::OK
-        }
-    })
-    .await;
+    let server = EchoServer::failing_first(3).await;
     let layer = breaker(3);
     let handle = layer.handle();
     let mut svc = layer.layer(client());

@@ -8,12 +8,11 @@
 //!
 //! `AGENTGATE_DASHBOARD_SCREENSHOT=docs/dashboard.png` saves the final screenshot there.
 
-use std::net::TcpListener as StdListener;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use agentgate_e2e::{base_config, mock, post_json, send, Gateway};
+use agentgate_e2e::{base_config, free_port, mock, post_json, send, Gateway};
 use agentgate_mock_agent::{Behavior, MockAgent};
 use fantoccini::wd::Capabilities;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -41,10 +40,7 @@ impl Driver {
                  (scripts/test.sh does)"
             );
         }
-        let port = StdListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         // Its own process group, so that dropping the driver also ends the browser it
         // started, even when a failed test never closed its session.
         let child = Command::new(CHROMEDRIVER)

@@ -279,14 +279,7 @@ async fn an_open_breaker_fails_fast_with_503_and_retry_after() {
 
 #[tokio::test]
 async fn a_failing_attempt_is_retried_with_attempt_headers() {
-    let nlp = EchoServer::start(|n| {
-        if n == 0 {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::OK
-        }
-    })
-    .await;
+    let nlp = EchoServer::failing_first(1).await;
     let a = agents().await;
     let gw = Gateway::start(&three_stage(
         &nlp.url(),

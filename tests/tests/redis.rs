@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use agentgate_e2e::{base_config, mock, post_json, send, Gateway, RedisServer};
+use agentgate_e2e::{base_config, free_port, mock, post_json, send, Gateway, RedisServer};
 use agentgate_mock_agent::MockAgent;
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
@@ -215,11 +215,7 @@ async fn replicas_serve_each_others_records_and_event_streams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_without_redis_serves_its_own_queries_and_says_so() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("redis://127.0.0.1:{port}");
     let a = agents(Duration::ZERO).await;
     let gw = Gateway::start(&config(&url, &a)).await;

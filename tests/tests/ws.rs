@@ -292,14 +292,7 @@ async fn a_query_over_ws_streams_gap_free_events_to_one_completed() {
 
 #[tokio::test]
 async fn a_failed_attempt_shows_an_error_event_and_retrying() {
-    let nlp = EchoServer::start(|n| {
-        if n == 0 {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::OK
-        }
-    })
-    .await;
+    let nlp = EchoServer::failing_first(1).await;
     let a = agents().await;
     let gw = Gateway::start(&three_stage(
         ADMIN_APART,

@@ -266,36 +266,35 @@ impl Engine {
     /// (for dashboards; clients that want every step subscribe to the query's events).
     pub fn live(&self, limit: usize) -> Vec<LiveQuery> {
         let now = Instant::now();
-        let mut live: Vec<(Instant, LiveQuery)> = {
-            let records = self.inner.lock();
-            records
-                .iter()
-                .filter(|e| e.record.status == QueryStatus::Running)
-                .filter_map(|e| Some((e, e.running.as_ref()?.started)))
-                .map(|(e, started)| {
-                    let plan = self.inner.pipelines.get(&e.record.pipeline);
-                    let done = e.record.stages.len();
-                    let stage = plan
+        let records = self.inner.lock();
+        // Only running entries carry `running`; pick the oldest by reference, and build
+        // (clone strings for) just the `limit` returned.
+        let mut running: Vec<_> = records
+            .iter()
+            .filter_map(|e| Some((e.running.as_ref()?.started, e)))
+            .collect();
+        running.sort_unstable_by_key(|(started, _)| *started);
+        running
+            .into_iter()
+            .take(limit)
+            .map(|(started, e)| {
+                let plan = self.inner.pipelines.get(&e.record.pipeline);
+                let done = e.record.stages.len();
+                LiveQuery {
+                    query_id: e.record.query_id.clone(),
+                    pipeline: e.record.pipeline.clone(),
+                    stage: plan
                         .and_then(|p| p.config.stages.get(done))
-                        .map(|s| s.name.clone());
-                    let progress = plan
+                        .map(|s| s.name.clone()),
+                    stages_done: done,
+                    stages_total: plan.map_or(done, |p| p.config.stages.len()),
+                    progress: plan
                         .and_then(|p| p.bounds.get(done).map(|b| b.0))
-                        .unwrap_or(100);
-                    let live = LiveQuery {
-                        query_id: e.record.query_id.clone(),
-                        pipeline: e.record.pipeline.clone(),
-                        stage,
-                        stages_done: done,
-                        stages_total: plan.map_or(done, |p| p.config.stages.len()),
-                        progress,
-                        elapsed_ms: millis(now.saturating_duration_since(started)),
-                    };
-                    (started, live)
-                })
-                .collect()
-        };
-        live.sort_by_key(|(started, _)| *started);
-        live.into_iter().take(limit).map(|(_, l)| l).collect()
+                        .unwrap_or(100),
+                    elapsed_ms: millis(now.saturating_duration_since(started)),
+                }
+            })
+            .collect()
     }
 
     /// A handle that does not keep the engine alive.

@@ -39,6 +39,7 @@
 //! clients, reconnects with backoff, and reports not ready (`/readyz` 503) meanwhile
 //! ([`RedisBridge::is_ready`]).
 
+mod failures;
 mod reader;
 mod writer;
 
@@ -97,20 +98,9 @@ impl RedisSettings {
 }
 
 /// Why the bridge could not be built.
-#[derive(Debug)]
-pub struct BridgeError(redis::RedisError);
-
-impl fmt::Display for BridgeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid redis_url: {}", self.0)
-    }
-}
-
-impl std::error::Error for BridgeError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.0)
-    }
-}
+#[derive(Debug, thiserror::Error)]
+#[error("invalid redis_url: {0}")]
+pub struct BridgeError(#[source] redis::RedisError);
 
 /// Connects this replica's hub to the other replicas through Redis. Cheap to clone.
 #[derive(Clone)]

@@ -2,44 +2,29 @@
 //! Redis, and reconnects with backoff.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use agentgate_progress::{Mirrored, Published};
 use futures_util::StreamExt;
-use tokio::time::Instant;
 
+use crate::failures::{Backoff, FailureLog};
 use crate::{RedisBridge, REDIS_TIMEOUT};
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
-const LOG_EVERY: Duration = Duration::from_secs(10);
-
 pub(crate) async fn run(bridge: RedisBridge) {
-    let mut backoff = BACKOFF_MIN;
-    let mut last_log: Option<Instant> = None;
+    let mut backoff = Backoff::new();
+    let mut log = FailureLog::new(
+        "not subscribed to redis; retrying (other replicas' queries are not followed meanwhile)",
+    );
     loop {
-        match listen(&bridge, &mut backoff).await {
-            Ok(()) => {}
-            Err(e) => {
-                metrics::counter!("agentgate_progress_redis_errors_total").increment(1);
-                if last_log.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
-                    last_log = Some(Instant::now());
-                    tracing::warn!(
-                        url = %bridge.settings().url,
-                        error = %e,
-                        "progress backend: not subscribed to redis; retrying (other replicas' queries are not followed meanwhile)"
-                    );
-                }
-            }
+        if let Err(e) = listen(&bridge, &mut backoff).await {
+            log.failed(&bridge, &e);
         }
         bridge.set_reader_up(false);
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        backoff.wait().await;
     }
 }
 
 /// One subscription, until the connection ends.
-async fn listen(bridge: &RedisBridge, backoff: &mut Duration) -> Result<(), redis::RedisError> {
+async fn listen(bridge: &RedisBridge, backoff: &mut Backoff) -> Result<(), redis::RedisError> {
     let connect = bridge.client().get_async_pubsub();
     let mut pubsub = tokio::time::timeout(REDIS_TIMEOUT, connect)
         .await
@@ -50,7 +35,7 @@ async fn listen(bridge: &RedisBridge, backoff: &mut Duration) -> Result<(), redi
     pubsub.subscribe(&events).await?;
     pubsub.subscribe(bridge.keys().control()).await?;
     bridge.set_reader_up(true);
-    *backoff = BACKOFF_MIN;
+    backoff.reset();
     // Whatever was published while nobody listened: catch up every followed query.
     if let Some(hub) = bridge.hub() {
         for (query_id, next_seq) in hub.mirrored_running() {

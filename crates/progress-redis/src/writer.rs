@@ -7,24 +7,22 @@ use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::failures::{Backoff, FailureLog};
 use crate::{Out, RedisBridge};
 
 /// At most this many queued items go into one pipeline.
 const BATCH: usize = 256;
-/// Backoff between attempts while Redis is unreachable.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// A batch is retried this long, then dropped (its events stay local).
 const GIVE_UP_AFTER: Duration = Duration::from_secs(10);
 /// How often an idle writer checks its connection.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
-/// Connection problems are logged at most this often.
-const LOG_EVERY: Duration = Duration::from_secs(10);
 
 pub(crate) async fn run(bridge: RedisBridge, mut rx: mpsc::Receiver<Out>) {
     let mut conn: Option<ConnectionManager> = None;
     let mut batch = Vec::with_capacity(BATCH);
-    let mut log = RateLimitedLog::default();
+    let mut log = FailureLog::new(
+        "cannot write to redis; retrying (this replica's own clients are not affected)",
+    );
     // While idle, the connection is checked (or made) this often, so readiness follows
     // Redis even without traffic.
     let mut check = tokio::time::interval(CHECK_EVERY);
@@ -43,7 +41,7 @@ pub(crate) async fn run(bridge: RedisBridge, mut rx: mpsc::Receiver<Out>) {
                     Err(e) => {
                         conn = None;
                         bridge.set_writer_up(false);
-                        log.warn(&bridge, &e);
+                        log.failed(&bridge, &e);
                     }
                 }
                 continue;
@@ -52,7 +50,7 @@ pub(crate) async fn run(bridge: RedisBridge, mut rx: mpsc::Receiver<Out>) {
         let close = take_close(&mut batch);
         let pipe = pipeline(&bridge, &batch);
         let started = Instant::now();
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new();
         loop {
             match send(&bridge, &mut conn, &pipe).await {
                 Ok(()) => {
@@ -62,14 +60,13 @@ pub(crate) async fn run(bridge: RedisBridge, mut rx: mpsc::Receiver<Out>) {
                 Err(e) => {
                     bridge.set_writer_up(false);
                     conn = None;
-                    log.warn(&bridge, &e);
+                    log.failed(&bridge, &e);
                     if close.is_some() || started.elapsed() >= GIVE_UP_AFTER {
                         metrics::counter!("agentgate_progress_redis_dropped_total")
                             .increment(batch.len() as u64);
                         break;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    backoff.wait().await;
                 }
             }
         }
@@ -78,26 +75,6 @@ pub(crate) async fn run(bridge: RedisBridge, mut rx: mpsc::Receiver<Out>) {
         if let Some(done) = close {
             let _ = done.send(());
             return;
-        }
-    }
-}
-
-/// Counts every failure; logs one at most every [`LOG_EVERY`].
-#[derive(Default)]
-struct RateLimitedLog {
-    last: Option<Instant>,
-}
-
-impl RateLimitedLog {
-    fn warn(&mut self, bridge: &RedisBridge, e: &redis::RedisError) {
-        metrics::counter!("agentgate_progress_redis_errors_total").increment(1);
-        if self.last.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
-            self.last = Some(Instant::now());
-            tracing::warn!(
-                url = %bridge.settings().url,
-                error = %e,
-                "progress backend: cannot write to redis; retrying (this replica's own clients are not affected)"
-            );
         }
     }
 }

@@ -150,7 +150,7 @@ fn accept(
 }
 
 /// Initial read buffer of a WebSocket connection. Client frames are a few dozen bytes;
-/// 1 KiB instead of 4 KiB took the fan-out bench's 10,000 idle connections from 137 MB to
+/// 1 KiB instead of 4 KiB took `benches/ws_fanout.sh`'s 10,000 idle connections from 137 MB to
 /// 107 MB (and tungstenite zero-fills this much before every socket read).
 const WS_READ_BUFFER: usize = 1024;
 
