@@ -4,7 +4,8 @@
 #
 #   benches/proxy.sh                       # 2 rounds, about 75 s after the build
 #   ROUNDS=1 DURATION=5 benches/proxy.sh   # knobs: ROUNDS, DURATION (s), WARMUP (s),
-#                                          #        LOADGEN_CPU, SERVER_CPU, NO_BUILD=1
+#                                          #        LOADGEN_CPU, SERVER_CPU, NO_BUILD=1,
+#                                          #        AGENTGATE_BIN (another agentgate binary)
 #
 # Pinning: wrk on LOADGEN_CPU (0); the backend and the proxy under test on SERVER_CPU (1).
 # Prints figures only; it is not part of the test suite.
@@ -16,7 +17,7 @@ DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 LOADGEN_CPU=${LOADGEN_CPU:-0}
 SERVER_CPU=${SERVER_CPU:-1}
-BIN=target/release/agentgate
+BIN=${AGENTGATE_BIN:-target/release/agentgate}
 
 BENCH_NAME=proxy.sh
 # shellcheck source=benches/lib.sh

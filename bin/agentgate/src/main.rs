@@ -11,6 +11,11 @@ use agentgate_mock_agent::{Behavior, MockAgent, MockAgentArgs};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 
+/// mimalloc rather than glibc malloc: the gateway makes many small, short-lived
+/// allocations per request and per WebSocket frame (measured in docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A resilient, WebSocket-native gateway for HTTP agent services.
 #[derive(Debug, Parser)]
 #[command(name = "agentgate", version, about)]

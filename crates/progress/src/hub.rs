@@ -97,6 +97,8 @@ pub struct Subscription {
     lag: Option<u64>,
     lagged: bool,
     ended: bool,
+    /// Live events the channel overwrote before this subscriber read them.
+    missed: u64,
 }
 
 /// What became of an event of another replica given to
@@ -317,6 +319,7 @@ impl QueryStream {
             lag,
             lagged: false,
             ended: false,
+            missed: 0,
         }
     }
 }
@@ -388,6 +391,18 @@ impl Subscription {
         self.last
     }
 
+    /// Live events published but not read yet (replayed ones not counted): how far
+    /// behind this subscriber is.
+    pub fn live_backlog(&self) -> usize {
+        self.live.as_ref().map_or(0, broadcast::Receiver::len)
+    }
+
+    /// How many live events were overwritten before this subscriber read them (it
+    /// fell more than the live buffer behind), since the last call.
+    pub fn take_missed(&mut self) -> u64 {
+        std::mem::take(&mut self.missed)
+    }
+
     /// The next item; `None` after the terminal event (or when the query is gone).
     pub async fn recv(&mut self) -> Option<SubscriptionItem> {
         loop {
@@ -415,7 +430,10 @@ impl Subscription {
                     }
                     return Some(self.deliver(event));
                 }
-                Err(RecvError::Lagged(_)) => self.lagged = true,
+                Err(RecvError::Lagged(n)) => {
+                    self.lagged = true;
+                    self.missed += n;
+                }
                 Err(RecvError::Closed) => {
                     self.live = None;
                     return None;

@@ -147,6 +147,40 @@ async fn a_slow_subscriber_gets_lagged_and_never_stalls_the_publisher() {
 }
 
 #[tokio::test]
+async fn a_subscriber_knows_its_backlog_and_how_many_live_events_it_missed() {
+    let hub = MemoryHub::new(HubConfig {
+        live_buffer: 4,
+        ..Default::default()
+    });
+    let publisher = hub.open("q").unwrap();
+    publisher.publish(progress(0)).unwrap();
+    // seq 1 is replayed: not backlog.
+    let mut sub = hub.subscribe("q", 0).unwrap();
+    assert_eq!(sub.live_backlog(), 0);
+    for i in 1..=3 {
+        publisher.publish(progress(i)).unwrap();
+    }
+    assert_eq!(sub.live_backlog(), 3);
+    assert!(matches!(sub.recv().await, Some(SubscriptionItem::Event(e)) if e.seq() == 1));
+    assert!(matches!(sub.recv().await, Some(SubscriptionItem::Event(e)) if e.seq() == 2));
+    assert_eq!(sub.live_backlog(), 2);
+    assert_eq!(sub.take_missed(), 0);
+
+    // 8 more while it reads nothing: the 4-slot channel overwrites 6 of the 10 unread.
+    for i in 4..=11 {
+        publisher.publish(progress(i)).unwrap();
+    }
+    assert!(matches!(
+        sub.recv().await,
+        Some(SubscriptionItem::Lagged { next_seq: 9, .. })
+    ));
+    assert_eq!(sub.take_missed(), 6);
+    assert_eq!(sub.take_missed(), 0, "counted once");
+    assert!(matches!(sub.recv().await, Some(SubscriptionItem::Event(e)) if e.seq() == 9));
+    assert_eq!(sub.live_backlog(), 3);
+}
+
+#[tokio::test]
 async fn exactly_one_terminal_event_and_resume_after_completion() {
     let hub = MemoryHub::new(HubConfig::default());
     let publisher = hub.open("q").unwrap();

@@ -1,19 +1,26 @@
 //! One WebSocket connection.
 //!
-//! The connection's own task reads client frames and answers them. Everything the client
-//! receives goes through ONE bounded queue, drained to the socket by ONE writer task, so
-//! frames are never interleaved and the socket has a single owner for writes. Each query
-//! subscription is a task that feeds the queue with `try_send`: when the queue is full
-//! the event is dropped (counted in `events_dropped`) and the subscription skips ahead,
-//! telling the client `lagged` with the seq it resumes at — a slow client never makes a
-//! query, the hub or another client wait. `subscribe_metrics` adds one more task.
+//! Two tasks per connection. The connection's own task reads client frames and answers
+//! them. The writer task owns the socket's write half and the connection's query
+//! subscriptions: it waits on the answers queue, the subscriptions' live channels and the
+//! ping timer at once, gathers everything that is ready (up to [`MAX_BATCH`] frames) and
+//! writes it with one flush, so a burst of events costs one task wake-up and one
+//! `write` per connection, not one per event. A subscription falls behind when its client
+//! reads slowly; once it is `queue_capacity` events behind (or its live channel
+//! overflowed) it skips ahead to the newest event and tells the client `lagged` with the
+//! seq it resumes at; the terminal event is never skipped. So a slow client never makes a
+//! query, the hub or another client wait. `subscribe_metrics` adds one more task, which
+//! feeds the answers queue.
 //!
 //! Every task of a connection is owned by it through a handle that aborts on drop, so
 //! none outlives it.
 
 use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use agentgate_circuit_breaker::Transition;
@@ -21,7 +28,7 @@ use agentgate_pipeline::{CancelError, SubmitError};
 use agentgate_progress::{Published, Subscription, SubscriptionItem};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
-use futures_util::stream::SplitSink;
+use futures_util::stream::{BoxStream, SplitSink};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -29,7 +36,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::protocol::{self, ClientFrame, ErrorCode, FrameError};
-use super::stats::{ConnectionGuard, Phase, WsRegistry};
+use super::stats::{ConnectionGuard, Phase, SubscriptionGuard, WsRegistry};
 use super::{MAX_CLIENT_FRAMES_PER_SEC, MAX_UNANSWERED_PINGS, PING_INTERVAL};
 use crate::routes::metrics_value;
 use crate::AppState;
@@ -46,6 +53,8 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 const CLOSE_LINGER: Duration = Duration::from_millis(100);
 /// At most this many ready events are skipped in one go when a subscription skips ahead.
 const MAX_SKIP: usize = 100_000;
+/// At most this many frames are gathered for one flush.
+const MAX_BATCH: usize = 64;
 
 /// RFC 6455 close codes.
 const GOING_AWAY: u16 = 1001;
@@ -63,15 +72,18 @@ pub(crate) struct Setup {
     pub(crate) guard: ConnectionGuard,
 }
 
-/// One item of the outgoing queue.
-#[derive(Debug)]
+/// One item of the answers queue (reader and metrics task → writer), in order.
 enum Outgoing {
-    /// A query event, exactly as the hub serialized it (counted in `events_sent`).
-    Event(Arc<str>),
     /// A `circuit_breaker` event (counted in `events_sent`).
     Notice(String),
-    /// An answer, an error, `lagged` or `metrics`.
+    /// An answer, an error or `metrics`.
     Frame(String),
+    /// Write `frame` (`accepted` or `subscribed`), then deliver the subscription's events,
+    /// replacing any earlier subscription to the same query. (Boxed: the queue's first
+    /// block of 32 slots is allocated per connection, so its items are kept small.)
+    Subscribe(Box<(String, Live)>),
+    /// Stop delivering this query's events.
+    Unsubscribe(String),
     /// Close with this code once everything queued before is written.
     Close(u16),
 }
@@ -96,11 +108,37 @@ enum End {
 /// A spawned task aborted when dropped, so it cannot outlive its connection.
 struct Task(JoinHandle<()>);
 
-/// Tells the connection a subscription task ended, however it ended (dropped on abort).
+/// The connection's live subscriptions: query → generation. The reader adds and stops
+/// them; the writer ends them when it takes their terminal event.
+#[derive(Default)]
+struct LiveSet {
+    subs: std::sync::Mutex<HashMap<String, u64>>,
+    /// Told when the last subscription ends (a draining connection then closes).
+    emptied: tokio::sync::Notify,
+}
+
+/// Ends one subscription in the [`LiveSet`] when dropped, however it ended (terminal
+/// event taken, replaced, unsubscribed, or the writer gone).
 struct Ended {
-    tx: mpsc::UnboundedSender<(String, u64)>,
+    set: Arc<LiveSet>,
     query_id: String,
     generation: u64,
+}
+
+/// One query subscription, as the writer holds it.
+struct Live {
+    query_id: String,
+    frames: BoxStream<'static, Delivery>,
+    done: bool,
+    _ended: Ended,
+}
+
+/// What a subscription hands the writer.
+enum Delivery {
+    /// An event, exactly as the hub serialized it (counted in `events_sent`).
+    Event { json: Arc<str>, terminal: bool },
+    /// `lagged`.
+    Lagged(String),
 }
 
 /// A fixed one-second window of client frames.
@@ -116,11 +154,9 @@ struct Connection {
     out: mpsc::Sender<Outgoing>,
     metrics_rights: Result<(), &'static str>,
     metrics: Option<Task>,
-    /// Live query subscriptions, by query: (generation, task).
-    subs: HashMap<String, (u64, Task)>,
+    /// Live query subscriptions (whose events the writer delivers).
+    live: Arc<LiveSet>,
     generation: u64,
-    /// Each subscription task says here when it ends: (query, generation).
-    ended_tx: mpsc::UnboundedSender<(String, u64)>,
     rate: RateLimit,
     draining: bool,
     max_subscriptions: usize,
@@ -148,7 +184,6 @@ pub(crate) async fn serve(socket: WebSocket, setup: Setup) {
         ws.clone(),
     )));
     let mut phase = ws.phase();
-    let (ended_tx, mut ended) = mpsc::unbounded_channel();
     let mut conn = Connection {
         max_subscriptions: state.config().server.ws_max_subscriptions,
         state,
@@ -156,14 +191,13 @@ pub(crate) async fn serve(socket: WebSocket, setup: Setup) {
         out,
         metrics_rights: metrics,
         metrics: None,
-        subs: HashMap::new(),
+        live: Arc::default(),
         generation: 0,
-        ended_tx,
         rate: RateLimit::new(Instant::now()),
         draining: false,
     };
     if let Some((query_id, after_seq)) = subscribe {
-        if let Err(e) = conn.subscribe(query_id, after_seq).await {
+        if let Err(e) = Box::pin(conn.subscribe(query_id, after_seq)).await {
             conn.error(e).await;
         }
     }
@@ -174,7 +208,7 @@ pub(crate) async fn serve(socket: WebSocket, setup: Setup) {
             Phase::Draining => conn.draining = true,
             Phase::Closing => break End::Shutdown,
         }
-        if conn.draining && conn.subs.is_empty() {
+        if conn.draining && conn.live.is_empty() {
             break End::GoingAway;
         }
         tokio::select! {
@@ -183,17 +217,20 @@ pub(crate) async fn serve(socket: WebSocket, setup: Setup) {
                 Some(Ok(msg)) => {
                     // Any frame shows the client is alive, a pong included.
                     unanswered.store(0, Ordering::Relaxed);
-                    conn.on_message(msg).await;
+                    // Boxed, like the subscribe above: answering a frame is a deep future
+                    // (a Redis lookup at the bottom), and inline it would make every
+                    // connection's task that much larger for as long as it lives.
+                    Box::pin(conn.on_message(msg)).await;
                 }
                 Some(Err(e)) => break close_code_for(e).map_or(End::Closed, End::Refused),
             },
-            Some((query_id, generation)) = ended.recv() => conn.ended(&query_id, generation),
+            _ = conn.live.emptied.notified(), if conn.draining => {}
             changed = phase.changed() => if changed.is_err() { break End::Shutdown },
             _ = &mut writer.0 => break End::WriterGone,
         }
     };
 
-    // Stop producing: the subscription and metrics tasks end here.
+    // Stop producing: the metrics task ends here (the subscriptions end with the writer).
     let out = conn.out.clone();
     drop(conn);
     match end {
@@ -308,12 +345,8 @@ impl Connection {
                     .hub()
                     .subscribe(&query_id, 0)
                     .map_err(|_| FrameError::unknown_query(&query_id))?;
-                self.send(Outgoing::Frame(protocol::accepted(
-                    request_id.as_ref(),
-                    &query_id,
-                )))
-                .await;
-                self.start(query_id, sub);
+                let frame = protocol::accepted(request_id.as_ref(), &query_id);
+                self.start(frame, query_id, sub).await;
             }
             ClientFrame::Subscribe {
                 query_id,
@@ -331,8 +364,8 @@ impl Connection {
                 Err(CancelError::NotFound) => match self.state.redis() {
                     // Another replica runs it (or ran it): ask it. Its `cancelled` event
                     // reaches subscribers here through the mirror.
-                    Some(redis) if redis.load(&query_id).await.unwrap_or(false) => {
-                        if let Err(e) = redis.request_cancel(&query_id).await {
+                    Some(redis) if Box::pin(redis.load(&query_id)).await.unwrap_or(false) => {
+                        if let Err(e) = Box::pin(redis.request_cancel(&query_id)).await {
                             tracing::warn!(error = %e, %query_id, "progress backend: remote cancel failed");
                         }
                     }
@@ -364,25 +397,26 @@ impl Connection {
             Ok(sub) => sub,
             // A query of another replica that this one has not followed: load it.
             Err(_) => match self.state.redis() {
-                Some(redis) if redis.load(&query_id).await.unwrap_or(false) => hub
+                Some(redis) if Box::pin(redis.load(&query_id)).await.unwrap_or(false) => hub
                     .subscribe(&query_id, after_seq)
                     .map_err(|_| FrameError::unknown_query(&query_id))?,
                 _ => return Err(FrameError::unknown_query(&query_id)),
             },
         };
-        self.stop(&query_id).await;
-        self.send(Outgoing::Frame(protocol::subscribed(&query_id, after_seq)))
-            .await;
-        self.start(query_id, sub);
+        let frame = protocol::subscribed(&query_id, after_seq);
+        self.start(frame, query_id, sub).await;
         Ok(())
     }
 
     /// Whether one more subscription fits (`replacing` an existing one always does).
     fn check_room(&mut self, replacing: Option<&str>) -> Result<(), FrameError> {
-        self.subs.retain(|_, (_, task)| !task.0.is_finished());
-        if replacing.is_some_and(|q| self.subs.contains_key(q))
-            || self.subs.len() < self.max_subscriptions
-        {
+        // A subscription whose terminal event the writer has taken is over (it leaves the
+        // set before the event is written).
+        let room = {
+            let subs = self.live.lock();
+            replacing.is_some_and(|q| subs.contains_key(q)) || subs.len() < self.max_subscriptions
+        };
+        if room {
             return Ok(());
         }
         let e = FrameError::new(
@@ -398,34 +432,32 @@ impl Connection {
         })
     }
 
-    fn start(&mut self, query_id: String, sub: Subscription) {
+    /// Hands a subscription to the writer, which writes `frame` and then its events.
+    async fn start(&mut self, frame: String, query_id: String, sub: Subscription) {
         self.generation += 1;
         let ended = Ended {
-            tx: self.ended_tx.clone(),
+            set: self.live.clone(),
             query_id: query_id.clone(),
             generation: self.generation,
         };
-        let task = tokio::spawn(pump(sub, self.out.clone(), self.ws.clone(), ended));
-        self.subs.insert(query_id, (self.generation, Task(task)));
+        let frames = deliveries(sub, self.ws.clone(), self.ws.queue_capacity());
+        self.live.lock().insert(query_id.clone(), self.generation);
+        let live = Live {
+            query_id,
+            frames,
+            done: false,
+            _ended: ended,
+        };
+        self.send(Outgoing::Subscribe(Box::new((frame, live))))
+            .await;
     }
 
-    /// Ends the subscription to `query_id`, if any, and waits until its task is gone, so
-    /// nothing of it can follow what is queued next.
+    /// Ends the subscription to `query_id`, if any: nothing of it follows what is
+    /// queued next.
     async fn stop(&mut self, query_id: &str) {
-        if let Some((_, mut task)) = self.subs.remove(query_id) {
-            task.0.abort();
-            let _ = (&mut task.0).await;
-        }
-    }
-
-    /// A subscription task ended (its terminal event is queued, or it was stopped).
-    fn ended(&mut self, query_id: &str, generation: u64) {
-        if self
-            .subs
-            .get(query_id)
-            .is_some_and(|(g, _)| *g == generation)
-        {
-            self.subs.remove(query_id);
+        let removed = self.live.lock().remove(query_id).is_some();
+        if removed {
+            self.send(Outgoing::Unsubscribe(query_id.to_owned())).await;
         }
     }
 
@@ -480,71 +512,338 @@ impl Drop for Task {
     }
 }
 
-// === impl Ended ===
+// === impl LiveSet ===
 
-impl Drop for Ended {
-    fn drop(&mut self) {
-        let _ = self
-            .tx
-            .send((std::mem::take(&mut self.query_id), self.generation));
+impl LiveSet {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.subs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 }
 
-// === the tasks ===
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let mut subs = self.set.lock();
+        if subs.get(&self.query_id) == Some(&self.generation) {
+            subs.remove(&self.query_id);
+            if subs.is_empty() {
+                self.set.emptied.notify_one();
+            }
+        }
+    }
+}
 
-/// Writes the queue to the socket, and pings. Ends on a close, a write failure or
-/// timeout, when the client stops answering pings, or when told to.
+// === the writer ===
+
+/// What the writer does after gathering.
+enum Step {
+    /// Write the batch, then go on.
+    Write,
+    /// Write the batch, then close with this code.
+    WriteThenClose(u16),
+    /// Write the batch, then stop: the reader is gone.
+    WriteThenEnd,
+    /// Told to stop (closing with this code, if any), without writing what is gathered.
+    Kill(Option<u16>),
+    /// The client stopped answering pings.
+    Dead,
+}
+
+/// The writer task's state: the socket's write half, the answers queue and the
+/// subscriptions.
+struct Writer {
+    sink: SplitSink<WebSocket, Message>,
+    rx: mpsc::Receiver<Outgoing>,
+    kill: oneshot::Receiver<Option<u16>>,
+    ping: tokio::time::Interval,
+    unanswered: Arc<AtomicU32>,
+    ws: WsRegistry,
+    subs: Subscriptions,
+    /// Frames gathered for the next flush.
+    batch: Vec<Message>,
+    /// How many of them are events (for `events_sent`).
+    events: u64,
+}
+
+/// Writes answers and subscribed events to the socket, and pings. Ends on a close, a
+/// write failure or timeout, when the client stops answering pings, or when told to.
 async fn write(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outgoing>,
-    mut kill: oneshot::Receiver<Option<u16>>,
+    sink: SplitSink<WebSocket, Message>,
+    rx: mpsc::Receiver<Outgoing>,
+    kill: oneshot::Receiver<Option<u16>>,
     unanswered: Arc<AtomicU32>,
     ws: WsRegistry,
 ) {
     let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        let (msg, events) = tokio::select! {
-            biased;
-            killed = &mut kill => {
-                if let Ok(Some(code)) = killed {
-                    close(&mut sink, code).await;
+    let mut writer = Writer {
+        sink,
+        rx,
+        kill,
+        ping,
+        unanswered,
+        ws,
+        subs: Subscriptions::default(),
+        batch: Vec::new(),
+        events: 0,
+    };
+    writer.run().await;
+}
+
+impl Writer {
+    async fn run(&mut self) {
+        loop {
+            let step = poll_fn(|cx| self.poll_gather(cx)).await;
+            match step {
+                Step::Kill(code) => {
+                    if let Some(code) = code {
+                        close(&mut self.sink, code).await;
+                    }
+                    return;
                 }
-                return;
-            }
-            _ = ping.tick() => {
-                if unanswered.fetch_add(1, Ordering::Relaxed) >= MAX_UNANSWERED_PINGS {
+                Step::Dead => {
                     tracing::debug!("closing a WebSocket connection that stopped answering pings");
                     return;
                 }
-                (Message::Ping(Bytes::new()), 0)
+                Step::Write | Step::WriteThenClose(_) | Step::WriteThenEnd => {}
             }
-            item = rx.recv() => match item {
-                None => return,
-                Some(Outgoing::Close(code)) => {
-                    close(&mut sink, code).await;
+            if !self.flush().await {
+                return;
+            }
+            match step {
+                Step::WriteThenClose(code) => {
+                    close(&mut self.sink, code).await;
                     return;
                 }
-                Some(Outgoing::Event(json)) => (Message::Text(text(json)), 1),
-                Some(Outgoing::Notice(s)) => (Message::Text(s.into()), 1),
-                Some(Outgoing::Frame(s)) => (Message::Text(s.into()), 0),
-            },
-        };
-        match tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await {
-            Ok(Ok(())) => {
-                if events > 0 {
-                    ws.sent(events);
+                Step::WriteThenEnd => return,
+                _ => {}
+            }
+        }
+    }
+
+    /// Gathers what is ready: a ping when due, the queued answers (in order), then the
+    /// subscriptions' frames, up to [`MAX_BATCH`]. Pending when nothing is.
+    fn poll_gather(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
+        if let Poll::Ready(killed) = Pin::new(&mut self.kill).poll(cx) {
+            return Poll::Ready(Step::Kill(killed.ok().flatten()));
+        }
+        if self.ping.poll_tick(cx).is_ready() {
+            if self.unanswered.fetch_add(1, Ordering::Relaxed) >= MAX_UNANSWERED_PINGS {
+                return Poll::Ready(Step::Dead);
+            }
+            self.batch.push(Message::Ping(Bytes::new()));
+        }
+        while self.batch.len() < MAX_BATCH {
+            let item = match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(item)) => item,
+                Poll::Ready(None) => return Poll::Ready(Step::WriteThenEnd),
+                Poll::Pending => break,
+            };
+            match item {
+                Outgoing::Notice(s) => {
+                    self.batch.push(Message::Text(s.into()));
+                    self.events += 1;
                 }
+                Outgoing::Frame(s) => self.batch.push(Message::Text(s.into())),
+                Outgoing::Subscribe(new) => {
+                    let (frame, live) = *new;
+                    self.batch.push(Message::Text(frame.into()));
+                    self.subs.insert(live);
+                }
+                Outgoing::Unsubscribe(query_id) => self.subs.remove(&query_id),
+                Outgoing::Close(code) => return Poll::Ready(Step::WriteThenClose(code)),
+            }
+        }
+        while self.batch.len() < MAX_BATCH {
+            match self.subs.poll_next(cx) {
+                Poll::Ready(Delivery::Event { json, .. }) => {
+                    self.batch.push(Message::Text(text(json)));
+                    self.events += 1;
+                }
+                Poll::Ready(Delivery::Lagged(frame)) => {
+                    self.batch.push(Message::Text(frame.into()))
+                }
+                Poll::Pending => break,
+            }
+        }
+        if self.batch.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(Step::Write)
+        }
+    }
+
+    /// Writes the batch with one flush. False when the socket failed or timed out.
+    async fn flush(&mut self) -> bool {
+        let (sink, batch) = (&mut self.sink, &mut self.batch);
+        let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+            for msg in batch.drain(..) {
+                sink.feed(msg).await?;
+            }
+            sink.flush().await
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {
+                self.ws.sent(std::mem::take(&mut self.events));
+                true
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "WebSocket write failed");
-                return;
+                false
             }
             Err(_) => {
                 tracing::debug!("WebSocket write timed out: closing the connection");
-                return;
+                false
             }
         }
+    }
+}
+
+/// The writer's query subscriptions, polled round robin.
+#[derive(Default)]
+struct Subscriptions {
+    live: Vec<Live>,
+    /// Where the next poll starts, so one busy query cannot starve the others.
+    next: usize,
+}
+
+impl Subscriptions {
+    fn insert(&mut self, live: Live) {
+        match self.live.iter_mut().find(|l| l.query_id == live.query_id) {
+            Some(old) => *old = live,
+            None => self.live.push(live),
+        }
+    }
+
+    fn remove(&mut self, query_id: &str) {
+        self.live.retain(|l| l.query_id != query_id);
+    }
+
+    /// The next frame of any subscription. A subscription is dropped (telling the
+    /// reader) as soon as its terminal event is taken.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Delivery> {
+        let n = self.live.len();
+        let mut out = Poll::Pending;
+        let mut finished = false;
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            let live = &mut self.live[i];
+            match live.frames.poll_next_unpin(cx) {
+                Poll::Ready(Some(delivery)) => {
+                    if matches!(delivery, Delivery::Event { terminal: true, .. }) {
+                        live.done = true;
+                        finished = true;
+                    }
+                    self.next = i + 1;
+                    out = Poll::Ready(delivery);
+                    break;
+                }
+                Poll::Ready(None) => {
+                    live.done = true;
+                    finished = true;
+                }
+                Poll::Pending => {}
+            }
+        }
+        if finished {
+            self.live.retain(|l| !l.done);
+        }
+        if self.next >= self.live.len() {
+            self.next = 0;
+        }
+        out
+    }
+}
+
+/// One subscription's frames: its events, and `lagged` where it skipped ahead.
+fn deliveries(
+    sub: Subscription,
+    ws: WsRegistry,
+    max_behind: usize,
+) -> BoxStream<'static, Delivery> {
+    let state = Follow {
+        _live: ws.subscription(),
+        sub,
+        ws,
+        max_behind: max_behind.max(1),
+        terminal: None,
+    };
+    futures_util::stream::unfold(state, |mut state| async move {
+        let delivery = state.next().await?;
+        Some((delivery, state))
+    })
+    .boxed()
+}
+
+/// The state of [`deliveries`].
+struct Follow {
+    sub: Subscription,
+    ws: WsRegistry,
+    /// Live events the client may be behind before the subscription skips ahead.
+    max_behind: usize,
+    /// The terminal event found while skipping ahead, delivered next.
+    terminal: Option<Arc<Published>>,
+    _live: SubscriptionGuard,
+}
+
+impl Follow {
+    async fn next(&mut self) -> Option<Delivery> {
+        if let Some(event) = self.terminal.take() {
+            return Some(Delivery::Event {
+                json: event.json.clone(),
+                terminal: true,
+            });
+        }
+        let item = self.sub.recv().await;
+        // Events the live channel overwrote before we read them (the client was more
+        // than the channel's buffer behind): the subscription yields `lagged` for them.
+        self.ws.dropped(self.sub.take_missed());
+        match item? {
+            SubscriptionItem::Lagged { query_id, next_seq } => {
+                Some(Delivery::Lagged(protocol::lagged(&query_id, next_seq)))
+            }
+            SubscriptionItem::Event(event) if event.is_terminal() => Some(Delivery::Event {
+                json: event.json.clone(),
+                terminal: true,
+            }),
+            SubscriptionItem::Event(_) if self.sub.live_backlog() >= self.max_behind => {
+                Some(self.skip_ahead())
+            }
+            SubscriptionItem::Event(event) => Some(Delivery::Event {
+                json: event.json.clone(),
+                terminal: false,
+            }),
+        }
+    }
+
+    /// The client is too far behind: drops the event just read and everything already
+    /// published after it (counting them as dropped), keeping the terminal event, and
+    /// tells the client where delivery resumes: `lagged` with the seq of the next event
+    /// it will get.
+    fn skip_ahead(&mut self) -> Delivery {
+        let mut skipped = 1;
+        for _ in 0..MAX_SKIP {
+            // `recv` is cancel-safe: an item not ready now is not lost.
+            match self.sub.recv().now_or_never() {
+                Some(Some(SubscriptionItem::Event(e))) if e.is_terminal() => {
+                    self.terminal = Some(e);
+                    break;
+                }
+                Some(Some(SubscriptionItem::Event(_))) => skipped += 1,
+                Some(Some(SubscriptionItem::Lagged { .. })) => {}
+                Some(None) | None => break,
+            }
+        }
+        self.ws.dropped(skipped + self.sub.take_missed());
+        let next_seq = self
+            .terminal
+            .as_ref()
+            .map_or(self.sub.last_seq() + 1, |t| t.seq());
+        Delivery::Lagged(protocol::lagged(self.sub.query_id(), next_seq))
     }
 }
 
@@ -575,78 +874,7 @@ fn text(json: Arc<str>) -> Utf8Bytes {
     Utf8Bytes::try_from(Bytes::from_owner(Owner(json))).unwrap_or_default()
 }
 
-/// Feeds one query's events to the connection's queue, never waiting for room except
-/// to deliver the terminal event (exactly one per query) or, after a drop, the `lagged`
-/// notice.
-async fn pump(mut sub: Subscription, out: mpsc::Sender<Outgoing>, ws: WsRegistry, _ended: Ended) {
-    let _live = ws.subscription();
-    while let Some(item) = sub.recv().await {
-        let (frame, terminal) = match item {
-            SubscriptionItem::Event(e) => (Outgoing::Event(e.json.clone()), is_terminal(&e)),
-            SubscriptionItem::Lagged { query_id, next_seq } => (
-                Outgoing::Frame(protocol::lagged(&query_id, next_seq)),
-                false,
-            ),
-        };
-        match out.try_send(frame) {
-            Ok(()) => {}
-            Err(TrySendError::Closed(_)) => return,
-            Err(TrySendError::Full(frame)) if terminal => {
-                let _ = out.send(frame).await;
-                return;
-            }
-            Err(TrySendError::Full(frame)) => {
-                if matches!(frame, Outgoing::Event(_)) {
-                    ws.dropped(1);
-                }
-                if !skip_ahead(&mut sub, &out, &ws).await {
-                    return;
-                }
-            }
-        }
-        if terminal {
-            return;
-        }
-    }
-}
-
-/// The queue was full and an event was dropped: waits for room, skips the events that
-/// piled up meanwhile (counting them as dropped), and tells the client where delivery
-/// resumes: `lagged` with the seq of the next event it will get. The terminal event is
-/// never skipped. Returns whether the subscription goes on.
-async fn skip_ahead(sub: &mut Subscription, out: &mpsc::Sender<Outgoing>, ws: &WsRegistry) -> bool {
-    let Ok(permit) = out.reserve().await else {
-        return false;
-    };
-    let mut terminal = None;
-    let mut skipped = 0;
-    for _ in 0..MAX_SKIP {
-        // `recv` is cancel-safe: an item not ready now is not lost.
-        match sub.recv().now_or_never() {
-            Some(Some(SubscriptionItem::Event(e))) if is_terminal(&e) => {
-                terminal = Some(e);
-                break;
-            }
-            Some(Some(SubscriptionItem::Event(_))) => skipped += 1,
-            Some(Some(SubscriptionItem::Lagged { .. })) => {}
-            Some(None) | None => break,
-        }
-    }
-    ws.dropped(skipped);
-    let next_seq = terminal.as_ref().map_or(sub.last_seq() + 1, |t| t.seq());
-    permit.send(Outgoing::Frame(protocol::lagged(sub.query_id(), next_seq)));
-    match terminal {
-        Some(t) => {
-            let _ = out.send(Outgoing::Event(t.json.clone())).await;
-            false
-        }
-        None => true,
-    }
-}
-
-fn is_terminal(e: &Published) -> bool {
-    e.is_terminal()
-}
+// === the metrics task ===
 
 /// `subscribe_metrics`: a `metrics` frame every `every` (the first at once), and every
 /// breaker transition as a `circuit_breaker` event.

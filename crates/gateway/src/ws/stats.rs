@@ -17,7 +17,9 @@ use tokio::sync::watch;
 /// once, and waits this long more for them to go.
 const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// Default size, in frames, of each connection's outgoing queue.
+/// Default size, in frames, of each connection's queue of answers, and how many live
+/// events a subscription may be behind before it skips ahead with `lagged` (the hub's
+/// live buffer, 256 events, bounds that first).
 pub const OUTGOING_QUEUE_FRAMES: usize = 1024;
 
 /// The WebSocket side of one gateway. Cheap to clone; clones share everything.
@@ -135,9 +137,10 @@ impl WsRegistry {
         }
     }
 
-    /// The size of the outgoing queue of connections opened from now on (default
-    /// [`OUTGOING_QUEUE_FRAMES`]; at least 1). A tuning knob for tests and benchmarks:
-    /// a small queue makes slow-client handling easy to observe.
+    /// For connections opened from now on: the size of the answers queue, and how many
+    /// live events a subscription may be behind before it skips ahead with `lagged`
+    /// (default [`OUTGOING_QUEUE_FRAMES`]; at least 1). A tuning knob for tests and
+    /// benchmarks: a small value makes slow-client handling easy to observe.
     pub fn set_queue_capacity(&self, frames: usize) {
         self.inner
             .queue_frames
