@@ -93,8 +93,7 @@ CONF
 taskset -c "$SERVER_CPU" "$BIN" run --config "$TMP/agentgate.toml" >"$TMP/agentgate.log" 2>&1 &
 PIDS+=($!)
 
-# The backend sees `GET /echo` in all three cases. (`/agents/echo/` itself, with an empty
-# tail, is answered 404 by agentgate today: axum's `{*path}` does not match an empty tail.)
+# The backend sees `GET /echo` in all three cases.
 DIRECT_URL="http://127.0.0.1:$BACKEND_PORT/echo"
 NGINX_URL="http://127.0.0.1:$NGINX_PORT/agents/echo/echo"
 GW_URL="http://127.0.0.1:$GW_PORT/agents/echo/echo"

@@ -688,7 +688,10 @@ impl Writer {
         .await;
         match written {
             Ok(Ok(())) => {
-                self.ws.sent(std::mem::take(&mut self.events));
+                let events = std::mem::take(&mut self.events);
+                if events > 0 {
+                    self.ws.sent(events);
+                }
                 true
             }
             Ok(Err(e)) => {
@@ -933,6 +936,7 @@ async fn next_transition(breakers: &mut Vec<broadcast::Receiver<Transition>>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agentgate_progress::{EventKind, HubConfig, MemoryHub, ProgressHub, StageStatus};
 
     #[tokio::test(start_paused = true)]
     async fn the_rate_limit_tells_once_per_window() {
@@ -945,6 +949,114 @@ mod tests {
         assert!(matches!(rate.check(start), Rate::Drop));
         let later = start + Duration::from_secs(1);
         assert!(matches!(rate.check(later), Rate::Allow));
+    }
+
+    /// Everything a subscription's frame stream yields until it ends: event seqs, and
+    /// `lagged` as `-next_seq`.
+    async fn follow(frames: BoxStream<'static, Delivery>) -> Vec<i64> {
+        frames
+            .map(|d| match d {
+                Delivery::Event { json, .. } => {
+                    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+                    v["seq"].as_i64().unwrap()
+                }
+                Delivery::Lagged(frame) => {
+                    let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
+                    assert_eq!(v["type"], "lagged");
+                    -v["next_seq"].as_i64().unwrap()
+                }
+            })
+            .collect()
+            .await
+    }
+
+    fn new_hub() -> (MemoryHub, agentgate_progress::QueryPublisher) {
+        let hub = MemoryHub::new(HubConfig {
+            live_buffer: 8,
+            ..HubConfig::default()
+        });
+        let publisher = hub.open("q").unwrap();
+        (hub, publisher)
+    }
+
+    fn started(n: u64) -> EventKind {
+        EventKind::Progress {
+            stage: format!("s{n}"),
+            status: StageStatus::Started,
+            progress: 0,
+            attempt: None,
+            detail: None,
+        }
+    }
+
+    fn done() -> EventKind {
+        EventKind::Completed {
+            result: serde_json::json!({}).into(),
+            duration_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscription_that_keeps_up_gets_every_event_once() {
+        let (hub, publisher) = new_hub();
+        let ws = WsRegistry::new(10);
+        let frames = deliveries(hub.subscribe("q", 0).unwrap(), ws.clone(), 3);
+        for i in 0..2 {
+            publisher.publish(started(i)).unwrap();
+        }
+        publisher.publish(done()).unwrap();
+        assert_eq!(follow(frames).await, vec![1, 2, 3]);
+        assert_eq!(ws.stats().events_dropped, 0);
+    }
+
+    #[tokio::test]
+    async fn a_subscription_too_far_behind_skips_ahead_and_keeps_the_terminal_event() {
+        let (hub, publisher) = new_hub();
+        let ws = WsRegistry::new(10);
+        let mut frames = deliveries(hub.subscribe("q", 0).unwrap(), ws.clone(), 3);
+        publisher.publish(started(0)).unwrap();
+        assert_eq!(follow_one(&mut frames).await, 1);
+        // Five more while the client reads nothing: 5 behind, more than 3.
+        for i in 1..=5 {
+            publisher.publish(started(i)).unwrap();
+        }
+        // Seq 2 is read with 4 still waiting: 2..=6 are skipped; delivery resumes at 7.
+        assert_eq!(follow_one(&mut frames).await, -7);
+        assert_eq!(ws.stats().events_dropped, 5);
+        publisher.publish(started(6)).unwrap();
+        publisher.publish(done()).unwrap();
+        assert_eq!(follow(frames).await, vec![7, 8]);
+
+        // Skipping ahead while the terminal event is already there keeps it.
+        let (other, publisher) = new_hub();
+        let frames = deliveries(other.subscribe("q", 0).unwrap(), ws.clone(), 2);
+        for i in 0..=4 {
+            publisher.publish(started(i)).unwrap();
+        }
+        publisher.publish(done()).unwrap();
+        // Seq 1 is read with 5 more waiting: 1..=5 are skipped, the terminal 6 is not.
+        assert_eq!(follow(frames).await, vec![-6, 6]);
+    }
+
+    #[tokio::test]
+    async fn events_the_live_buffer_overwrote_are_counted_as_dropped() {
+        let (hub, publisher) = new_hub();
+        let ws = WsRegistry::new(10);
+        // Allowed to be far behind, but the hub's live buffer holds 8 events.
+        let frames = deliveries(hub.subscribe("q", 0).unwrap(), ws.clone(), 1000);
+        for i in 0..20 {
+            publisher.publish(started(i)).unwrap();
+        }
+        publisher.publish(done()).unwrap();
+        let got = follow(frames).await;
+        assert_eq!(got[0], -14, "{got:?}");
+        assert_eq!(&got[1..], &[14, 15, 16, 17, 18, 19, 20, 21]);
+        assert_eq!(ws.stats().events_dropped, 13);
+    }
+
+    async fn follow_one(frames: &mut BoxStream<'static, Delivery>) -> i64 {
+        let d = frames.next().await.expect("a frame");
+        follow(futures_util::stream::iter([d]).boxed()).await[0]
     }
 
     #[test]
