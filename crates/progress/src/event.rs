@@ -1,9 +1,10 @@
 //! The JSON shapes of SPEC §3, server → client, per query.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -100,12 +101,14 @@ pub struct ProgressEvent {
 /// Only the JSON text is kept (plus the seq and whether it is terminal): a parsed
 /// `serde_json::Value` of a `completed` event's result takes several times its text's
 /// memory, and every retained query keeps up to `replay_events` of these.
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub struct Published {
     seq: u64,
     terminal: bool,
     /// `serde_json::to_string(&event)`.
     pub json: Arc<str>,
+    /// [`Published::json_bytes`], made the first time it is asked for.
+    bytes: OnceLock<Bytes>,
 }
 
 /// A JSON value kept as its compact text, shared: cloning it copies no text, and it
@@ -248,6 +251,7 @@ impl Published {
             seq: event.seq,
             terminal: event.kind.is_terminal(),
             json,
+            bytes: OnceLock::new(),
         }
     }
 
@@ -276,8 +280,25 @@ impl Published {
                 seq: head.seq,
                 terminal,
                 json,
+                bytes: OnceLock::new(),
             },
         ))
+    }
+
+    /// The JSON text as [`Bytes`] that share this event's text: made once (one small
+    /// allocation), after which every call is a reference count. For transports that
+    /// send the same event to many connections.
+    pub fn json_bytes(&self) -> Bytes {
+        /// Lends the text to `Bytes` without copying it.
+        struct Text(Arc<str>);
+        impl AsRef<[u8]> for Text {
+            fn as_ref(&self) -> &[u8] {
+                self.0.as_bytes()
+            }
+        }
+        self.bytes
+            .get_or_init(|| Bytes::from_owner(Text(self.json.clone())))
+            .clone()
     }
 
     /// The event's sequence number.
@@ -306,6 +327,12 @@ impl Published {
     /// path only ever sends the text).
     pub fn event(&self) -> ProgressEvent {
         serde_json::from_str(&self.json).expect("published JSON is an event")
+    }
+}
+
+impl PartialEq for Published {
+    fn eq(&self, other: &Self) -> bool {
+        self.seq == other.seq && self.terminal == other.terminal && self.json == other.json
     }
 }
 
@@ -419,6 +446,17 @@ mod tests {
             event(EventKind::Cancelled {}),
             json!({"type":"cancelled","query_id":"q1","seq":3,"ts":"2026-11-25T12:00:00.250Z"})
         );
+    }
+
+    #[test]
+    fn json_bytes_share_the_text() {
+        let p = published(EventKind::Cancelled {});
+        let (a, b) = (p.json_bytes(), p.json_bytes());
+        assert_eq!(&a[..], p.json.as_bytes());
+        // The same bytes every time: made once, then shared.
+        assert_eq!(a.as_ptr(), b.as_ptr());
+        assert_eq!(a.as_ptr(), p.json.as_ptr());
+        assert_eq!(p.clone(), p, "equality is by content");
     }
 
     fn published(kind: EventKind) -> Published {

@@ -135,8 +135,9 @@ struct Live {
 
 /// What a subscription hands the writer.
 enum Delivery {
-    /// An event, exactly as the hub serialized it (counted in `events_sent`).
-    Event { json: Arc<str>, terminal: bool },
+    /// An event, exactly as the hub serialized it (counted in `events_sent`); the bytes
+    /// are shared by every connection that sends it.
+    Event { json: Bytes, terminal: bool },
     /// `lagged`.
     Lagged(String),
 }
@@ -679,13 +680,19 @@ impl Writer {
     /// Writes the batch with one flush. False when the socket failed or timed out.
     async fn flush(&mut self) -> bool {
         let (sink, batch) = (&mut self.sink, &mut self.batch);
-        let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+        let mut write = std::pin::pin!(async {
             for msg in batch.drain(..) {
                 sink.feed(msg).await?;
             }
             sink.flush().await
-        })
-        .await;
+        });
+        // Almost always the socket takes the batch at once: the write timer (a timer
+        // entry registered and removed) is armed only when it does not.
+        let first = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+        let written = match first {
+            Poll::Ready(done) => Ok(done),
+            Poll::Pending => tokio::time::timeout(WRITE_TIMEOUT, write).await,
+        };
         match written {
             Ok(Ok(())) => {
                 let events = std::mem::take(&mut self.events);
@@ -797,7 +804,7 @@ impl Follow {
     async fn next(&mut self) -> Option<Delivery> {
         if let Some(event) = self.terminal.take() {
             return Some(Delivery::Event {
-                json: event.json.clone(),
+                json: event.json_bytes(),
                 terminal: true,
             });
         }
@@ -810,14 +817,14 @@ impl Follow {
                 Some(Delivery::Lagged(protocol::lagged(&query_id, next_seq)))
             }
             SubscriptionItem::Event(event) if event.is_terminal() => Some(Delivery::Event {
-                json: event.json.clone(),
+                json: event.json_bytes(),
                 terminal: true,
             }),
             SubscriptionItem::Event(_) if self.sub.live_backlog() >= self.max_behind => {
                 Some(self.skip_ahead())
             }
             SubscriptionItem::Event(event) => Some(Delivery::Event {
-                json: event.json.clone(),
+                json: event.json_bytes(),
                 terminal: false,
             }),
         }
@@ -866,15 +873,9 @@ async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16) {
 }
 
 /// The hub's text as a frame payload, without copying it.
-fn text(json: Arc<str>) -> Utf8Bytes {
-    struct Owner(Arc<str>);
-    impl AsRef<[u8]> for Owner {
-        fn as_ref(&self) -> &[u8] {
-            self.0.as_bytes()
-        }
-    }
-    // An `Arc<str>` is UTF-8, so the check cannot fail.
-    Utf8Bytes::try_from(Bytes::from_owner(Owner(json))).unwrap_or_default()
+fn text(json: Bytes) -> Utf8Bytes {
+    // The hub's text is a `str`, so the check cannot fail.
+    Utf8Bytes::try_from(json).unwrap_or_default()
 }
 
 // === the metrics task ===
@@ -957,7 +958,7 @@ mod tests {
         frames
             .map(|d| match d {
                 Delivery::Event { json, .. } => {
-                    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+                    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
                     v["seq"].as_i64().unwrap()
                 }
                 Delivery::Lagged(frame) => {
@@ -1061,7 +1062,7 @@ mod tests {
 
     #[test]
     fn event_text_is_passed_through() {
-        let json: Arc<str> = r#"{"type":"cancelled","seq":1}"#.into();
-        assert_eq!(text(json.clone()).as_str(), &*json);
+        let json = Bytes::from_static(br#"{"type":"cancelled","seq":1}"#);
+        assert_eq!(text(json.clone()).as_bytes(), &json[..]);
     }
 }
