@@ -130,6 +130,9 @@ struct Live {
     query_id: String,
     frames: BoxStream<'static, Delivery>,
     done: bool,
+    /// Returned `Pending` in the current gather (its waker is registered): not polled
+    /// again until the next one.
+    idle: bool,
     _ended: Ended,
 }
 
@@ -447,6 +450,7 @@ impl Connection {
             query_id,
             frames,
             done: false,
+            idle: false,
             _ended: ended,
         };
         self.send(Outgoing::Subscribe(Box::new((frame, live))))
@@ -658,6 +662,7 @@ impl Writer {
                 Outgoing::Close(code) => return Poll::Ready(Step::WriteThenClose(code)),
             }
         }
+        self.subs.new_gather();
         while self.batch.len() < MAX_BATCH {
             match self.subs.poll_next(cx) {
                 Poll::Ready(Delivery::Event { json, .. }) => {
@@ -679,7 +684,7 @@ impl Writer {
 
     /// Writes the batch with one flush. False when the socket failed or timed out.
     async fn flush(&mut self) -> bool {
-        let (sink, batch) = (&mut self.sink, &mut self.batch);
+        let (sink, batch, kill) = (&mut self.sink, &mut self.batch, &mut self.kill);
         let mut write = std::pin::pin!(async {
             for msg in batch.drain(..) {
                 sink.feed(msg).await?;
@@ -691,7 +696,15 @@ impl Writer {
         let first = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
         let written = match first {
             Poll::Ready(done) => Ok(done),
-            Poll::Pending => tokio::time::timeout(WRITE_TIMEOUT, write).await,
+            Poll::Pending => tokio::select! {
+                written = tokio::time::timeout(WRITE_TIMEOUT, write) => written,
+                // Told to stop while the client does not read: nothing more (a close
+                // frame included) could reach it.
+                _ = kill => {
+                    tracing::debug!("WebSocket closed while a write to it was stalled");
+                    return false;
+                }
+            },
         };
         match written {
             Ok(Ok(())) => {
@@ -733,8 +746,17 @@ impl Subscriptions {
         self.live.retain(|l| l.query_id != query_id);
     }
 
+    /// Starts a gather: every subscription may be polled again.
+    fn new_gather(&mut self) {
+        for live in &mut self.live {
+            live.idle = false;
+        }
+    }
+
     /// The next frame of any subscription. A subscription is dropped (telling the
-    /// reader) as soon as its terminal event is taken.
+    /// reader) as soon as its terminal event is taken. Within one gather, one that had
+    /// nothing is not polled again (its waker is set), so a gather costs one poll per
+    /// subscription plus one per frame, not one per subscription per frame.
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Delivery> {
         let n = self.live.len();
         let mut out = Poll::Pending;
@@ -742,6 +764,9 @@ impl Subscriptions {
         for k in 0..n {
             let i = (self.next + k) % n;
             let live = &mut self.live[i];
+            if live.idle {
+                continue;
+            }
             match live.frames.poll_next_unpin(cx) {
                 Poll::Ready(Some(delivery)) => {
                     if matches!(delivery, Delivery::Event { terminal: true, .. }) {
@@ -756,7 +781,7 @@ impl Subscriptions {
                     live.done = true;
                     finished = true;
                 }
-                Poll::Pending => {}
+                Poll::Pending => live.idle = true,
             }
         }
         if finished {
@@ -813,6 +838,11 @@ impl Follow {
         // than the channel's buffer behind): the subscription yields `lagged` for them.
         self.ws.dropped(self.sub.take_missed());
         match item? {
+            // Still too far behind after the channel overran: skip the rest too, so
+            // that the client gets one `lagged`, naming an event it will get.
+            SubscriptionItem::Lagged { .. } if self.sub.live_backlog() >= self.max_behind => {
+                Some(self.skip_ahead(0))
+            }
             SubscriptionItem::Lagged { query_id, next_seq } => {
                 Some(Delivery::Lagged(protocol::lagged(&query_id, next_seq)))
             }
@@ -821,7 +851,7 @@ impl Follow {
                 terminal: true,
             }),
             SubscriptionItem::Event(_) if self.sub.live_backlog() >= self.max_behind => {
-                Some(self.skip_ahead())
+                Some(self.skip_ahead(1))
             }
             SubscriptionItem::Event(event) => Some(Delivery::Event {
                 json: event.json_bytes(),
@@ -830,20 +860,24 @@ impl Follow {
         }
     }
 
-    /// The client is too far behind: drops the event just read and everything already
-    /// published after it (counting them as dropped), keeping the terminal event, and
-    /// tells the client where delivery resumes: `lagged` with the seq of the next event
-    /// it will get.
-    fn skip_ahead(&mut self) -> Delivery {
-        let mut skipped = 1;
-        for _ in 0..MAX_SKIP {
+    /// The client is too far behind: drops the `skipped` events just read and
+    /// everything already published after them (counting them as dropped), keeping the
+    /// terminal event, and tells the client where delivery resumes: `lagged` with the seq
+    /// of the next event it will get.
+    fn skip_ahead(&mut self, mut skipped: u64) -> Delivery {
+        let mut events = 0;
+        while events < MAX_SKIP {
             // `recv` is cancel-safe: an item not ready now is not lost.
             match self.sub.recv().now_or_never() {
                 Some(Some(SubscriptionItem::Event(e))) if e.is_terminal() => {
                     self.terminal = Some(e);
                     break;
                 }
-                Some(Some(SubscriptionItem::Event(_))) => skipped += 1,
+                Some(Some(SubscriptionItem::Event(_))) => {
+                    skipped += 1;
+                    events += 1;
+                }
+                // An overrun while skipping: the events it lost are counted as missed.
                 Some(Some(SubscriptionItem::Lagged { .. })) => {}
                 Some(None) | None => break,
             }
@@ -1053,6 +1087,21 @@ mod tests {
         assert_eq!(got[0], -14, "{got:?}");
         assert_eq!(&got[1..], &[14, 15, 16, 17, 18, 19, 20, 21]);
         assert_eq!(ws.stats().events_dropped, 13);
+    }
+
+    #[tokio::test]
+    async fn after_an_overrun_a_subscription_still_behind_tells_lagged_once() {
+        let (hub, publisher) = new_hub();
+        let ws = WsRegistry::new(10);
+        let frames = deliveries(hub.subscribe("q", 0).unwrap(), ws.clone(), 3);
+        for i in 0..20 {
+            publisher.publish(started(i)).unwrap();
+        }
+        publisher.publish(done()).unwrap();
+        // The 8-event channel overran (1..=13 lost); 14..=21 are still 8 behind, so they
+        // are skipped too, the terminal event excepted: one `lagged`, then seq 21.
+        assert_eq!(follow(frames).await, vec![-21, 21]);
+        assert_eq!(ws.stats().events_dropped, 20);
     }
 
     async fn follow_one(frames: &mut BoxStream<'static, Delivery>) -> i64 {
