@@ -6,6 +6,9 @@
 #   ROUNDS=1 DURATION=5 benches/proxy.sh   # knobs: ROUNDS, DURATION (s), WARMUP (s),
 #                                          #        LOADGEN_CPU, SERVER_CPU, NO_BUILD=1,
 #                                          #        AGENTGATE_BIN (another agentgate binary)
+#   FLOOR=1 benches/proxy.sh               # also a fourth variant, "floor": a bare hyper
+#                                          # server + hyper-util client proxy with nothing
+#                                          # else (crates/agent-client/examples/bare_proxy.rs)
 #
 # Pinning: wrk on LOADGEN_CPU (0); the backend and the proxy under test on SERVER_CPU (1).
 # Prints figures only; it is not part of the test suite.
@@ -18,6 +21,8 @@ WARMUP=${WARMUP:-1}
 LOADGEN_CPU=${LOADGEN_CPU:-0}
 SERVER_CPU=${SERVER_CPU:-1}
 BIN=${AGENTGATE_BIN:-target/release/agentgate}
+FLOOR=${FLOOR:-0}
+FLOOR_BIN=target/release/examples/bare_proxy
 
 BENCH_NAME=proxy.sh
 # shellcheck source=benches/lib.sh
@@ -32,6 +37,13 @@ if [ "${NO_BUILD:-0}" != 1 ]; then
     cargo build --release -p agentgate-bin >&2
 fi
 [ -x "$BIN" ] || die "$BIN not found (build it with cargo build --release -p agentgate-bin)"
+if [ "$FLOOR" = 1 ]; then
+    if [ "${NO_BUILD:-0}" != 1 ]; then
+        log "cargo build --release -p agentgate-agent-client --example bare_proxy"
+        cargo build --release -p agentgate-agent-client --example bare_proxy >&2
+    fi
+    [ -x "$FLOOR_BIN" ] || die "$FLOOR_BIN not found"
+fi
 
 
 BACKEND_PORT=$(free_port)
@@ -100,6 +112,16 @@ GW_URL="http://127.0.0.1:$GW_PORT/agents/echo/echo"
 wait_http "$DIRECT_URL" "the mock agent"
 wait_http "$NGINX_URL" "nginx"
 wait_http "$GW_URL" "agentgate"
+VARIANTS="direct nginx agentgate"
+if [ "$FLOOR" = 1 ]; then
+    FLOOR_PORT=$(free_port)
+    taskset -c "$SERVER_CPU" "$FLOOR_BIN" "127.0.0.1:$FLOOR_PORT" "http://127.0.0.1:$BACKEND_PORT" \
+        >"$TMP/floor.log" 2>&1 &
+    PIDS+=($!)
+    FLOOR_URL="http://127.0.0.1:$FLOOR_PORT/echo"
+    wait_http "$FLOOR_URL" "the bare hyper proxy"
+    VARIANTS="$VARIANTS floor"
+fi
 for pair in "direct $DIRECT_URL" "nginx $NGINX_URL" "agentgate $GW_URL"; do
     set -- $pair
     size=$(curl -sS -o /dev/null -w '%{size_download}' "$2")
@@ -143,6 +165,7 @@ for ROUND in $(seq 1 "$ROUNDS"); do
         run_wrk direct "$DIRECT_URL" "$t" "$c"
         run_wrk nginx "$NGINX_URL" "$t" "$c"
         run_wrk agentgate "$GW_URL" "$t" "$c"
+        [ "$FLOOR" != 1 ] || run_wrk floor "$FLOOR_URL" "$t" "$c"
     done
 done
 
@@ -152,7 +175,7 @@ echo "proxy benchmark: wrk ${DURATION}s (after ${WARMUP}s warm-up) on CPU $LOADG
 echo "load average before the run: $LOAD0"
 echo "$(nproc --all) CPUs, $(uname -r), $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}')"
 echo
-awk '
+awk -v variants="$VARIANTS" '
 function r(a, b) { return b > 0 ? sprintf("%.2fx", a / b) : "-" }
 {
     k = $1 SUBSEP $3; rounds[$1] = 1; conns[$3] = 1
@@ -162,8 +185,8 @@ END {
     printf "| round | conns | variant | req/s | p50 (us) | p99 (us) |\n|---:|---:|---|---:|---:|---:|\n"
     for (R = 1; (R in rounds); R++) for (ci = 0; ci < 2; ci++) {
         c = ci == 0 ? 64 : 1; k = R SUBSEP c
-        split("direct nginx agentgate", vs, " ")
-        for (i = 1; i <= 3; i++) { v = vs[i]
+        nv = split(variants, vs, " ")
+        for (i = 1; i <= nv; i++) { v = vs[i]
             printf "| %d | %d | %s | %.0f | %.1f | %.1f |\n", R, c, v, rps[k, v], p50[k, v], p99[k, v] }
     }
     printf "\n| round | conns | ratio | req/s | p50 | p99 |\n|---:|---:|---|---:|---:|---:|\n"
@@ -172,6 +195,10 @@ END {
         printf "| %d | %d | agentgate/nginx | %s | %s | %s |\n", R, c, r(rps[k,"agentgate"], rps[k,"nginx"]), r(p50[k,"agentgate"], p50[k,"nginx"]), r(p99[k,"agentgate"], p99[k,"nginx"])
         printf "| %d | %d | agentgate/direct | %s | %s | %s |\n", R, c, r(rps[k,"agentgate"], rps[k,"direct"]), r(p50[k,"agentgate"], p50[k,"direct"]), r(p99[k,"agentgate"], p99[k,"direct"])
         printf "| %d | %d | nginx/direct | %s | %s | %s |\n", R, c, r(rps[k,"nginx"], rps[k,"direct"]), r(p50[k,"nginx"], p50[k,"direct"]), r(p99[k,"nginx"], p99[k,"direct"])
+        if (index(variants, "floor")) {
+            printf "| %d | %d | floor/nginx | %s | %s | %s |\n", R, c, r(rps[k,"floor"], rps[k,"nginx"]), r(p50[k,"floor"], p50[k,"nginx"]), r(p99[k,"floor"], p99[k,"nginx"])
+            printf "| %d | %d | agentgate/floor | %s | %s | %s |\n", R, c, r(rps[k,"agentgate"], rps[k,"floor"]), r(p50[k,"agentgate"], p50[k,"floor"]), r(p99[k,"agentgate"], p99[k,"floor"])
+        }
     }
     printf "\ntargets at 64 connections (agentgate req/s >= 1.0x nginx, p99 <= nginx):\n"
     for (R = 1; (R in rounds); R++) { k = R SUBSEP 64

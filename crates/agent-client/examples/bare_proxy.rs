@@ -1,0 +1,82 @@
+//! The floor of a hyper-based reverse proxy: a hyper HTTP/1 server whose only service
+//! forwards every request to one backend through a bare `hyper_util` legacy client (the
+//! transport `AgentClient` wraps), with no layers, no header work and no routing. It
+//! answers "how fast can any proxy built on this transport be" next to `agentgate run`
+//! and nginx in `benches/proxy.sh`-style runs (docs/BENCHMARKS.md).
+//!
+//! ```sh
+//! cargo build --release -p agentgate-agent-client --example bare_proxy
+//! taskset -c 1 target/release/examples/bare_proxy 127.0.0.1:18070 http://127.0.0.1:18090
+//! ```
+//!
+//! Requests to `/anything` go to `<backend>/anything`. Not a product: there is no
+//! hop-by-hop handling, and errors answer 502 with no body.
+
+use std::convert::Infallible;
+
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(listen), Some(backend)) = (args.next(), args.next()) else {
+        eprintln!("usage: bare_proxy LISTEN_ADDR BACKEND_URL");
+        std::process::exit(2);
+    };
+    let backend: Uri = backend.parse().expect("a backend URL");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(serve(listen, backend));
+}
+
+async fn serve(listen: String, backend: Uri) {
+    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build_http();
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .expect("bind the listen address");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (client, backend) = (client.clone(), backend.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (client, backend) = (client.clone(), backend.clone());
+                async move { Ok::<_, Infallible>(forward(&client, &backend, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn forward(
+    client: &Client<HttpConnector, Incoming>,
+    backend: &Uri,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let mut parts = backend.clone().into_parts();
+    parts.path_and_query = req.uri().path_and_query().cloned();
+    *req.uri_mut() = Uri::from_parts(parts).expect("backend URL plus the request path");
+    match client.request(req).await {
+        Ok(res) => res.map(|b| b.boxed_unsync()),
+        Err(_) => {
+            let mut res = Response::new(Empty::new().map_err(|e| match e {}).boxed_unsync());
+            *res.status_mut() = StatusCode::BAD_GATEWAY;
+            res
+        }
+    }
+}
