@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use agentgate_circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer};
 use agentgate_classify::BoxError;
-use agentgate_retry::{RetryBody, RetryPolicy};
+use agentgate_retry::{AttemptRecord, RetryBody, RetryPolicy};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -173,6 +173,24 @@ impl AgentClient {
     /// The agent's circuit breaker.
     pub fn breaker(&self) -> &CircuitBreakerHandle {
         &self.inner.breaker
+    }
+
+    /// Rejects a call at once when the agent's breaker is open (or forced open) and its
+    /// open period is not over: the error the stack would have returned, counted as
+    /// the stack counts a rejected attempt (the breaker's `rejected`, the agent's
+    /// `rejected` outcome). `None` when the call must go through [`AgentClient::send`]
+    /// to be decided. Lets a caller skip work for a call that cannot be made, such as
+    /// reading the request body (the reverse proxy does); a call rejected this way does
+    /// not earn the retry budget, which only real traffic should.
+    pub fn try_reject(&self) -> Option<BoxError> {
+        let open = self.inner.breaker.try_reject()?;
+        let rejected: Result<Response<()>, BoxError> = Err(Box::new(open));
+        self.inner.metrics.record(&AttemptRecord::from_result(
+            1,
+            &rejected,
+            std::time::Duration::ZERO,
+        ));
+        rejected.err()
     }
 
     /// The agent's request figures.

@@ -226,6 +226,24 @@ async fn refused_connections_trip_the_breaker_and_then_fail_fast() {
         sample(r#"agentgate_circuit_breaker_state{agent="down",state="open"}"#),
         Some(1.0)
     );
+
+    // Asking first (as the reverse proxy does) gives the same error, counted the same.
+    let err = client.try_reject().expect("open: rejected at once");
+    assert!(is_caused_by::<CircuitOpen>(&*err));
+    assert_eq!(client.stats().rejected, 2);
+    assert_eq!(
+        sample(r#"agentgate_agent_requests_total{agent="down",outcome="rejected"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(r#"agentgate_circuit_breaker_rejected_total{agent="down"}"#),
+        Some(2.0)
+    );
+    client.breaker().reset();
+    assert!(
+        client.try_reject().is_none(),
+        "closed: the call goes through"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -413,3 +413,47 @@ async fn disabled_lets_everything_through_and_force_open_expires() {
     let change = handle.reset();
     assert_eq!((change.from, change.to), (State::HalfOpen, State::Closed));
 }
+
+#[tokio::test(start_paused = true)]
+async fn try_reject_answers_for_an_open_breaker_only_and_counts_like_the_service() {
+    let (layer, handle) = layer(CircuitBreakerConfig {
+        consecutive_failures: 1,
+        open_duration: Duration::from_secs(10),
+        ..Default::default()
+    });
+    let mut svc = layer.layer(tower::service_fn(|_: Request<()>| async {
+        Ok::<_, Infallible>(status(503))
+    }));
+
+    // Closed and disabled: the call must go through the service.
+    assert!(handle.try_reject().is_none());
+    handle.disable();
+    assert!(handle.try_reject().is_none());
+    handle.reset();
+
+    // Open (one failure trips it): rejected at once, with the time left.
+    assert_eq!(call(&mut svc).await.unwrap().status(), 503);
+    assert_eq!(handle.snapshot().state, State::Open);
+    time::advance(Duration::from_secs(4)).await;
+    let open = handle.try_reject().expect("open rejects");
+    assert_eq!(open.retry_after(), Some(Duration::from_secs(6)));
+    // Counted like a rejection by the service.
+    let err = call(&mut svc).await.unwrap_err();
+    assert!(is_caused_by::<CircuitOpen>(&*err));
+    assert_eq!(handle.snapshot().rejected, 2);
+
+    // The open period is over: the next call decides (it becomes the probe), and no
+    // permit was taken by asking.
+    time::advance(Duration::from_secs(6)).await;
+    assert!(handle.try_reject().is_none());
+    assert_eq!(handle.snapshot().half_open_in_flight, 0);
+    assert_eq!(call(&mut svc).await.unwrap().status(), 503);
+
+    // Forced open without an end: rejected with no Retry-After.
+    handle.force_open(None);
+    assert_eq!(
+        handle.try_reject().expect("forced open").retry_after(),
+        None
+    );
+    assert_eq!(handle.snapshot().rejected, 3);
+}

@@ -68,6 +68,11 @@ async fn forward(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
+    // An open breaker answers before the body is read or the upstream request built:
+    // failing fast stays cheap when an agent is down and its callers keep coming.
+    if let Some(e) = agent.try_reject() {
+        return Err(ApiError::from_agent_error(agent_name, &e, limit));
+    }
 
     let original_host = parts.headers.get(header::HOST).cloned();
     strip_hop_by_hop(&mut parts.headers);
