@@ -35,12 +35,8 @@ source benches/lib.sh
 require_tools wrk:wrk taskset:util-linux curl:curl python3:python3
 require_two_cpus
 
-if [ "${NO_BUILD:-0}" != 1 ]; then
-    log "cargo build --release -p agentgate-bin -p agentgate-loadgen"
-    cargo build --release -p agentgate-bin -p agentgate-loadgen >&2
-fi
-[ -x "$BIN" ] || die "$BIN not found"
-[ -x "$LOADGEN" ] || die "$LOADGEN not found"
+build_release -p agentgate-bin -p agentgate-loadgen
+require_exec "$BIN" "$LOADGEN"
 
 BACKEND_PORT=$(free_port)
 GW_PORT=$(free_port)
@@ -116,13 +112,6 @@ run_open() {
 }
 
 # --- closed loop: wrk at full speed --------------------------------------------------------
-to_us() { # wrk latency -> microseconds
-    awk -v v="$1" 'BEGIN {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
-        if (u == "us") f = 1; else if (u == "ms") f = 1000; else if (u == "s") f = 1e6;
-        else if (u == "m") f = 6e7; else f = -1;
-        if (f < 0) { print "NaN"; exit 1 } printf "%.1f", n * f }'
-}
 # run_wrk name url non2xx-expected(0|1)
 run_wrk() {
     local out rps p50 p99 total non2xx before

@@ -83,6 +83,25 @@ require_tools() { # cmd:debian-package ...: installs what is missing (apt-get, r
     done
 }
 
+build_release() { # cargo build arguments: a release build, unless NO_BUILD=1
+    [ "${NO_BUILD:-0}" = 1 ] && return 0
+    log "cargo build --release $*"
+    cargo build --release "$@" >&2
+}
+
+require_exec() { # paths: dies unless each is an executable file (built, or given by the user)
+    local f
+    for f in "$@"; do [ -x "$f" ] || die "$f not found"; done
+}
+
+to_us() { # a wrk latency (e.g. 1.23ms) -> microseconds
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
+        if (u == "us") f = 1; else if (u == "ms") f = 1000; else if (u == "s") f = 1e6;
+        else if (u == "m") f = 6e7; else f = -1;
+        if (f < 0) { print "NaN"; exit 1 } printf "%.1f", n * f }'
+}
+
 require_two_cpus() {
     [ "$(nproc --all)" -ge 2 ] || die "needs at least 2 CPUs (load generator and servers are pinned apart)"
 }

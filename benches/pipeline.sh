@@ -28,12 +28,8 @@ source benches/lib.sh
 require_tools taskset:util-linux curl:curl python3:python3
 require_two_cpus
 
-if [ "${NO_BUILD:-0}" != 1 ]; then
-    log "cargo build --release -p agentgate-bin -p agentgate-loadgen"
-    cargo build --release -p agentgate-bin -p agentgate-loadgen >&2
-fi
-[ -x "$BIN" ] || die "$BIN not found"
-[ -x "$LOADGEN" ] || die "$LOADGEN not found"
+build_release -p agentgate-bin -p agentgate-loadgen
+require_exec "$BIN" "$LOADGEN"
 
 
 # --- three instant mock agents -------------------------------------------------------------

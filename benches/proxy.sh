@@ -32,17 +32,11 @@ source benches/lib.sh
 require_tools wrk:wrk nginx:nginx taskset:util-linux curl:curl python3:python3
 require_two_cpus
 
-if [ "${NO_BUILD:-0}" != 1 ]; then
-    log "cargo build --release -p agentgate-bin"
-    cargo build --release -p agentgate-bin >&2
-fi
-[ -x "$BIN" ] || die "$BIN not found (build it with cargo build --release -p agentgate-bin)"
+build_release -p agentgate-bin
+require_exec "$BIN"
 if [ "$FLOOR" = 1 ]; then
-    if [ "${NO_BUILD:-0}" != 1 ]; then
-        log "cargo build --release -p agentgate-agent-client --example bare_proxy"
-        cargo build --release -p agentgate-agent-client --example bare_proxy >&2
-    fi
-    [ -x "$FLOOR_BIN" ] || die "$FLOOR_BIN not found"
+    build_release -p agentgate-agent-client --example bare_proxy
+    require_exec "$FLOOR_BIN"
 fi
 
 
@@ -129,15 +123,6 @@ for pair in "direct $DIRECT_URL" "nginx $NGINX_URL" "agentgate $GW_URL"; do
 done
 
 # --- load ----------------------------------------------------------------------------------
-# wrk latency -> microseconds
-to_us() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
-        if (u == "us") f = 1; else if (u == "ms") f = 1000; else if (u == "s") f = 1e6;
-        else if (u == "m") f = 6e7; else f = -1;
-        if (f < 0) { print "NaN"; exit 1 } printf "%.1f", n * f }'
-}
-
 # run_wrk name url threads conns -> appends "name conns rps p50us p99us" to $TMP/results
 run_wrk() {
     local name=$1 url=$2 t=$3 c=$4 out rps p50 p99 bad

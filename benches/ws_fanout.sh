@@ -56,12 +56,8 @@ ulimit -n "$NOFILE" || die "cannot raise the open-files limit to $NOFILE"
 ports=$(awk '{print $2 - $1}' /proc/sys/net/ipv4/ip_local_port_range)
 [ "$ports" -gt "$CLIENTS" ] || die "only $ports local ports (net.ipv4.ip_local_port_range) for $CLIENTS clients"
 
-if [ "${NO_BUILD:-0}" != 1 ]; then
-    log "cargo build --release -p agentgate-bin -p agentgate-loadgen"
-    cargo build --release -p agentgate-bin -p agentgate-loadgen >&2
-fi
-[ -x "$BIN" ] || die "$BIN not found"
-[ -x "$LOADGEN" ] || die "$LOADGEN not found"
+build_release -p agentgate-bin -p agentgate-loadgen
+require_exec "$BIN" "$LOADGEN"
 
 # Stops one process this script started and forgets it (so cleanup cannot hit a reused PID).
 stop_pid() {

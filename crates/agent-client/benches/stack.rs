@@ -14,6 +14,8 @@
 //! boxed one `stack` returns.
 #![allow(missing_docs)]
 
+mod support;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::pin;
@@ -26,13 +28,13 @@ use agentgate_agent_client::{
 };
 use agentgate_circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
 use agentgate_retry::{RetryBody, RetryConfig, RetryPolicy};
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
+use support::{run, start_server};
 use tower::Service;
 
 /// Polls a future that is expected to be ready at once.
@@ -100,60 +102,8 @@ fn in_memory_stack(c: &mut Criterion) {
     );
 }
 
-/// A local hyper server answering `{}` to everything, on its own thread and runtime.
-fn start_server() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-    });
-    addr
-}
-
-const CONCURRENCY: usize = 64;
-
-/// Runs `total` GETs, `CONCURRENCY` at a time, through `send`; returns the elapsed time.
-async fn run<F, Fut>(total: u64, send: F) -> Duration
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    let start = tokio::time::Instant::now();
-    let per_task = total.div_ceil(CONCURRENCY as u64);
-    let tasks: Vec<_> = (0..CONCURRENCY)
-        .map(|_| {
-            let send = send.clone();
-            tokio::spawn(async move {
-                for _ in 0..per_task {
-                    send().await;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    start.elapsed()
-}
+/// Requests in flight in the `client` group.
+const CONCURRENCY: u64 = 64;
 
 fn through_hyper(c: &mut Criterion) {
     let addr = start_server();
@@ -183,7 +133,7 @@ fn through_hyper(c: &mut Criterion) {
     group.bench_function("bare_hyper", |b| {
         b.iter_custom(|iters| {
             let (bare, url) = (bare.clone(), url.clone());
-            rt.block_on(run(iters, move || {
+            rt.block_on(run(iters, CONCURRENCY, move || {
                 let (bare, url) = (bare.clone(), url.clone());
                 async move {
                     let req = Request::get(url).body(RetryBody::empty()).unwrap();
@@ -196,7 +146,7 @@ fn through_hyper(c: &mut Criterion) {
     group.bench_function("agentgate", |b| {
         b.iter_custom(|iters| {
             let agent = agent.clone();
-            rt.block_on(run(iters, move || {
+            rt.block_on(run(iters, CONCURRENCY, move || {
                 let agent = agent.clone();
                 async move {
                     let req = Request::get("/echo").body(RetryBody::empty()).unwrap();
@@ -326,7 +276,7 @@ fn ablate_one<S>(
     group.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let (svc, url) = (svc.clone(), url.clone());
-            rt.block_on(run(iters, move || {
+            rt.block_on(run(iters, CONCURRENCY, move || {
                 let (svc, url) = (svc.clone(), url.clone());
                 async move {
                     let req = Request::get(url).body(RetryBody::empty()).unwrap();

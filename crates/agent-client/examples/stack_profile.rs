@@ -27,8 +27,6 @@
 //! gives figures that do not depend on how the two threads interleave under valgrind.
 //! `PROM=1` installs the Prometheus recorder first, as the gateway does.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,13 +36,16 @@ use agentgate_agent_client::{
 };
 use agentgate_circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
 use agentgate_retry::{RetryBody, RetryConfig, RetryLayer, RetryPolicy};
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tower::{Service, ServiceBuilder, ServiceExt};
+
+#[path = "../benches/support/mod.rs"]
+mod support;
+use support::{run, start_server};
 
 /// Requests in flight, as in the bench (`CONCURRENCY=1` makes the figures steadier for
 /// attributing costs to layers: no batching that depends on thread interleaving).
@@ -52,57 +53,6 @@ fn concurrency() -> u64 {
     std::env::var("CONCURRENCY").map_or(64, |c| c.parse().unwrap())
 }
 const WARM_UP: u64 = 256;
-
-/// A local hyper server answering `{}` to everything, on its own thread and runtime.
-fn start_server() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-    });
-    addr
-}
-
-/// Runs `total` GETs, `CONCURRENCY` at a time, through `send`.
-async fn run<F, Fut>(total: u64, send: F)
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    let per_task = total.div_ceil(concurrency());
-    let tasks: Vec<_> = (0..concurrency())
-        .map(|_| {
-            let send = send.clone();
-            tokio::spawn(async move {
-                for _ in 0..per_task {
-                    send().await;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-}
 
 /// Runs the GETs through `svc`, cloned per request as `AgentClient::send` does.
 async fn drive<S>(svc: S, url: http::Uri, total: u64)
@@ -119,8 +69,8 @@ where
             res.into_body().collect().await.unwrap();
         }
     };
-    run(WARM_UP, send.clone()).await;
-    run(total, send).await;
+    run(WARM_UP, concurrency(), send.clone()).await;
+    run(total, concurrency(), send).await;
 }
 
 /// The stack built up one layer at a time, unboxed (as `AgentClient` holds it).
@@ -226,8 +176,8 @@ fn main() {
                         res.into_body().collect().await.unwrap();
                     }
                 };
-                run(WARM_UP, send.clone()).await;
-                run(total, send).await;
+                run(WARM_UP, concurrency(), send.clone()).await;
+                run(total, concurrency(), send).await;
             }
             "agent" => {
                 let agent = AgentClient::new(
@@ -243,8 +193,8 @@ fn main() {
                         res.into_body().collect().await.unwrap();
                     }
                 };
-                run(WARM_UP, send.clone()).await;
-                run(total, send).await;
+                run(WARM_UP, concurrency(), send.clone()).await;
+                run(total, concurrency(), send).await;
             }
             other => layered(other, SharedClient::new(bare), url, total).await,
         }

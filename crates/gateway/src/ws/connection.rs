@@ -545,16 +545,22 @@ impl Drop for Ended {
 
 /// What the writer does after gathering.
 enum Step {
-    /// Write the batch, then go on.
-    Write,
-    /// Write the batch, then close with this code.
-    WriteThenClose(u16),
-    /// Write the batch, then stop: the reader is gone.
-    WriteThenEnd,
+    /// Write the batch, then this.
+    Write(After),
     /// Told to stop (closing with this code, if any), without writing what is gathered.
     Kill(Option<u16>),
     /// The client stopped answering pings.
     Dead,
+}
+
+/// What follows a written batch.
+enum After {
+    /// Gather again.
+    Next,
+    /// Close with this code.
+    Close(u16),
+    /// Stop: the reader is gone.
+    End,
 }
 
 /// The writer task's state: the socket's write half, the answers queue and the
@@ -601,8 +607,8 @@ async fn write(
 impl Writer {
     async fn run(&mut self) {
         loop {
-            let step = poll_fn(|cx| self.poll_gather(cx)).await;
-            match step {
+            let after = match poll_fn(|cx| self.poll_gather(cx)).await {
+                Step::Write(after) => after,
                 Step::Kill(code) => {
                     if let Some(code) = code {
                         close(&mut self.sink, code).await;
@@ -613,18 +619,17 @@ impl Writer {
                     tracing::debug!("closing a WebSocket connection that stopped answering pings");
                     return;
                 }
-                Step::Write | Step::WriteThenClose(_) | Step::WriteThenEnd => {}
-            }
+            };
             if !self.flush().await {
                 return;
             }
-            match step {
-                Step::WriteThenClose(code) => {
+            match after {
+                After::Next => {}
+                After::Close(code) => {
                     close(&mut self.sink, code).await;
                     return;
                 }
-                Step::WriteThenEnd => return,
-                _ => {}
+                After::End => return,
             }
         }
     }
@@ -644,7 +649,7 @@ impl Writer {
         while self.batch.len() < MAX_BATCH {
             let item = match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(item)) => item,
-                Poll::Ready(None) => return Poll::Ready(Step::WriteThenEnd),
+                Poll::Ready(None) => return Poll::Ready(Step::Write(After::End)),
                 Poll::Pending => break,
             };
             match item {
@@ -659,7 +664,7 @@ impl Writer {
                     self.subs.insert(live);
                 }
                 Outgoing::Unsubscribe(query_id) => self.subs.remove(&query_id),
-                Outgoing::Close(code) => return Poll::Ready(Step::WriteThenClose(code)),
+                Outgoing::Close(code) => return Poll::Ready(Step::Write(After::Close(code))),
             }
         }
         self.subs.new_gather();
@@ -678,7 +683,7 @@ impl Writer {
         if self.batch.is_empty() {
             Poll::Pending
         } else {
-            Poll::Ready(Step::Write)
+            Poll::Ready(Step::Write(After::Next))
         }
     }
 
@@ -971,7 +976,9 @@ async fn next_transition(breakers: &mut Vec<broadcast::Receiver<Transition>>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agentgate_progress::{EventKind, HubConfig, MemoryHub, ProgressHub, StageStatus};
+    use agentgate_progress::{
+        EventKind, HubConfig, MemoryHub, ProgressHub, QueryPublisher, StageStatus,
+    };
 
     #[tokio::test(start_paused = true)]
     async fn the_rate_limit_tells_once_per_window() {
@@ -1005,22 +1012,37 @@ mod tests {
             .await
     }
 
-    fn new_hub() -> (MemoryHub, agentgate_progress::QueryPublisher) {
+    async fn follow_one(frames: &mut BoxStream<'static, Delivery>) -> i64 {
+        let d = frames.next().await.expect("a frame");
+        follow(futures_util::stream::iter([d]).boxed()).await[0]
+    }
+
+    /// A query `q` on a hub whose live buffer holds 8 events, and the frames of one
+    /// subscription to it from the start that may be `max_behind` live events behind.
+    fn subscribed(
+        ws: &WsRegistry,
+        max_behind: usize,
+    ) -> (QueryPublisher, BoxStream<'static, Delivery>) {
         let hub = MemoryHub::new(HubConfig {
             live_buffer: 8,
             ..HubConfig::default()
         });
         let publisher = hub.open("q").unwrap();
-        (hub, publisher)
+        let frames = deliveries(hub.subscribe("q", 0).unwrap(), ws.clone(), max_behind);
+        (publisher, frames)
     }
 
-    fn started(n: u64) -> EventKind {
-        EventKind::Progress {
-            stage: format!("s{n}"),
-            status: StageStatus::Started,
-            progress: 0,
-            attempt: None,
-            detail: None,
+    /// Publishes `n` `started` events.
+    fn started(publisher: &QueryPublisher, n: u64) {
+        for i in 0..n {
+            let kind = EventKind::Progress {
+                stage: format!("s{i}"),
+                status: StageStatus::Started,
+                progress: 0,
+                attempt: None,
+                detail: None,
+            };
+            publisher.publish(kind).unwrap();
         }
     }
 
@@ -1033,12 +1055,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_subscription_that_keeps_up_gets_every_event_once() {
-        let (hub, publisher) = new_hub();
         let ws = WsRegistry::new(10);
-        let frames = deliveries(hub.subscribe("q", 0).unwrap(), ws.clone(), 3);
-        for i in 0..2 {
-            publisher.publish(started(i)).unwrap();
-        }
+        let (publisher, frames) = subscribed(&ws, 3);
+        started(&publisher, 2);
         publisher.publish(done()).unwrap();
         assert_eq!(follow(frames).await, vec![1, 2, 3]);
         assert_eq!(ws.stats().events_dropped, 0);
@@ -1046,28 +1065,22 @@ mod tests {
 
     #[tokio::test]
     async fn a_subscription_too_far_behind_skips_ahead_and_keeps_the_terminal_event() {
-        let (hub, publisher) = new_hub();
         let ws = WsRegistry::new(10);
-        let mut frames = deliveries(hub.subscribe("q", 0).unwrap(), ws.clone(), 3);
-        publisher.publish(started(0)).unwrap();
+        let (publisher, mut frames) = subscribed(&ws, 3);
+        started(&publisher, 1);
         assert_eq!(follow_one(&mut frames).await, 1);
         // Five more while the client reads nothing: 5 behind, more than 3.
-        for i in 1..=5 {
-            publisher.publish(started(i)).unwrap();
-        }
+        started(&publisher, 5);
         // Seq 2 is read with 4 still waiting: 2..=6 are skipped; delivery resumes at 7.
         assert_eq!(follow_one(&mut frames).await, -7);
         assert_eq!(ws.stats().events_dropped, 5);
-        publisher.publish(started(6)).unwrap();
+        started(&publisher, 1);
         publisher.publish(done()).unwrap();
         assert_eq!(follow(frames).await, vec![7, 8]);
 
         // Skipping ahead while the terminal event is already there keeps it.
-        let (other, publisher) = new_hub();
-        let frames = deliveries(other.subscribe("q", 0).unwrap(), ws.clone(), 2);
-        for i in 0..=4 {
-            publisher.publish(started(i)).unwrap();
-        }
+        let (publisher, frames) = subscribed(&ws, 2);
+        started(&publisher, 5);
         publisher.publish(done()).unwrap();
         // Seq 1 is read with 5 more waiting: 1..=5 are skipped, the terminal 6 is not.
         assert_eq!(follow(frames).await, vec![-6, 6]);
@@ -1075,13 +1088,10 @@ mod tests {
 
     #[tokio::test]
     async fn events_the_live_buffer_overwrote_are_counted_as_dropped() {
-        let (hub, publisher) = new_hub();
         let ws = WsRegistry::new(10);
         // Allowed to be far behind, but the hub's live buffer holds 8 events.
-        let frames = deliveries(hub.subscribe("q", 0).unwrap(), ws.clone(), 1000);
-        for i in 0..20 {
-            publisher.publish(started(i)).unwrap();
-        }
+        let (publisher, frames) = subscribed(&ws, 1000);
+        started(&publisher, 20);
         publisher.publish(done()).unwrap();
         let got = follow(frames).await;
         assert_eq!(got[0], -14, "{got:?}");
@@ -1091,22 +1101,14 @@ mod tests {
 
     #[tokio::test]
     async fn after_an_overrun_a_subscription_still_behind_tells_lagged_once() {
-        let (hub, publisher) = new_hub();
         let ws = WsRegistry::new(10);
-        let frames = deliveries(hub.subscribe("q", 0).unwrap(), ws.clone(), 3);
-        for i in 0..20 {
-            publisher.publish(started(i)).unwrap();
-        }
+        let (publisher, frames) = subscribed(&ws, 3);
+        started(&publisher, 20);
         publisher.publish(done()).unwrap();
         // The 8-event channel overran (1..=13 lost); 14..=21 are still 8 behind, so they
         // are skipped too, the terminal event excepted: one `lagged`, then seq 21.
         assert_eq!(follow(frames).await, vec![-21, 21]);
         assert_eq!(ws.stats().events_dropped, 20);
-    }
-
-    async fn follow_one(frames: &mut BoxStream<'static, Delivery>) -> i64 {
-        let d = frames.next().await.expect("a frame");
-        follow(futures_util::stream::iter([d]).boxed()).await[0]
     }
 
     #[test]
