@@ -246,6 +246,21 @@ fn closed_path(c: &mut Criterion) {
         "the closed path must count calls"
     );
 
+    // agentgate with the policy of failsafe's `consecutive_failures` below: 5 failures in
+    // a row, no rate trip (`failure_rate_threshold = 0`), so no window and no clock read.
+    let consecutive_layer = CircuitBreakerLayer::try_new(
+        "bench-consecutive",
+        CircuitBreakerConfig {
+            failure_rate_threshold: 0.0,
+            ..CircuitBreakerConfig::default()
+        },
+    )
+    .expect("consecutive-only config");
+    let consecutive_handle = consecutive_layer.handle();
+    let mut agentgate_consecutive = consecutive_layer.layer(Echo);
+    calls(&mut agentgate_consecutive, SANITY_CALLS);
+    assert_eq!(consecutive_handle.snapshot().state, State::Closed);
+
     // tower-resilience: 50% failure rate once 20 calls are in a count-based window of 100
     // calls, open 60 s, one half-open probe, 5xx classified as failures. Its time-based
     // window keeps one record per call in a VecDeque and scans all of them on every call,
@@ -303,16 +318,19 @@ fn closed_path(c: &mut Criterion) {
         .sample_size(30);
     bench_variant(&mut group, "bare", Echo);
     bench_variant(&mut group, "agentgate", agentgate);
+    bench_variant(&mut group, "agentgate_consecutive", agentgate_consecutive);
     bench_variant(&mut group, "tower_resilience", tower_resilience);
     bench_variant(&mut group, "failsafe", failsafe);
     bench_variant(&mut group, "failsafe_same_policy", failsafe_windowed);
     group.finish();
 
-    assert_eq!(
-        handle.snapshot().state,
-        State::Closed,
-        "agentgate left the closed state"
-    );
+    for handle in [&handle, &consecutive_handle] {
+        assert_eq!(
+            handle.snapshot().state,
+            State::Closed,
+            "agentgate left the closed state"
+        );
+    }
 }
 
 criterion_group!(benches, closed_path);

@@ -6,8 +6,9 @@
 //! valgrind --tool=callgrind target/release/examples/closed_path_profile agentgate 100000
 //! ```
 //!
-//! The variants are the bench's `bare` (the inner service alone) and `agentgate` (behind
-//! a breaker with the default config), driven by the same `one_call`: `poll_ready`,
+//! The variants are the bench's `bare` (the inner service alone), `agentgate` (behind
+//! a breaker with the default config) and `agentgate_consecutive` (the rate trip off, so
+//! no window), driven by the same `one_call`: `poll_ready`,
 //! `call`, polling the future once with a no-op waker. Per-call figures come from the
 //! difference between two call counts.
 
@@ -72,9 +73,16 @@ fn main() {
     let n: u64 = args.next().map_or(100_000, |n| n.parse().unwrap());
     match variant.as_str() {
         "bare" => run(Echo, n),
-        "agentgate" => {
-            let layer = CircuitBreakerLayer::try_new("profile", CircuitBreakerConfig::default())
-                .expect("default config");
+        "agentgate" | "agentgate_consecutive" => {
+            let config = if variant == "agentgate" {
+                CircuitBreakerConfig::default()
+            } else {
+                CircuitBreakerConfig {
+                    failure_rate_threshold: 0.0,
+                    ..CircuitBreakerConfig::default()
+                }
+            };
+            let layer = CircuitBreakerLayer::try_new("profile", config).expect("valid config");
             let handle = layer.handle();
             run(layer.layer(Echo), n);
             assert_eq!(handle.snapshot().state, State::Closed);

@@ -61,6 +61,8 @@ pub(crate) struct Core {
     reject_until: AtomicU64,
     consecutive: AtomicU32,
     rejected: AtomicU64,
+    /// [`CircuitBreakerConfig::windowed`]: outcomes are counted in `window`.
+    windowed: bool,
     window: Window,
     machine: Mutex<Machine>,
     events: broadcast::Sender<Transition>,
@@ -218,6 +220,7 @@ impl Core {
             rng,
         );
         Self {
+            windowed: config.windowed(),
             window: Window::new(config.window, origin, shards),
             metrics: Metrics::new(&name),
             events: broadcast::channel(EVENT_CAPACITY).0,
@@ -424,11 +427,19 @@ impl Core {
             return;
         }
         let slow = self.is_slow(elapsed);
-        let now = now();
-        self.window.record(shard, now, failure, slow);
-        if failure || slow || classified.retry_after.is_some() {
-            self.check_trips(word >> STATE_BITS, &classified, failure, slow, now);
-        } else if self.consecutive.load(Ordering::Relaxed) != 0 {
+        let may_trip = failure || slow || classified.retry_after.is_some();
+        if self.windowed {
+            let now = now();
+            self.window.record(shard, now, failure, slow);
+            if may_trip {
+                return self.check_trips(word >> STATE_BITS, &classified, failure, slow, now);
+            }
+        } else if may_trip {
+            // Without a window only an outcome that may trip needs the time (for the
+            // open period); a success reads no clock.
+            return self.check_trips(word >> STATE_BITS, &classified, failure, slow, now());
+        }
+        if self.consecutive.load(Ordering::Relaxed) != 0 {
             // A success ends a run of failures.
             self.consecutive.store(0, Ordering::Relaxed);
         }
@@ -459,10 +470,12 @@ impl Core {
         } else if self.consecutive.load(Ordering::Relaxed) != 0 {
             self.consecutive.store(0, Ordering::Relaxed);
         }
-        if failure || slow {
+        if (failure || slow) && self.windowed {
             let totals = self.window.totals(now);
             if totals.calls >= u64::from(self.config.minimum_calls) {
-                if totals.failure_rate() >= self.config.failure_rate_threshold {
+                if self.config.rate_trip_enabled()
+                    && totals.failure_rate() >= self.config.failure_rate_threshold
+                {
                     self.trip(generation, Reason::Rate, None, now);
                 } else if self.slow_calls_enabled()
                     && totals.slow_rate() >= self.config.slow_call_rate_threshold
@@ -781,6 +794,64 @@ mod tests {
     }
 
     #[test]
+    fn without_a_rate_trip_successes_read_no_clock_and_failures_still_trip() {
+        let t0 = Instant::now();
+        let b = breaker(CircuitBreakerConfig {
+            consecutive_failures: 3,
+            failure_rate_threshold: 0.0,
+            minimum_calls: 1,
+            ..Default::default()
+        });
+        let admit = |b: &Arc<Core>| b.admit(|| panic!("a closed breaker read the clock"));
+        // Successes: never a clock read, nothing in the window.
+        for _ in 0..10 {
+            let a = admit(&b);
+            b.finish(0, a, OK, None, || panic!("a success read the clock"));
+        }
+        // Two failures out of twelve calls would trip a 1-call-minimum rate at any
+        // threshold; with the rate off only the run of failures counts.
+        for _ in 0..2 {
+            let a = admit(&b);
+            b.finish(0, a, FAIL, None, || t0);
+        }
+        let snap = b.snapshot(t0);
+        assert_eq!(
+            (snap.state, snap.consecutive_failures, snap.calls_in_window),
+            (State::Closed, 2, 0)
+        );
+        let a = admit(&b);
+        b.finish(0, a, OK, None, || panic!("a success read the clock"));
+        assert_eq!(b.snapshot(t0).consecutive_failures, 0);
+        // The third failure in a row trips, and the open period starts at its time.
+        let at = t0 + secs(5);
+        for _ in 0..3 {
+            let a = admit(&b);
+            b.finish(0, a, FAIL, None, || at);
+        }
+        let snap = b.snapshot(at);
+        assert_eq!(
+            (snap.state, snap.trip_reason, snap.retry_after),
+            (State::Open, Some(Reason::Consecutive), Some(secs(60)))
+        );
+        assert_eq!(state(&b, at + secs(60)), State::HalfOpen);
+
+        // Retry-After still trips a window-less breaker.
+        let b = breaker(CircuitBreakerConfig {
+            failure_rate_threshold: 0.0,
+            ..Default::default()
+        });
+        run(
+            &b,
+            t0,
+            Classified {
+                outcome: Outcome::Success,
+                retry_after: Some(secs(7)),
+            },
+        );
+        assert_eq!(b.snapshot(t0).trip_reason, Some(Reason::RetryAfter));
+    }
+
+    #[test]
     fn failed_probe_rounds_double_the_open_period() {
         let t0 = Instant::now();
         let b = breaker(CircuitBreakerConfig {
@@ -891,10 +962,13 @@ mod tests {
         fn breaker_invariants(
             max_probes in 1u32..4,
             consecutive in 1u32..4,
+            windowed in any::<bool>(),
             ops in proptest::collection::vec(op(), 1..200),
         ) {
             let b = breaker(CircuitBreakerConfig {
                 consecutive_failures: consecutive,
+                // The window-less breaker (rate trip off) keeps the same invariants.
+                failure_rate_threshold: if windowed { 0.5 } else { 0.0 },
                 minimum_calls: 3,
                 window: secs(10),
                 open_duration: secs(5),

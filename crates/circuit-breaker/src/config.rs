@@ -11,6 +11,9 @@ pub struct CircuitBreakerConfig {
     /// Trip after this many failures in a row. `0` turns the consecutive trip off.
     pub consecutive_failures: u32,
     /// Trip when the failure rate in the window reaches this share (0 < x ≤ 1) …
+    /// `0` turns the rate trip off; with slow-call detection off too, no window is kept
+    /// and a closed call reads no clock (a consecutive-failures breaker, as Polly's basic
+    /// one).
     pub failure_rate_threshold: f64,
     /// … once the window holds at least this many calls (≥ 1).
     pub minimum_calls: u32,
@@ -81,11 +84,11 @@ impl CircuitBreakerConfig {
         }
         let share = |x: f64| x.is_finite() && x > 0.0 && x <= 1.0;
         let dur = |d: Duration| humantime::format_duration(d).to_string();
-        if !share(self.failure_rate_threshold) {
+        if !(self.failure_rate_threshold == 0.0 || share(self.failure_rate_threshold)) {
             return Err(err(
                 "failure_rate_threshold",
                 self.failure_rate_threshold,
-                "must be a share greater than 0 and at most 1",
+                "must be 0 (off) or a share greater than 0 and at most 1",
             ));
         }
         if self.minimum_calls == 0 {
@@ -125,6 +128,19 @@ impl CircuitBreakerConfig {
     pub(crate) fn slow_calls_enabled(&self) -> bool {
         !self.slow_call_duration.is_zero()
     }
+
+    /// Whether the failure rate can trip the breaker (`failure_rate_threshold > 0`).
+    #[inline]
+    pub(crate) fn rate_trip_enabled(&self) -> bool {
+        self.failure_rate_threshold > 0.0
+    }
+
+    /// Whether the breaker keeps a sliding window: only a rate (of failures or of slow
+    /// calls) needs one.
+    #[inline]
+    pub(crate) fn windowed(&self) -> bool {
+        self.rate_trip_enabled() || self.slow_calls_enabled()
+    }
 }
 
 #[cfg(test)]
@@ -148,6 +164,23 @@ mod tests {
         assert_eq!(cfg.max_open_duration, Duration::from_secs(300));
         cfg.validate().unwrap();
         CircuitBreakerConfig::default().validate().unwrap();
+        assert!(CircuitBreakerConfig::default().windowed());
+    }
+
+    #[test]
+    fn a_zero_rate_threshold_turns_the_window_off() {
+        let off = CircuitBreakerConfig {
+            failure_rate_threshold: 0.0,
+            ..Default::default()
+        };
+        off.validate().unwrap();
+        assert!(!off.rate_trip_enabled() && !off.windowed());
+        // Slow-call detection still needs the window.
+        let slow = CircuitBreakerConfig {
+            slow_call_duration: Duration::from_millis(250),
+            ..off
+        };
+        assert!(slow.windowed());
     }
 
     #[test]
@@ -172,6 +205,13 @@ mod tests {
                     ..Default::default()
                 },
                 "circuit_breaker.failure_rate_threshold = NaN",
+            ),
+            (
+                CircuitBreakerConfig {
+                    failure_rate_threshold: -0.1,
+                    ..Default::default()
+                },
+                "circuit_breaker.failure_rate_threshold = -0.1: must be 0 (off)",
             ),
             (
                 CircuitBreakerConfig {

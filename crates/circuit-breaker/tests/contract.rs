@@ -280,6 +280,66 @@ async fn transitions_happen_at_the_right_instants() {
     );
 }
 
+/// With the rate trip off the breaker keeps no window, but every time-driven step still
+/// happens at the paused clock's instant: the trip is stamped when the failure ended, the
+/// open period runs from there, and a successful probe closes.
+#[tokio::test(start_paused = true)]
+async fn a_window_less_breaker_keeps_the_paused_clock_instants() {
+    let (layer, handle) = layer(CircuitBreakerConfig {
+        consecutive_failures: 2,
+        failure_rate_threshold: 0.0,
+        open_duration: Duration::from_secs(30),
+        ..Default::default()
+    });
+    let mut events = handle.subscribe();
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let agent = {
+        let fail = fail.clone();
+        tower::service_fn(move |_: Request<()>| {
+            let code = if fail.load(Ordering::SeqCst) {
+                503
+            } else {
+                200
+            };
+            async move {
+                time::sleep(Duration::from_secs(5)).await;
+                Ok::<_, Infallible>(status(code))
+            }
+        })
+    };
+    let mut svc = layer.layer(agent);
+    let t0 = Instant::now();
+    call(&mut svc).await.unwrap(); // fails at t0+5
+    call(&mut svc).await.unwrap(); // fails at t0+10: trips
+    let e = events.recv().await.unwrap();
+    assert_eq!(
+        (e.to, e.reason, e.at, e.calls_in_window),
+        (
+            State::Open,
+            Reason::Consecutive,
+            t0 + Duration::from_secs(10),
+            0
+        )
+    );
+    time::advance(Duration::from_millis(29_999)).await;
+    assert!(is_caused_by::<CircuitOpen>(
+        &*call(&mut svc).await.unwrap_err()
+    ));
+    time::advance(Duration::from_millis(1)).await;
+    fail.store(false, Ordering::SeqCst);
+    call(&mut svc).await.unwrap(); // the probe, t0+40 .. t0+45
+    let to: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
+        .map(|e| (e.to, e.at))
+        .collect();
+    assert_eq!(
+        to,
+        [
+            (State::HalfOpen, t0 + Duration::from_secs(40)),
+            (State::Closed, t0 + Duration::from_secs(45)),
+        ]
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn timeouts_count_as_failures() {
     let (breaker, handle) = layer(CircuitBreakerConfig {

@@ -663,6 +663,20 @@ agent = "a"
 }
 
 #[test]
+fn a_zero_failure_rate_threshold_turns_the_rate_trip_off() {
+    let cfg = ok(r#"
+[agents.nlp]
+url = "http://127.0.0.1:7001"
+[agents.nlp.circuit_breaker]
+failure_rate_threshold = 0
+"#);
+    assert_eq!(
+        cfg.agents["nlp"].circuit_breaker.failure_rate_threshold,
+        0.0
+    );
+}
+
+#[test]
 fn breaker_validation_points_at_the_key() {
     fails(
         r#"
@@ -674,7 +688,7 @@ failure_rate_threshold = 1.5
 "#,
         5,
         26,
-        "agents.nlp.circuit_breaker.failure_rate_threshold = 1.5: must be a share greater than 0 and at most 1",
+        "agents.nlp.circuit_breaker.failure_rate_threshold = 1.5: must be 0 (off) or a share greater than 0 and at most 1",
     );
     // Inherited from [defaults]: reported where it is written, even with no agent
     // overriding it.
