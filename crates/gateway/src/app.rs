@@ -112,8 +112,42 @@ impl SequentialRequestId {
 impl MakeRequestId for SequentialRequestId {
     fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        http::HeaderValue::from_str(&format!("{}-{n:x}", self.prefix))
+        // `{prefix}-{n:x}`, written straight into the header's bytes: one allocation.
+        let mut id = Vec::with_capacity(self.prefix.len() + 1 + 16);
+        id.extend_from_slice(self.prefix.as_bytes());
+        id.push(b'-');
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+        for shift in (0..digits).rev() {
+            id.push(b"0123456789abcdef"[(n >> (shift * 4)) as usize & 0xf]);
+        }
+        http::HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
             .ok()
             .map(RequestId::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_the_prefix_and_a_hex_counter() {
+        let mut ids = SequentialRequestId::new();
+        let prefix = ids.prefix.to_string();
+        let req = http::Request::new(());
+        let next = |ids: &mut SequentialRequestId| {
+            ids.make_request_id(&req)
+                .unwrap()
+                .header_value()
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(next(&mut ids), format!("{prefix}-0"));
+        assert_eq!(next(&mut ids), format!("{prefix}-1"));
+        for n in [15u64, 16, 255, 4096, 0xdead_beef, u64::MAX] {
+            ids.next.store(n, std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(next(&mut ids), format!("{prefix}-{n:x}"));
+        }
     }
 }

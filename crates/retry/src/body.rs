@@ -74,18 +74,43 @@ impl RetryBody {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        // Most requests through a gateway (GET, HEAD, DELETE) have no body at all.
+        if body.is_end_stream() {
+            return Ok(Self::empty());
+        }
         let mut body = body.map_err(Into::into).boxed_unsync();
+        // A body that arrives in one chunk (the common case for small JSON) is kept as
+        // that chunk, without a copy; chunks are only gathered once there are several.
+        let mut first: Option<Bytes> = None;
         let mut buf = BytesMut::new();
+        let gathered = |first: Option<Bytes>, buf: BytesMut| match first {
+            Some(data) => data,
+            None => buf.freeze(),
+        };
         loop {
             match body.frame().await {
-                None => return Ok(Self::full(buf.freeze())),
+                None => return Ok(Self::full(gathered(first, buf))),
                 Some(Err(e)) => return Err(e),
                 Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
                     Ok(data) => {
-                        buf.extend_from_slice(&data);
-                        if buf.len() > cap {
+                        let len = match (first.take(), buf.is_empty()) {
+                            (None, true) => {
+                                let len = data.len();
+                                first = Some(data);
+                                len
+                            }
+                            (held, _) => {
+                                if let Some(held) = held {
+                                    buf.extend_from_slice(&held);
+                                }
+                                buf.extend_from_slice(&data);
+                                buf.len()
+                            }
+                        };
+                        if len > cap {
                             return Ok(Self::from_kind(Kind::Streaming {
-                                prefix: Some(buf.freeze()),
+                                prefix: Some(gathered(first, buf)),
                                 rest: body,
                             }));
                         }
@@ -93,7 +118,7 @@ impl RetryBody {
                     Err(frame) => {
                         // Trailers end the body.
                         let trailers = frame.into_trailers().ok().map(Box::new);
-                        let data = buf.freeze();
+                        let data = gathered(first, buf);
                         return Ok(Self::from_kind(Kind::Full {
                             data: (!data.is_empty()).then_some(data),
                             trailers,
@@ -238,5 +263,68 @@ mod tests {
         let all = collect(body).await;
         assert_eq!(all.len(), 10_000);
         assert!(all[..1000].iter().all(|b| *b == 0) && all[9000..].iter().all(|b| *b == 9));
+    }
+
+    fn chunks(parts: &[&'static [u8]]) -> impl Body<Data = Bytes, Error = std::io::Error> {
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn bodies_in_any_number_of_chunks_are_kept_in_order() {
+        let empty = RetryBody::buffer(http_body_util::Empty::<Bytes>::new(), 10)
+            .await
+            .unwrap();
+        assert!(empty.is_replayable() && empty.is_end_stream());
+        // Empty chunks are skipped; several chunks within the cap are gathered.
+        for (parts, want) in [
+            (&[b"".as_slice(), b"".as_slice()][..], ""),
+            (&[b"abc".as_slice()][..], "abc"),
+            (
+                &[
+                    b"ab".as_slice(),
+                    b"".as_slice(),
+                    b"cd".as_slice(),
+                    b"e".as_slice(),
+                ][..],
+                "abcde",
+            ),
+        ] {
+            let body = RetryBody::buffer(chunks(parts), 5).await.unwrap();
+            assert!(body.is_replayable(), "{want}");
+            let copy = body.try_clone().unwrap();
+            assert_eq!(collect(body).await, want);
+            assert_eq!(collect(copy).await, want);
+        }
+        // Over the cap, in the first chunk or in a later one: sent once, whole.
+        for parts in [
+            &[b"abcdef".as_slice(), b"gh".as_slice()][..],
+            &[b"abc".as_slice(), b"def".as_slice(), b"gh".as_slice()][..],
+        ] {
+            let body = RetryBody::buffer(chunks(parts), 5).await.unwrap();
+            assert!(!body.is_replayable());
+            assert_eq!(collect(body).await, "abcdefgh");
+        }
+    }
+
+    #[tokio::test]
+    async fn trailers_end_a_kept_body() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-sum", http::HeaderValue::from_static("7"));
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"ab"))),
+            Ok(Frame::data(Bytes::from_static(b"c"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let body = RetryBody::buffer(StreamBody::new(futures_util::stream::iter(frames)), 10)
+            .await
+            .unwrap();
+        assert!(body.is_replayable());
+        let collected = body.collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-sum"], "7");
+        assert_eq!(collected.to_bytes(), "abc");
     }
 }

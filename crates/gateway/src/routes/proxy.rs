@@ -1,19 +1,23 @@
 //! `ANY /agents/{agent}/{*path}`: a streaming reverse proxy through the agent's stack.
 
-use std::net::SocketAddr;
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
 
 use agentgate_retry::RetryBody;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::uri::PathAndQuery;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use http_body_util::Limited;
+use percent_encoding::percent_decode_str;
 
 use crate::error::ApiError;
 use crate::AppState;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP_COUNT: usize = 8;
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -25,40 +29,31 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Forwards the request to the agent and streams the answer back.
-pub(crate) async fn proxy(
-    State(state): State<AppState>,
-    Path(params): Path<Vec<(String, String)>>,
-    req: Request,
-) -> Response {
-    let connect = req.extensions().get::<ConnectInfo<SocketAddr>>().cloned();
-    let agent_name = params
-        .iter()
-        .find(|(k, _)| k == "agent")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    match forward(&state, &agent_name, connect.map(|c| c.0), req).await {
+pub(crate) async fn proxy(State(state): State<AppState>, req: Request) -> Response {
+    match forward(&state, req).await {
         Ok(res) => res,
         Err(e) => e.into_response(),
     }
 }
 
-async fn forward(
-    state: &AppState,
-    agent_name: &str,
-    peer: Option<SocketAddr>,
-    req: Request,
-) -> Result<Response, ApiError> {
+async fn forward(state: &AppState, req: Request) -> Result<Response, ApiError> {
     if state.is_draining() {
         return Err(ApiError::draining());
     }
+    let (mut parts, body) = req.into_parts();
+    // The agent's name and the path on the agent, straight from the request target (one
+    // of `/agents/{agent}`, `/agents/{agent}/`, `/agents/{agent}/{*path}`).
+    let uri = std::mem::take(&mut parts.uri);
+    let target = AgentTarget::of(&uri);
+    let agent_name = target.agent()?;
+    let agent_name: &str = &agent_name;
     let Some(agent) = state.agent(agent_name) else {
         return Err(ApiError::not_found(
             "unknown_agent",
             format!("no agent named `{agent_name}`"),
         ));
     };
-    let (mut parts, body) = req.into_parts();
-    let path_and_query = agent_path(parts.uri.path(), parts.uri.query())?;
+    let path_and_query = target.path_and_query()?;
     let limit = state.config().server.max_body_bytes;
     let declared = parts
         .headers
@@ -68,19 +63,18 @@ async fn forward(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
-    // An open breaker answers before the body is read or the upstream request built:
-    // failing fast stays cheap when an agent is down and its callers keep coming.
     if let Some(e) = agent.try_reject() {
         return Err(ApiError::from_agent_error(agent_name, &e, limit));
     }
 
-    let original_host = parts.headers.get(header::HOST).cloned();
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let original_host = parts.headers.remove(header::HOST);
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(header::HOST);
     add_forwarded(&mut parts.headers, peer, original_host);
 
-    // Small bodies are kept whole so idempotent requests can be retried; larger ones
-    // stream through once.
     let replay_cap = agent.config().retry.max_replay_body_bytes;
     let body = RetryBody::buffer(Limited::new(body, limit), replay_cap)
         .await
@@ -91,16 +85,13 @@ async fn forward(
                 ApiError::bad_request("the request body could not be read")
             }
         })?;
-    // Relative: `send` puts it on the agent's URL (without formatting it again when the
-    // URL has no base path).
-    let uri = http::Uri::try_from(path_and_query)
-        .map_err(|_| ApiError::bad_request("the request path is not a valid URI path"))?;
     let mut upstream = http::Request::from_parts(parts, body);
-    *upstream.uri_mut() = uri;
+    *upstream.uri_mut() = http::Uri::from(path_and_query);
     *upstream.version_mut() = http::Version::HTTP_11;
 
-    let res = agent
-        .send(upstream)
+    // Boxed: the stack's future is large, and this handler's future is moved by every
+    // layer above it (axum boxes it, hyper's dispatcher holds it).
+    let res = Box::pin(agent.send(upstream))
         .await
         .map_err(|e| ApiError::from_agent_error(agent_name, &e, limit))?;
     let (mut parts, body) = res.into_parts();
@@ -108,31 +99,60 @@ async fn forward(
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 
-/// The path to request from the agent: what follows `/agents/{agent}` — refusing any
-/// path that could climb out of the agent's base path (`.` / `..` segments, encoded
-/// slashes or backslashes).
-fn agent_path(full: &str, query: Option<&str>) -> Result<String, ApiError> {
-    let after = full.strip_prefix("/agents/").unwrap_or("");
-    let rest = after.find('/').map_or("/", |i| &after[i..]);
-    // Checked without allocating: this runs on every proxied request.
-    for segment in rest.split('/') {
-        if is_dot_segment(segment)
-            || contains_ci(segment, "%2f")
-            || contains_ci(segment, "%5c")
-            || segment.contains('\\')
-        {
-            return Err(ApiError::bad_request(format!(
-                "path segment `{segment}` is not allowed in proxied paths"
-            )));
-        }
-    }
-    Ok(match query {
-        Some(q) => format!("{rest}?{q}"),
-        None => rest.to_owned(),
-    })
+/// Where a proxied request goes: `/agents/{agent}{rest}[?query]`, split.
+#[derive(Debug)]
+struct AgentTarget<'a> {
+    uri: &'a http::Uri,
+    /// The agent segment as written (maybe percent-encoded).
+    agent: &'a str,
+    /// The path after it: empty, or starting with `/`.
+    rest: &'a str,
 }
 
-/// `.` or `..`, with any of the dots percent-encoded (`%2e`, `%2E`).
+impl<'a> AgentTarget<'a> {
+    fn of(uri: &'a http::Uri) -> Self {
+        let after = uri.path().strip_prefix("/agents/").unwrap_or("");
+        let (agent, rest) = after.split_at(after.find('/').unwrap_or(after.len()));
+        Self { uri, agent, rest }
+    }
+
+    /// The agent's name, percent-decoded as a router would hand it out (borrowed when
+    /// nothing was encoded).
+    fn agent(&self) -> Result<Cow<'a, str>, ApiError> {
+        percent_decode_str(self.agent)
+            .decode_utf8()
+            .map_err(|_| ApiError::bad_request("the agent name is not valid UTF-8"))
+    }
+
+    /// The path and query to ask the agent for: `rest` (`/` when empty) with the query.
+    /// It may not step out of the agent: no `.`/`..` segments, no encoded `/` or `\\`.
+    fn path_and_query(&self) -> Result<PathAndQuery, ApiError> {
+        for segment in self.rest.split('/') {
+            if is_dot_segment(segment)
+                || contains_ci(segment, "%2f")
+                || contains_ci(segment, "%5c")
+                || segment.contains('\\')
+            {
+                return Err(ApiError::bad_request(format!(
+                    "path segment `{segment}` is not allowed in proxied paths"
+                )));
+            }
+        }
+        let invalid = |_| ApiError::bad_request("the request path is not a valid URI path");
+        match (self.rest.is_empty(), self.uri.query()) {
+            (true, None) => Ok(PathAndQuery::from_static("/")),
+            (true, Some(q)) => PathAndQuery::try_from(format!("/?{q}")).map_err(invalid),
+            // `rest` and the query are the tail of the request target: reuse it as it is.
+            (false, _) => {
+                let path = self.uri.path();
+                let pq = self.uri.path_and_query().map_or(path, PathAndQuery::as_str);
+                let start = "/agents/".len() + self.agent.len();
+                PathAndQuery::try_from(&pq[start..]).map_err(invalid)
+            }
+        }
+    }
+}
+
 fn is_dot_segment(segment: &str) -> bool {
     let mut rest = segment.as_bytes();
     let mut dots = 0;
@@ -149,42 +169,95 @@ fn is_dot_segment(segment: &str) -> bool {
     (1..=2).contains(&dots)
 }
 
-/// Whether `hay` contains `needle`, ASCII case-insensitively.
 fn contains_ci(hay: &str, needle: &str) -> bool {
     hay.as_bytes()
         .windows(needle.len())
         .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
+/// Removes the hop-by-hop headers of RFC 9110 §7.6.1, and those `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    // One pass over the names first, so that only what is there is removed: most
+    // messages carry none of these, and each removal is a hash lookup.
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if !any {
+        return;
+    }
+    if present[0] {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in &named {
+            headers.remove(name);
+        }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
 }
 
-fn add_forwarded(headers: &mut HeaderMap, peer: Option<SocketAddr>, host: Option<HeaderValue>) {
-    if let Some(peer) = peer {
-        let ip = peer.ip().to_string();
-        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prior) => format!("{prior}, {ip}"),
-            None => ip,
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+fn add_forwarded(headers: &mut HeaderMap, peer: Option<IpAddr>, host: Option<HeaderValue>) {
+    if let Some(ip) = peer {
+        let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+            Some(prior) => {
+                let mut v = Vec::with_capacity(prior.len() + 2 + 39);
+                v.extend_from_slice(prior);
+                v.extend_from_slice(b", ");
+                write_ip(&mut v, ip);
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
+            }
+            None => {
+                let mut v = Vec::with_capacity(39);
+                write_ip(&mut v, ip);
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
+            }
         };
-        // Takes the string's buffer as it is (no copy).
-        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
-            headers.insert("x-forwarded-for", v);
+        if let Ok(v) = value {
+            headers.insert(X_FORWARDED_FOR, v);
         }
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     if let Some(host) = host {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+}
+
+/// An address as `Display` writes it; IPv4 without going through the formatter.
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -192,28 +265,64 @@ fn add_forwarded(headers: &mut HeaderMap, peer: Option<SocketAddr>, host: Option
 mod tests {
     use super::*;
 
+    fn target(uri: &str) -> Result<(String, String), ()> {
+        let uri: http::Uri = uri.parse().unwrap();
+        let t = AgentTarget::of(&uri);
+        let agent = t.agent().map_err(|_| ())?.into_owned();
+        let pq = t.path_and_query().map_err(|_| ())?;
+        Ok((agent, pq.as_str().to_owned()))
+    }
+
     #[test]
     fn paths_stay_inside_the_agent() {
-        assert_eq!(agent_path("/agents/nlp/process", None).unwrap(), "/process");
-        assert_eq!(
-            agent_path("/agents/nlp/a/b", Some("x=1")).unwrap(),
-            "/a/b?x=1"
-        );
-        assert_eq!(agent_path("/agents/nlp/", None).unwrap(), "/");
-        assert_eq!(
-            agent_path("/agents/nlp/v1.2/.../x", None).unwrap(),
-            "/v1.2/.../x"
-        );
-        assert!(agent_path("/agents/nlp/.%2E/x", None).is_err());
+        let ok = |uri: &str, agent: &str, path: &str| {
+            assert_eq!(
+                target(uri),
+                Ok((agent.to_owned(), path.to_owned())),
+                "{uri}"
+            );
+        };
+        ok("/agents/nlp/process", "nlp", "/process");
+        ok("/agents/nlp/a/b?x=1", "nlp", "/a/b?x=1");
+        ok("/agents/nlp/", "nlp", "/");
+        ok("/agents/nlp", "nlp", "/");
+        ok("/agents/nlp?x=1&y", "nlp", "/?x=1&y");
+        ok("/agents/nlp/?x=1", "nlp", "/?x=1");
+        ok("/agents/nlp/v1.2/.../x", "nlp", "/v1.2/.../x");
+        ok("/agents/n%6Cp/x%20y", "nlp", "/x%20y");
+        ok("http://gw:8080/agents/nlp/a?b=%2F", "nlp", "/a?b=%2F");
         for bad in [
             "/agents/nlp/../admin",
+            "/agents/nlp/.%2E/x",
             "/agents/nlp/%2e%2e/x",
             "/agents/nlp/a/%2E%2e",
             "/agents/nlp/a%2fb",
             "/agents/nlp/./x",
-            "/agents/nlp/a\\b",
+            "/agents/nlp/a%5Cb",
+            "/agents/%FF/x",
         ] {
-            assert!(agent_path(bad, None).is_err(), "{bad}");
+            assert!(target(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_peer() {
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, Some("10.0.255.7".parse().unwrap()), None);
+        assert_eq!(h["x-forwarded-for"], "10.0.255.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("x-forwarded-host"));
+        add_forwarded(
+            &mut h,
+            Some("::1".parse().unwrap()),
+            Some(HeaderValue::from_static("gw:8080")),
+        );
+        assert_eq!(h["x-forwarded-for"], "10.0.255.7, ::1");
+        assert_eq!(h["x-forwarded-host"], "gw:8080");
+        for ip in ["0.0.0.0", "1.20.100.255", "192.168.1.9"] {
+            let mut v = Vec::new();
+            write_ip(&mut v, ip.parse().unwrap());
+            assert_eq!(v, ip.as_bytes());
         }
     }
 
