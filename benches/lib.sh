@@ -36,6 +36,20 @@ wait_http() { # url [what]: up to 10 s for a 200
     die "${2:-$1} did not answer 200 within 10 s (logs in $TMP)"
 }
 
+echo_agent_toml() { # listen admin_listen backend_port: one agent `echo`, 30 s timeout, no retries
+    cat <<TOML
+[server]
+listen = "$1"
+admin_listen = "$2"
+
+[agents.echo]
+url = "http://127.0.0.1:$3"
+timeout = "30s"
+[agents.echo.retry]
+max_attempts = 1
+TOML
+}
+
 three_stage_toml() { # the agents nlp, data, viz on ${PORT[...]} and a 3-stage `default` pipeline
     cat <<TOML
 [agents.nlp]

@@ -84,17 +84,7 @@ taskset -c "$SERVER_CPU" nginx -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx" -g 'da
 PIDS+=($!)
 
 # --- agentgate -----------------------------------------------------------------------------
-cat >"$TMP/agentgate.toml" <<CONF
-[server]
-listen = "127.0.0.1:$GW_PORT"
-admin_listen = "127.0.0.1:$GW_ADMIN_PORT"
-
-[agents.echo]
-url = "http://127.0.0.1:$BACKEND_PORT"
-timeout = "30s"
-[agents.echo.retry]
-max_attempts = 1
-CONF
+echo_agent_toml "127.0.0.1:$GW_PORT" "127.0.0.1:$GW_ADMIN_PORT" "$BACKEND_PORT" >"$TMP/agentgate.toml"
 "$BIN" check --config "$TMP/agentgate.toml" >&2 || die "agentgate rejected the bench config"
 taskset -c "$SERVER_CPU" "$BIN" run --config "$TMP/agentgate.toml" >"$TMP/agentgate.log" 2>&1 &
 PIDS+=($!)

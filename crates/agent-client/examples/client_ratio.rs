@@ -11,32 +11,25 @@
 //! client, in turns (the order flips every round), and the figure is the median of the
 //! rounds' ratios: a disturbance moves one round, not the median.
 //!
-//! `VARIANT=client|timeout|breaker|metrics|retry|full` measures the stack built up one
-//! layer at a time instead of `AgentClient::send` (`agent`, the default).
+//! `VARIANT=a_client|b_timeout|c_breaker|d_metrics|e_retry|f_full|g_boxed` measures the
+//! stack built up one layer at a time (as the bench's `ABLATE=1` does) instead of
+//! `AgentClient::send` (`agent`, the default).
 //!
 //! Both clients get their request from an already parsed URI: the bare client an absolute
 //! one, `AgentClient` the path it resolves against the agent's URL itself (that work is
 //! counted; parsing the caller's string is not, for either).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use agentgate_agent_client::{
-    layered, AgentClient, AgentConfig, AgentMetrics, AgentMetricsLayer, HttpClient, SharedClient,
-    StackParts,
-};
-use agentgate_circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
-use agentgate_retry::{RetryBody, RetryConfig, RetryLayer, RetryPolicy};
+use agentgate_agent_client::SharedClient;
+use agentgate_retry::RetryBody;
 use http::{Request, Response};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::Service;
 
 #[path = "../benches/support/mod.rs"]
 mod support;
-use support::{run, start_server};
+use support::{agent_get, bare_get, echo_path, run, stack_get, Rig};
 
 const CONCURRENCY: u64 = 64;
 
@@ -47,52 +40,29 @@ fn env(name: &str, default: u64) -> u64 {
 fn main() {
     let rounds = env("ROUNDS", 15);
     let block = env("BLOCK", 20_000);
-    let addr = start_server();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let url: http::Uri = format!("http://{addr}/echo").parse().unwrap();
-    let path: http::Uri = "/echo".parse().unwrap();
-    let bare: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(256)
-        .build_http();
+    let rig = Rig::start();
     let variant = std::env::var("VARIANT").ok();
-    let layers = Layers::new(&bare);
-    let agent = rt.block_on(async {
-        AgentClient::new(
-            "ratio",
-            AgentConfig::new(format!("http://{addr}").parse().unwrap()),
-        )
-        .unwrap()
-    });
+    let parts = support::default_parts("ratio-layers");
+    let shared = SharedClient::new(rig.bare.clone());
+    let agent = rig.agent("ratio", |_| {});
 
     let bare_block = |n: u64| {
-        let (bare, url) = (bare.clone(), url.clone());
-        rt.block_on(run(n, CONCURRENCY, move || {
-            let (bare, url) = (bare.clone(), url.clone());
-            async move {
-                let req = Request::get(url).body(RetryBody::empty()).unwrap();
-                let res = bare.request(req).await.unwrap();
-                assert!(res.status().is_success());
-                res.into_body().collect().await.unwrap();
-            }
+        let (bare, url) = (rig.bare.clone(), rig.url.clone());
+        rig.rt.block_on(run(n, CONCURRENCY, move || {
+            bare_get(bare.clone(), url.clone())
         }))
     };
     let agent_block = |n: u64| match variant.as_deref() {
         None | Some("agent") => {
-            let (agent, path) = (agent.clone(), path.clone());
-            rt.block_on(run(n, CONCURRENCY, move || {
-                let (agent, path) = (agent.clone(), path.clone());
-                async move {
-                    let req = Request::get(path).body(RetryBody::empty()).unwrap();
-                    let res = agent.send(req).await.unwrap();
-                    assert!(res.status().is_success());
-                    res.into_body().collect().await.unwrap();
-                }
+            let agent = agent.clone();
+            rig.rt.block_on(run(n, CONCURRENCY, move || {
+                agent_get(agent.clone(), echo_path())
             }))
         }
-        Some(name) => layers.run(name, &rt, &url, n),
+        Some(name) => {
+            let block = Block { rig: &rig, n };
+            support::with_layers(name, &parts, shared.clone(), block)
+        }
     };
     let per_request = |d: Duration, n: u64| d.as_secs_f64() * 1e6 / n as f64;
 
@@ -129,87 +99,25 @@ fn main() {
     );
 }
 
-/// The stack built up one layer at a time (`VARIANT=`), unboxed and cloned per request as
-/// `AgentClient` holds and calls it, over the same shared hyper-util client:
-/// `client`, `timeout`, `breaker`, `metrics`, `retry`, `full` (progress on top).
-struct Layers {
-    shared: SharedClient,
-    parts: StackParts,
+/// One block of GETs through a variant of the stack (`VARIANT=`), cloned per request as
+/// `AgentClient::send` does.
+struct Block<'a> {
+    rig: &'a Rig,
+    n: u64,
 }
 
-impl Layers {
-    fn new(bare: &HttpClient) -> Self {
-        Self {
-            shared: SharedClient::new(bare.clone()),
-            parts: StackParts {
-                metrics: Arc::new(AgentMetrics::new("ratio-layers")),
-                retry: RetryPolicy::try_new("ratio-layers", RetryConfig::default()).unwrap(),
-                breaker: CircuitBreakerLayer::try_new(
-                    "ratio-layers",
-                    CircuitBreakerConfig::default(),
-                )
-                .unwrap(),
-                timeout: Duration::from_secs(30),
-            },
-        }
-    }
+impl support::WithStack for Block<'_> {
+    type Output = Duration;
 
-    fn run(&self, name: &str, rt: &tokio::runtime::Runtime, url: &http::Uri, n: u64) -> Duration {
-        let (p, t, shared) = (&self.parts, self.parts.timeout, self.shared.clone());
-        match name {
-            "client" => block(rt, shared, url, n),
-            "timeout" => block(rt, ServiceBuilder::new().timeout(t).service(shared), url, n),
-            "breaker" => block(
-                rt,
-                ServiceBuilder::new()
-                    .layer(p.breaker.clone())
-                    .timeout(t)
-                    .service(shared),
-                url,
-                n,
-            ),
-            "metrics" => block(
-                rt,
-                ServiceBuilder::new()
-                    .layer(AgentMetricsLayer::new(p.metrics.clone()))
-                    .layer(p.breaker.clone())
-                    .timeout(t)
-                    .service(shared),
-                url,
-                n,
-            ),
-            "retry" => block(
-                rt,
-                ServiceBuilder::new()
-                    .layer(RetryLayer::new(p.retry.clone()))
-                    .layer(AgentMetricsLayer::new(p.metrics.clone()))
-                    .layer(p.breaker.clone())
-                    .timeout(t)
-                    .service(shared),
-                url,
-                n,
-            ),
-            "full" => block(rt, layered(p, shared), url, n),
-            other => panic!("unknown VARIANT {other:?}"),
-        }
+    fn with<S>(self, svc: S) -> Duration
+    where
+        S: Service<Request<RetryBody>, Response = Response<Incoming>> + Clone + Send + 'static,
+        S::Error: std::fmt::Debug,
+        S::Future: Send,
+    {
+        let url = self.rig.url.clone();
+        self.rig.rt.block_on(run(self.n, CONCURRENCY, move || {
+            stack_get(svc.clone(), url.clone())
+        }))
     }
-}
-
-/// One block of `n` GETs through `svc`, cloned per request.
-fn block<S>(rt: &tokio::runtime::Runtime, svc: S, url: &http::Uri, n: u64) -> Duration
-where
-    S: Service<Request<RetryBody>, Response = Response<Incoming>> + Clone + Send + 'static,
-    S::Error: std::fmt::Debug,
-    S::Future: Send,
-{
-    let url = url.clone();
-    rt.block_on(run(n, CONCURRENCY, move || {
-        let (svc, url) = (svc.clone(), url.clone());
-        async move {
-            let req = Request::get(url).body(RetryBody::empty()).unwrap();
-            let res = svc.oneshot(req).await.unwrap();
-            assert!(res.status().is_success());
-            res.into_body().collect().await.unwrap();
-        }
-    }))
 }

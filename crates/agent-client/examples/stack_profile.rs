@@ -27,25 +27,15 @@
 //! gives figures that do not depend on how the two threads interleave under valgrind.
 //! `PROM=1` installs the Prometheus recorder first, as the gateway does.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use agentgate_agent_client::{
-    layered as layered_stack, stack, AgentClient, AgentConfig, AgentMetrics, AgentMetricsLayer,
-    HttpClient, SharedClient, StackParts,
-};
-use agentgate_circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
-use agentgate_retry::{RetryBody, RetryConfig, RetryLayer, RetryPolicy};
+use agentgate_agent_client::SharedClient;
+use agentgate_retry::RetryBody;
 use http::{Request, Response};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::Service;
 
 #[path = "../benches/support/mod.rs"]
 mod support;
-use support::{run, start_server};
+use support::{agent_get, bare_get, echo_path, run, stack_get, Rig};
 
 /// Requests in flight, as in the bench (`CONCURRENCY=1` makes the figures steadier for
 /// attributing costs to layers: no batching that depends on thread interleaving).
@@ -54,65 +44,37 @@ fn concurrency() -> u64 {
 }
 const WARM_UP: u64 = 256;
 
-/// Runs the GETs through `svc`, cloned per request as `AgentClient::send` does.
-async fn drive<S>(svc: S, url: http::Uri, total: u64)
-where
-    S: Service<Request<RetryBody>, Response = Response<Incoming>> + Clone + Send + 'static,
-    S::Error: std::fmt::Debug,
-    S::Future: Send,
-{
-    let send = move || {
-        let (svc, url) = (svc.clone(), url.clone());
-        async move {
-            let req = Request::get(url).body(RetryBody::empty()).unwrap();
-            let res = svc.oneshot(req).await.unwrap();
-            res.into_body().collect().await.unwrap();
-        }
-    };
-    run(WARM_UP, concurrency(), send.clone()).await;
-    run(total, concurrency(), send).await;
+/// Runs the GETs through a variant of the stack, cloned per request as
+/// `AgentClient::send` does.
+struct Drive {
+    url: http::Uri,
+    total: u64,
 }
 
-/// The stack built up one layer at a time, unboxed (as `AgentClient` holds it).
-async fn layered(variant: &str, shared: SharedClient, url: http::Uri, total: u64) {
-    let parts = StackParts {
-        metrics: Arc::new(AgentMetrics::new("profile")),
-        retry: RetryPolicy::try_new("profile", RetryConfig::default()).unwrap(),
-        breaker: CircuitBreakerLayer::try_new("profile", CircuitBreakerConfig::default()).unwrap(),
-        timeout: Duration::from_secs(30),
-    };
-    let t = parts.timeout;
-    match variant {
-        "a_client" => drive(shared, url, total).await,
-        "b_timeout" => drive(ServiceBuilder::new().timeout(t).service(shared), url, total).await,
-        "c_breaker" => {
-            let svc = ServiceBuilder::new()
-                .layer(parts.breaker.clone())
-                .timeout(t)
-                .service(shared);
-            drive(svc, url, total).await
-        }
-        "d_metrics" => {
-            let svc = ServiceBuilder::new()
-                .layer(AgentMetricsLayer::new(parts.metrics.clone()))
-                .layer(parts.breaker.clone())
-                .timeout(t)
-                .service(shared);
-            drive(svc, url, total).await
-        }
-        "e_retry" => {
-            let svc = ServiceBuilder::new()
-                .layer(RetryLayer::new(parts.retry.clone()))
-                .layer(AgentMetricsLayer::new(parts.metrics.clone()))
-                .layer(parts.breaker.clone())
-                .timeout(t)
-                .service(shared);
-            drive(svc, url, total).await
-        }
-        "f_full" => drive(layered_stack(&parts, shared), url, total).await,
-        "g_boxed" => drive(stack(&parts, shared), url, total).await,
-        other => panic!("unknown variant {other:?}"),
+impl support::WithStack for Drive {
+    type Output = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+    fn with<S>(self, svc: S) -> Self::Output
+    where
+        S: Service<Request<RetryBody>, Response = Response<Incoming>> + Clone + Send + 'static,
+        S::Error: std::fmt::Debug,
+        S::Future: Send,
+    {
+        let Drive { url, total } = self;
+        Box::pin(warm_then_run(total, move || {
+            stack_get(svc.clone(), url.clone())
+        }))
     }
+}
+
+/// `WARM_UP` GETs through `send`, then `total` more.
+async fn warm_then_run<F, Fut>(total: u64, send: F)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    run(WARM_UP, concurrency(), send.clone()).await;
+    run(total, concurrency(), send).await;
 }
 
 /// Sizes of what every layer moves: the request and the nested response futures.
@@ -155,48 +117,18 @@ fn main() {
         print_sizes();
         return;
     }
-    let addr = start_server();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let url: http::Uri = format!("http://{addr}/echo").parse().unwrap();
-    let bare: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(256)
-        .build_http();
-
+    let rig = Rig::start();
+    let agent = rig.agent("profile", |_| {});
+    let Rig { rt, url, bare, .. } = rig;
     rt.block_on(async move {
         match variant.as_str() {
-            "bare" => {
-                let send = move || {
-                    let (bare, url) = (bare.clone(), url.clone());
-                    async move {
-                        let req = Request::get(url).body(RetryBody::empty()).unwrap();
-                        let res = bare.request(req).await.unwrap();
-                        res.into_body().collect().await.unwrap();
-                    }
-                };
-                run(WARM_UP, concurrency(), send.clone()).await;
-                run(total, concurrency(), send).await;
+            "bare" => warm_then_run(total, move || bare_get(bare.clone(), url.clone())).await,
+            "agent" => warm_then_run(total, move || agent_get(agent.clone(), echo_path())).await,
+            other => {
+                let parts = support::default_parts("profile");
+                let drive = Drive { url, total };
+                support::with_layers(other, &parts, SharedClient::new(bare), drive).await
             }
-            "agent" => {
-                let agent = AgentClient::new(
-                    "profile",
-                    AgentConfig::new(format!("http://{addr}").parse().unwrap()),
-                )
-                .unwrap();
-                let send = move || {
-                    let agent = agent.clone();
-                    async move {
-                        let req = Request::get("/echo").body(RetryBody::empty()).unwrap();
-                        let res = agent.send(req).await.unwrap();
-                        res.into_body().collect().await.unwrap();
-                    }
-                };
-                run(WARM_UP, concurrency(), send.clone()).await;
-                run(total, concurrency(), send).await;
-            }
-            other => layered(other, SharedClient::new(bare), url, total).await,
         }
     });
 }

@@ -1,5 +1,6 @@
-//! What the `stack` bench and the `stack_profile` example share: the local hyper server
-//! they both call, and the loop that keeps a number of GETs in flight. (A directory
+//! What the `stack` bench and the `stack_profile` and `client_ratio` examples share: the
+//! local hyper server they call, the runtime and clients around it, one GET through each
+//! kind of client, and the loop that keeps a number of GETs in flight. (A directory
 //! module, so cargo does not take it for a bench target of its own; the example
 //! includes it with `#[path]`.)
 
@@ -42,6 +43,99 @@ pub(crate) fn start_server() -> std::net::SocketAddr {
     addr
 }
 
+/// The local server with a current-thread runtime to call it from, its `/echo` URL and a
+/// bare hyper-util client (the baseline every figure is a ratio against).
+pub(crate) struct Rig {
+    pub(crate) addr: std::net::SocketAddr,
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) url: http::Uri,
+    pub(crate) bare: agentgate_agent_client::HttpClient,
+}
+
+impl Rig {
+    pub(crate) fn start() -> Rig {
+        let addr = start_server();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let bare =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_max_idle_per_host(256)
+                .build_http();
+        let url = format!("http://{addr}/echo").parse().unwrap();
+        Rig {
+            addr,
+            rt,
+            url,
+            bare,
+        }
+    }
+
+    /// An `AgentClient` named `name` for the server, with `edit` applied to its config.
+    #[allow(dead_code)]
+    pub(crate) fn agent(
+        &self,
+        name: &str,
+        edit: impl FnOnce(&mut agentgate_agent_client::AgentConfig),
+    ) -> agentgate_agent_client::AgentClient {
+        let mut cfg = agentgate_agent_client::AgentConfig::new(
+            format!("http://{}", self.addr).parse().unwrap(),
+        );
+        edit(&mut cfg);
+        // `AgentClient::new` spawns nothing, but its timer and pool want a runtime context.
+        let _guard = self.rt.enter();
+        agentgate_agent_client::AgentClient::new(name, cfg).unwrap()
+    }
+}
+
+/// The path `AgentClient` resolves against the agent's URL, parsed once as the bare
+/// client's absolute URL is: resolving is counted, parsing the caller's string is not.
+#[allow(dead_code)]
+pub(crate) fn echo_path() -> http::Uri {
+    http::Uri::from_static("/echo")
+}
+
+/// Reads an answer to its end, after checking it is a success.
+async fn drain(res: Response<Incoming>) {
+    use http_body_util::BodyExt;
+    assert!(res.status().is_success(), "answer {}", res.status());
+    res.into_body().collect().await.unwrap();
+}
+
+/// One GET of `url` through the bare client.
+#[allow(dead_code)]
+pub(crate) async fn bare_get(bare: agentgate_agent_client::HttpClient, url: http::Uri) {
+    let req = Request::get(url)
+        .body(agentgate_retry::RetryBody::empty())
+        .unwrap();
+    drain(bare.request(req).await.unwrap()).await
+}
+
+/// One GET of `path` through `AgentClient::send`.
+#[allow(dead_code)]
+pub(crate) async fn agent_get(agent: agentgate_agent_client::AgentClient, path: http::Uri) {
+    let req = Request::get(path)
+        .body(agentgate_retry::RetryBody::empty())
+        .unwrap();
+    drain(agent.send(req).await.unwrap()).await
+}
+
+/// One GET of `url` through a variant of the stack, used once as `AgentClient` uses its
+/// per-request clone.
+#[allow(dead_code)]
+pub(crate) async fn stack_get<S>(svc: S, url: http::Uri)
+where
+    S: tower::Service<Request<agentgate_retry::RetryBody>, Response = Response<Incoming>>,
+    S::Error: std::fmt::Debug,
+{
+    use tower::ServiceExt;
+    let req = Request::get(url)
+        .body(agentgate_retry::RetryBody::empty())
+        .unwrap();
+    drain(svc.oneshot(req).await.unwrap()).await
+}
+
 /// Runs `total` GETs through `send`, `concurrency` at a time; returns the elapsed time.
 pub(crate) async fn run<F, Fut>(total: u64, concurrency: u64, send: F) -> Duration
 where
@@ -64,4 +158,89 @@ where
         t.await.unwrap();
     }
     start.elapsed()
+}
+
+/// The names of the stack built up one layer at a time, in order: the shared client alone,
+/// then + timeout, + breaker, + metrics, + retry, + progress (the whole stack, unboxed as
+/// `AgentClient` holds it), and the whole stack boxed (as `stack` returns it).
+#[allow(dead_code)] // each includer uses a different part of this module
+pub(crate) const LAYERS: [&str; 7] = [
+    "a_client",
+    "b_timeout",
+    "c_breaker",
+    "d_metrics",
+    "e_retry",
+    "f_full",
+    "g_boxed",
+];
+
+/// What to do with one variant of the stack: a generic callback, since every variant is
+/// a different service type.
+pub(crate) trait WithStack {
+    type Output;
+
+    fn with<S>(self, svc: S) -> Self::Output
+    where
+        S: tower::Service<Request<agentgate_retry::RetryBody>, Response = Response<Incoming>>
+            + Clone
+            + Send
+            + 'static,
+        S::Error: std::fmt::Debug,
+        S::Future: Send;
+}
+
+/// The parts of a default-config stack named `name`.
+#[allow(dead_code)]
+pub(crate) fn default_parts(name: &str) -> agentgate_agent_client::StackParts {
+    use agentgate_circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
+    use agentgate_retry::{RetryConfig, RetryPolicy};
+    agentgate_agent_client::StackParts {
+        metrics: std::sync::Arc::new(agentgate_agent_client::AgentMetrics::new(name)),
+        retry: RetryPolicy::try_new(name, RetryConfig::default()).unwrap(),
+        breaker: CircuitBreakerLayer::try_new(name, CircuitBreakerConfig::default()).unwrap(),
+        timeout: Duration::from_secs(30),
+    }
+}
+
+/// Builds the variant `name` (one of [`LAYERS`]) over `shared` and hands it to `f`.
+#[allow(dead_code)]
+pub(crate) fn with_layers<W: WithStack>(
+    name: &str,
+    parts: &agentgate_agent_client::StackParts,
+    shared: agentgate_agent_client::SharedClient,
+    f: W,
+) -> W::Output {
+    use agentgate_agent_client::{layered, stack, AgentMetricsLayer};
+    use agentgate_retry::RetryLayer;
+    use tower::ServiceBuilder;
+    let t = parts.timeout;
+    let metrics = || AgentMetricsLayer::new(parts.metrics.clone());
+    match name {
+        "a_client" => f.with(shared),
+        "b_timeout" => f.with(ServiceBuilder::new().timeout(t).service(shared)),
+        "c_breaker" => f.with(
+            ServiceBuilder::new()
+                .layer(parts.breaker.clone())
+                .timeout(t)
+                .service(shared),
+        ),
+        "d_metrics" => f.with(
+            ServiceBuilder::new()
+                .layer(metrics())
+                .layer(parts.breaker.clone())
+                .timeout(t)
+                .service(shared),
+        ),
+        "e_retry" => f.with(
+            ServiceBuilder::new()
+                .layer(RetryLayer::new(parts.retry.clone()))
+                .layer(metrics())
+                .layer(parts.breaker.clone())
+                .timeout(t)
+                .service(shared),
+        ),
+        "f_full" => f.with(layered(parts, shared)),
+        "g_boxed" => f.with(stack(parts, shared)),
+        other => panic!("unknown stack variant {other:?} (one of {LAYERS:?})"),
+    }
 }
