@@ -1,6 +1,7 @@
 # Shared by the benchmark scripts: source it after setting BENCH_NAME (and after `cd` to
 # the repository root). It creates $TMP, records started processes in PIDS, and on exit
-# stops exactly those (SIGTERM, up to 5 s, then SIGKILL) and removes $TMP.
+# stops exactly those (SIGTERM, up to 5 s, then SIGKILL) and removes $TMP; with
+# KEEP=DIR it first copies $TMP's files (logs, callgrind profiles) into DIR.
 
 die() { echo "$BENCH_NAME: error: $*" >&2; exit 1; }
 log() { echo "==> $*" >&2; }
@@ -18,6 +19,9 @@ cleanup() {
     done
     for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ -n "${KEEP:-}" ]; then
+        mkdir -p "$KEEP" && cp -r "$TMP"/. "$KEEP"/ && echo "==> kept $TMP's files in $KEEP" >&2
+    fi
     rm -rf "$TMP"
 }
 trap cleanup EXIT
