@@ -9,6 +9,9 @@
 #   FLOOR=1 benches/proxy.sh               # also a fourth variant, "floor": a bare hyper
 #                                          # server + hyper-util client proxy with nothing
 #                                          # else (crates/agent-client/examples/bare_proxy.rs)
+#   FLOOR_MODE=inline FLOOR=1 benches/proxy.sh  # the floor on another transport: one
+#                                          # upstream connection per client connection,
+#                                          # driven in that connection's task
 #
 # Pinning: wrk on LOADGEN_CPU (0); the backend and the proxy under test on SERVER_CPU (1).
 # Prints figures only; it is not part of the test suite.
@@ -23,6 +26,14 @@ SERVER_CPU=${SERVER_CPU:-1}
 BIN=${AGENTGATE_BIN:-target/release/agentgate}
 FLOOR=${FLOOR:-0}
 FLOOR_BIN=target/release/examples/bare_proxy
+# FLOOR_MODE=inline: the floor proxy drives one upstream connection per client connection
+# in the client connection's task (hyper::client::conn) instead of hyper-util's pool.
+FLOOR_MODE=${FLOOR_MODE:-legacy}
+case "$FLOOR_MODE" in
+    legacy) FLOOR_ARGS=() ;;
+    inline) FLOOR_ARGS=(--inline) ;;
+    *) echo "proxy.sh: FLOOR_MODE must be legacy or inline, not '$FLOOR_MODE'" >&2; exit 2 ;;
+esac
 
 BENCH_NAME=proxy.sh
 # shellcheck source=benches/lib.sh
@@ -100,7 +111,7 @@ VARIANTS="direct nginx agentgate"
 if [ "$FLOOR" = 1 ]; then
     FLOOR_PORT=$(free_port)
     taskset -c "$SERVER_CPU" "$FLOOR_BIN" "127.0.0.1:$FLOOR_PORT" "http://127.0.0.1:$BACKEND_PORT" \
-        >"$TMP/floor.log" 2>&1 &
+        "${FLOOR_ARGS[@]}" >"$TMP/floor.log" 2>&1 &
     PIDS+=($!)
     FLOOR_URL="http://127.0.0.1:$FLOOR_PORT/echo"
     wait_http "$FLOOR_URL" "the bare hyper proxy"

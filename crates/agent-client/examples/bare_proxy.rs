@@ -11,6 +11,13 @@
 //!
 //! Requests to `/anything` go to `<backend>/anything`. Not a product: there is no
 //! hop-by-hop handling, and errors answer 502 with no body.
+//!
+//! With `--inline` as a third argument it measures another transport instead, the one
+//! hyper-util's legacy client is not: every client connection gets its own upstream
+//! connection (`hyper::client::conn::http1`), and both connections are driven by the same
+//! task, so a request is handed to the upstream connection without a pool checkout and
+//! without waking another task (`FLOOR_MODE=inline FLOOR=1 benches/proxy.sh`). That is
+//! closer to what nginx does with upstream keepalive.
 
 use std::convert::Infallible;
 
@@ -31,11 +38,23 @@ fn main() {
         std::process::exit(2);
     };
     let backend: Uri = backend.parse().expect("a backend URL");
+    let inline = match args.next().as_deref() {
+        None => false,
+        Some("--inline") => true,
+        Some(other) => {
+            eprintln!("bare_proxy: unknown argument {other:?} (expected --inline)");
+            std::process::exit(2);
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a runtime");
-    runtime.block_on(serve(listen, backend));
+    if inline {
+        runtime.block_on(serve_inline(listen, backend));
+    } else {
+        runtime.block_on(serve(listen, backend));
+    }
 }
 
 async fn serve(listen: String, backend: Uri) {
@@ -72,6 +91,76 @@ async fn forward(
     parts.path_and_query = req.uri().path_and_query().cloned();
     *req.uri_mut() = Uri::from_parts(parts).expect("backend URL plus the request path");
     match client.request(req).await {
+        Ok(res) => res.map(|b| b.boxed_unsync()),
+        Err(_) => {
+            let mut res = Response::new(Empty::new().map_err(|e| match e {}).boxed_unsync());
+            *res.status_mut() = StatusCode::BAD_GATEWAY;
+            res
+        }
+    }
+}
+
+/// `--inline`: one upstream connection per client connection, driven in the client
+/// connection's task.
+async fn serve_inline(listen: String, backend: Uri) {
+    let authority = backend
+        .authority()
+        .expect("a backend URL with a host")
+        .clone();
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .expect("bind the listen address");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let authority = authority.clone();
+        tokio::spawn(async move {
+            let Ok(upstream) = tokio::net::TcpStream::connect(authority.as_str()).await else {
+                return;
+            };
+            let _ = upstream.set_nodelay(true);
+            let Ok((sender, upstream_conn)) =
+                hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(upstream)).await
+            else {
+                return;
+            };
+            // hyper's HTTP/1 server calls the service for one request at a time, so the
+            // sender is never borrowed twice.
+            let sender = std::sync::Arc::new(tokio::sync::Mutex::new(sender));
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let sender = sender.clone();
+                async move { Ok::<_, Infallible>(forward_inline(&sender, req).await) }
+            });
+            let downstream = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            // Both connections in this one task: whichever ends first ends the pair.
+            tokio::select! {
+                _ = downstream => {}
+                _ = upstream_conn => {}
+            }
+        });
+    }
+}
+
+async fn forward_inline(
+    sender: &tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Incoming>>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let path = req.uri().path_and_query().cloned();
+    *req.uri_mut() = Uri::from_parts({
+        let mut parts = http::uri::Parts::default();
+        parts.path_and_query = path;
+        parts
+    })
+    .expect("the request path");
+    let mut sender = sender.lock().await;
+    let answer = match sender.ready().await {
+        Ok(()) => sender.send_request(req).await,
+        Err(e) => Err(e),
+    };
+    match answer {
         Ok(res) => res.map(|b| b.boxed_unsync()),
         Err(_) => {
             let mut res = Response::new(Empty::new().map_err(|e| match e {}).boxed_unsync());
