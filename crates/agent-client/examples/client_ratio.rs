@@ -11,7 +11,7 @@
 //! client, in turns (the order flips every round), and the figure is the median of the
 //! rounds' ratios: a disturbance moves one round, not the median.
 //!
-//! `VARIANT=a_client|b_timeout|c_breaker|d_metrics|e_retry|f_full|g_boxed` measures the
+//! `VARIANT=` one of `support::LAYERS` (`a_client` … `g_boxed`) measures the
 //! stack built up one layer at a time (as the bench's `ABLATE=1` does) instead of
 //! `AgentClient::send` (`agent`, the default).
 //!

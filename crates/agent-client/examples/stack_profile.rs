@@ -16,7 +16,9 @@
 //! Variants: `bare` (a bare hyper-util client) and `agent` (`AgentClient::send`), as in
 //! the bench; and the stack built up one layer at a time, unboxed and cloned per request
 //! as `AgentClient` does: `a_client` (the shared client alone), `b_timeout`,
-//! `c_breaker`, `d_metrics`, `e_retry`, `f_full` (progress on top: the whole stack),
+//! `c_breaker`, `d_metrics`, `d1_attempt`, `d2_tower_retry`, `d3_one_attempt` (the retry
+//! step in three parts, see `support::LAYERS`), `e_retry`, `f_full` (progress on top: the
+//! whole stack),
 //! `g_boxed` (the whole stack boxed, as [`stack`] returns it). `sizes` prints the sizes
 //! of the request and of the stack's future.
 //!

@@ -163,12 +163,21 @@ where
 /// The names of the stack built up one layer at a time, in order: the shared client alone,
 /// then + timeout, + breaker, + metrics, + retry, + progress (the whole stack, unboxed as
 /// `AgentClient` holds it), and the whole stack boxed (as `stack` returns it).
+///
+/// The retry step is also taken in three parts, between `d_metrics` and `e_retry`:
+/// `d1_attempt` (the `Attempt` stage alone: the two attempt headers), `d2_tower_retry`
+/// (tower's `Retry` around it with a policy that never copies nor retries), and
+/// `d3_one_attempt` (agentgate's policy with `max_attempts = 1`: budget deposit, no
+/// request copy). `e_retry` then adds the request copy of the default 3 attempts.
 #[allow(dead_code)] // each includer uses a different part of this module
-pub(crate) const LAYERS: [&str; 7] = [
+pub(crate) const LAYERS: [&str; 10] = [
     "a_client",
     "b_timeout",
     "c_breaker",
     "d_metrics",
+    "d1_attempt",
+    "d2_tower_retry",
+    "d3_one_attempt",
     "e_retry",
     "f_full",
     "g_boxed",
@@ -231,6 +240,38 @@ pub(crate) fn with_layers<W: WithStack>(
                 .timeout(t)
                 .service(shared),
         ),
+        "d1_attempt" => f.with(agentgate_retry::Attempt::new(
+            ServiceBuilder::new()
+                .layer(metrics())
+                .layer(parts.breaker.clone())
+                .timeout(t)
+                .service(shared),
+        )),
+        "d2_tower_retry" => f.with(tower::retry::Retry::new(
+            NeverRetry,
+            agentgate_retry::Attempt::new(
+                ServiceBuilder::new()
+                    .layer(metrics())
+                    .layer(parts.breaker.clone())
+                    .timeout(t)
+                    .service(shared),
+            ),
+        )),
+        "d3_one_attempt" => {
+            let config = agentgate_retry::RetryConfig {
+                max_attempts: 1,
+                ..Default::default()
+            };
+            let policy = agentgate_retry::RetryPolicy::try_new("one-attempt", config).unwrap();
+            f.with(
+                ServiceBuilder::new()
+                    .layer(RetryLayer::new(policy))
+                    .layer(metrics())
+                    .layer(parts.breaker.clone())
+                    .timeout(t)
+                    .service(shared),
+            )
+        }
         "e_retry" => f.with(
             ServiceBuilder::new()
                 .layer(RetryLayer::new(parts.retry.clone()))
@@ -242,5 +283,22 @@ pub(crate) fn with_layers<W: WithStack>(
         "f_full" => f.with(layered(parts, shared)),
         "g_boxed" => f.with(stack(parts, shared)),
         other => panic!("unknown stack variant {other:?} (one of {LAYERS:?})"),
+    }
+}
+
+/// A `tower::retry::Policy` that keeps no copy and never retries: what tower's `Retry`
+/// costs by itself (`d2_tower_retry`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NeverRetry;
+
+impl<Req, Res, E> tower::retry::Policy<Req, Res, E> for NeverRetry {
+    type Future = std::future::Ready<()>;
+
+    fn retry(&mut self, _: &mut Req, _: &mut Result<Res, E>) -> Option<Self::Future> {
+        None
+    }
+
+    fn clone_request(&mut self, _: &Req) -> Option<Req> {
+        None
     }
 }
