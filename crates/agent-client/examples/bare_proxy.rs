@@ -61,16 +61,9 @@ async fn serve(listen: String, backend: Uri) {
     let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(256)
         .build_http();
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .expect("bind the listen address");
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+    accept_loop(&listen, move |stream| {
         let (client, backend) = (client.clone(), backend.clone());
-        tokio::spawn(async move {
+        async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let (client, backend) = (client.clone(), backend.clone());
                 async move { Ok::<_, Infallible>(forward(&client, &backend, req).await) }
@@ -78,8 +71,34 @@ async fn serve(listen: String, backend: Uri) {
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
-        });
+        }
+    })
+    .await
+}
+
+/// Accepts connections on `listen` for ever, each served by its own task.
+async fn accept_loop<F, Fut>(listen: &str, serve_connection: F)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .expect("bind the listen address");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(stream));
     }
+}
+
+/// What either mode answers when the backend cannot be reached.
+fn bad_gateway() -> Response<Body> {
+    let mut res = Response::new(Empty::new().map_err(|e| match e {}).boxed_unsync());
+    *res.status_mut() = StatusCode::BAD_GATEWAY;
+    res
 }
 
 async fn forward(
@@ -92,11 +111,7 @@ async fn forward(
     *req.uri_mut() = Uri::from_parts(parts).expect("backend URL plus the request path");
     match client.request(req).await {
         Ok(res) => res.map(|b| b.boxed_unsync()),
-        Err(_) => {
-            let mut res = Response::new(Empty::new().map_err(|e| match e {}).boxed_unsync());
-            *res.status_mut() = StatusCode::BAD_GATEWAY;
-            res
-        }
+        Err(_) => bad_gateway(),
     }
 }
 
@@ -107,16 +122,9 @@ async fn serve_inline(listen: String, backend: Uri) {
         .authority()
         .expect("a backend URL with a host")
         .clone();
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .expect("bind the listen address");
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+    accept_loop(&listen, move |stream| {
         let authority = authority.clone();
-        tokio::spawn(async move {
+        async move {
             let Ok(upstream) = tokio::net::TcpStream::connect(authority.as_str()).await else {
                 return;
             };
@@ -127,7 +135,7 @@ async fn serve_inline(listen: String, backend: Uri) {
                 return;
             };
             // hyper's HTTP/1 server calls the service for one request at a time, so the
-            // sender is never borrowed twice.
+            // lock is never contended.
             let sender = std::sync::Arc::new(tokio::sync::Mutex::new(sender));
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let sender = sender.clone();
@@ -140,8 +148,9 @@ async fn serve_inline(listen: String, backend: Uri) {
                 _ = downstream => {}
                 _ = upstream_conn => {}
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 async fn forward_inline(
@@ -162,10 +171,6 @@ async fn forward_inline(
     };
     match answer {
         Ok(res) => res.map(|b| b.boxed_unsync()),
-        Err(_) => {
-            let mut res = Response::new(Empty::new().map_err(|e| match e {}).boxed_unsync());
-            *res.status_mut() = StatusCode::BAD_GATEWAY;
-            res
-        }
+        Err(_) => bad_gateway(),
     }
 }
