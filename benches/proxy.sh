@@ -38,6 +38,7 @@ esac
 BENCH_NAME=proxy.sh
 # shellcheck source=benches/lib.sh
 source benches/lib.sh
+[ "$FLOOR_MODE" = legacy ] || [ "$FLOOR" = 1 ] || die "FLOOR_MODE=$FLOOR_MODE needs FLOOR=1"
 
 # --- tools --------------------------------------------------------------------------------
 require_tools wrk:wrk nginx:nginx taskset:util-linux curl:curl python3:python3
@@ -159,6 +160,7 @@ done
 echo
 echo "proxy benchmark: wrk ${DURATION}s (after ${WARMUP}s warm-up) on CPU $LOADGEN_CPU; backend + proxy on CPU $SERVER_CPU"
 echo "load average before the run: $LOAD0"
+[ "$FLOOR" != 1 ] || echo "floor: bare_proxy, FLOOR_MODE=$FLOOR_MODE"
 echo "$(nproc --all) CPUs, $(uname -r), $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}')"
 echo
 awk -v variants="$VARIANTS" '

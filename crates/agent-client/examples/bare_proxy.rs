@@ -157,13 +157,10 @@ async fn forward_inline(
     sender: &tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Incoming>>,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
-    let path = req.uri().path_and_query().cloned();
-    *req.uri_mut() = Uri::from_parts({
-        let mut parts = http::uri::Parts::default();
-        parts.path_and_query = path;
-        parts
-    })
-    .expect("the request path");
+    // The upstream connection is the backend's already: send the origin form, the path.
+    if let Some(path) = req.uri().path_and_query().cloned() {
+        *req.uri_mut() = Uri::from(path);
+    }
     let mut sender = sender.lock().await;
     let answer = match sender.ready().await {
         Ok(()) => sender.send_request(req).await,

@@ -20,6 +20,9 @@
 //! is polled again at once (a spin, yielding the thread now and then) — the cheapest way
 //! to wait, so contention is not blamed on a sleeping thread's wake-up latency.
 //!
+//! The `parts` group measures two parts of the closed path on their own, in the same run:
+//! the clock read of the time-based window and an `Arc` clone and drop.
+//!
 //! Run with `cargo bench -p agentgate-circuit-breaker --bench closed_path`; the figures
 //! and how the peers are configured are in `docs/BENCHMARKS.md`.
 
@@ -333,5 +336,24 @@ fn closed_path(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, closed_path);
+/// What the closed path is made of, measured in the same run: the clock read the
+/// time-based window needs per call (`tokio::time::Instant::now`, as the breaker reads it)
+/// and the response future's `Arc` clone and drop. docs/BENCHMARKS.md splits the
+/// closed path's overhead with these.
+fn parts(c: &mut Criterion) {
+    let mut group = c.benchmark_group("parts");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30);
+    group.bench_function("clock_read", |b| b.iter(|| black_box(Instant::now())));
+    let shared = std::sync::Arc::new(0u64);
+    group.bench_function("arc_clone_drop", |b| {
+        // criterion drops each returned clone inside the timed loop.
+        b.iter(|| std::sync::Arc::clone(&shared))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, closed_path, parts);
 criterion_main!(benches);

@@ -220,10 +220,18 @@ pub(crate) fn with_layers<W: WithStack>(
     f: W,
 ) -> W::Output {
     use agentgate_agent_client::{layered, stack, AgentMetricsLayer};
-    use agentgate_retry::RetryLayer;
-    use tower::ServiceBuilder;
+    use agentgate_retry::{Attempt, RetryConfig, RetryLayer, RetryPolicy};
+    use tower::retry::Retry;
+    use tower::{Layer, ServiceBuilder};
     let t = parts.timeout;
-    let metrics = || AgentMetricsLayer::new(parts.metrics.clone());
+    // metrics → breaker → timeout → client: what sits under the retry layer.
+    let below_retry = |shared| {
+        ServiceBuilder::new()
+            .layer(AgentMetricsLayer::new(parts.metrics.clone()))
+            .layer(parts.breaker.clone())
+            .timeout(t)
+            .service(shared)
+    };
     match name {
         "a_client" => f.with(shared),
         "b_timeout" => f.with(ServiceBuilder::new().timeout(t).service(shared)),
@@ -233,53 +241,18 @@ pub(crate) fn with_layers<W: WithStack>(
                 .timeout(t)
                 .service(shared),
         ),
-        "d_metrics" => f.with(
-            ServiceBuilder::new()
-                .layer(metrics())
-                .layer(parts.breaker.clone())
-                .timeout(t)
-                .service(shared),
-        ),
-        "d1_attempt" => f.with(agentgate_retry::Attempt::new(
-            ServiceBuilder::new()
-                .layer(metrics())
-                .layer(parts.breaker.clone())
-                .timeout(t)
-                .service(shared),
-        )),
-        "d2_tower_retry" => f.with(tower::retry::Retry::new(
-            NeverRetry,
-            agentgate_retry::Attempt::new(
-                ServiceBuilder::new()
-                    .layer(metrics())
-                    .layer(parts.breaker.clone())
-                    .timeout(t)
-                    .service(shared),
-            ),
-        )),
+        "d_metrics" => f.with(below_retry(shared)),
+        "d1_attempt" => f.with(Attempt::new(below_retry(shared))),
+        "d2_tower_retry" => f.with(Retry::new(NeverRetry, Attempt::new(below_retry(shared)))),
         "d3_one_attempt" => {
-            let config = agentgate_retry::RetryConfig {
+            let config = RetryConfig {
                 max_attempts: 1,
                 ..Default::default()
             };
-            let policy = agentgate_retry::RetryPolicy::try_new("one-attempt", config).unwrap();
-            f.with(
-                ServiceBuilder::new()
-                    .layer(RetryLayer::new(policy))
-                    .layer(metrics())
-                    .layer(parts.breaker.clone())
-                    .timeout(t)
-                    .service(shared),
-            )
+            let policy = RetryPolicy::try_new("one-attempt", config).unwrap();
+            f.with(RetryLayer::new(policy).layer(below_retry(shared)))
         }
-        "e_retry" => f.with(
-            ServiceBuilder::new()
-                .layer(RetryLayer::new(parts.retry.clone()))
-                .layer(metrics())
-                .layer(parts.breaker.clone())
-                .timeout(t)
-                .service(shared),
-        ),
+        "e_retry" => f.with(RetryLayer::new(parts.retry.clone()).layer(below_retry(shared))),
         "f_full" => f.with(layered(parts, shared)),
         "g_boxed" => f.with(stack(parts, shared)),
         other => panic!("unknown stack variant {other:?} (one of {LAYERS:?})"),
