@@ -236,6 +236,36 @@ pub async fn send(
     }
 }
 
+/// Starts a request whose body the caller streams chunk by chunk through the returned
+/// sender (chunked: no `content-length`), and returns the answer's status, once the
+/// gateway answers. The body ends when the sender is dropped.
+pub async fn send_streamed(
+    method: &str,
+    url: &str,
+) -> (
+    tokio::sync::mpsc::Sender<Bytes>,
+    JoinHandle<Result<StatusCode, hyper_util::client::legacy::Error>>,
+) {
+    type Frames = http_body_util::StreamBody<
+        futures_util::stream::BoxStream<'static, Result<http_body::Frame<Bytes>, Infallible>>,
+    >;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let chunks = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|c| c.map(|c| Ok(http_body::Frame::data(c))))
+    });
+    let body: Frames = http_body_util::StreamBody::new(futures_util::StreamExt::boxed(chunks));
+    let client: hyper_util::client::legacy::Client<_, Frames> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::builder()
+        .method(method)
+        .uri(url)
+        .body(body)
+        .expect("valid request");
+    let answer = tokio::spawn(async move { client.request(req).await.map(|r| r.status()) });
+    (tx, answer)
+}
+
 /// `POST url` with a JSON body.
 pub async fn post_json(url: &str, body: &serde_json::Value) -> Answer {
     send(

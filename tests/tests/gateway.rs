@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use agentgate_e2e::{base_config, mock, post_json, send, EchoServer, Gateway};
+use agentgate_e2e::{base_config, mock, post_json, send, send_streamed, EchoServer, Gateway};
 use agentgate_mock_agent::{Behavior, MockAgent};
 use http::StatusCode;
 use serde_json::{json, Value};
@@ -419,6 +419,56 @@ async fn the_proxy_forwards_streams_and_strips_hop_by_hop_headers() {
     assert_eq!(res.json()["error"]["kind"], "unknown_agent");
     let res = send("GET", &gw.url("/agents/echo/a/%2e%2e/b"), &[], "").await;
     assert_eq!(res.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn the_proxy_refuses_an_upload_before_reading_it_and_caps_a_streamed_one() {
+    let echo = EchoServer::start(|_| StatusCode::OK).await;
+    let gw = Gateway::start(&format!(
+        "{}\n[agents.echo]\nurl = \"{}\"\n",
+        defaults(),
+        echo.url()
+    ))
+    .await;
+    let breaker = gw.state.agent("echo").unwrap().breaker().clone();
+
+    // An open breaker answers while the client is still uploading: nothing is read.
+    breaker.force_open(Some(Duration::from_secs(30)));
+    let (upload, answer) = send_streamed("PUT", &gw.url("/agents/echo/upload")).await;
+    upload
+        .send(bytes::Bytes::from_static(b"first chunk"))
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("answered before the upload ended")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(echo.hits(), 0);
+    drop(upload);
+
+    // Closed: a chunked upload past `max_body_bytes` (no content-length to refuse it
+    // up front) is cut off with 413, and the caller's fault is not the agent's.
+    breaker.reset();
+    let (upload, answer) = send_streamed("PUT", &gw.url("/agents/echo/upload")).await;
+    let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+    let feed = tokio::spawn(async move {
+        for _ in 0..32 {
+            if upload.send(chunk.clone()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let status = answer.await.unwrap().unwrap();
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    feed.abort();
+    let snapshot = breaker.snapshot();
+    assert_eq!(
+        (snapshot.consecutive_failures, snapshot.failures_in_window),
+        (0, 0)
+    );
+    assert_eq!(gw.state.agent("echo").unwrap().stats().failures, 0);
 }
 
 #[tokio::test]

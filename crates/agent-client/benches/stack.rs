@@ -1,16 +1,16 @@
 //! What agentgate's stack costs per call.
 //!
-//! - `stack/bare` vs `stack/full`: the full stack (progress → retry → metrics → circuit
-//!   breaker → timeout) around an always-ready in-memory service, against that service
-//!   alone. Target: ≤ 1 µs/call of overhead.
+//! - `stack/bare` vs `stack/full`: the full stack (progress → retry (→ metrics) →
+//!   circuit breaker → timeout) around an always-ready in-memory service, against that
+//!   service alone. Target: ≤ 1 µs/call of overhead.
 //! - `client/bare_hyper` vs `client/agentgate`: 64 concurrent requests at a time through
 //!   a bare hyper-util client and through `AgentClient`, against the same local hyper
 //!   server. Target: agentgate ≥ 0.95× the bare client's throughput. On a noisy machine
 //!   `examples/client_ratio.rs` gives the same ratio from alternating blocks.
 //!
 //! With `ABLATE=1` the client group also runs the stack built up one layer at a time
-//! (client, + timeout, + breaker, + metrics, + retry, full; each unboxed, as
-//! `AgentClient` holds it; and the full stack boxed), to show what each costs.
+//! (client, + timeout, + breaker, + retry with one attempt, + retry, full; each unboxed,
+//! as `AgentClient` holds it; and the full stack boxed), to show what each costs.
 //! `stack/unboxed` is the in-memory stack as `AgentClient` holds it, `stack/full` the
 //! boxed one `stack` returns.
 #![allow(missing_docs)]
@@ -26,9 +26,11 @@ use std::time::Duration;
 
 use agentgate_agent_client::{layered, stack, AgentMetrics, StackParts};
 use agentgate_circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
-use agentgate_retry::{RetryBody, RetryConfig, RetryPolicy};
+use agentgate_retry::{ReplayBody, RetryConfig, RetryPolicy};
+use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{Request, Response};
+use http_body_util::Empty;
 use hyper::body::Incoming;
 use support::{agent_get, bare_get, echo_path, run, stack_get, Rig};
 use tower::Service;
@@ -45,7 +47,7 @@ fn now<F: Future>(fut: F) -> F::Output {
 
 fn one_call<S>(svc: &mut S) -> Response<()>
 where
-    S: Service<Request<RetryBody>, Response = Response<()>>,
+    S: Service<Request<Empty<Bytes>>, Response = Response<()>>,
     S::Error: std::fmt::Debug,
 {
     match svc.poll_ready(&mut Context::from_waker(std::task::Waker::noop())) {
@@ -53,7 +55,7 @@ where
         _ => panic!("not ready"),
     }
     let req = Request::get("http://agent/process")
-        .body(RetryBody::empty())
+        .body(Empty::new())
         .unwrap();
     now(svc.call(req)).unwrap()
 }
@@ -64,7 +66,11 @@ fn in_memory_stack(c: &mut Criterion) {
         .build()
         .unwrap();
     let _guard = rt.enter();
-    let inner = tower::service_fn(|_req: Request<RetryBody>| {
+    let inner = tower::service_fn(|_req: Request<ReplayBody<Empty<Bytes>>>| {
+        std::future::ready(Ok::<_, Infallible>(Response::new(())))
+    });
+    // The bare service takes the caller's body as it is.
+    let bare_inner = tower::service_fn(|_req: Request<Empty<Bytes>>| {
         std::future::ready(Ok::<_, Infallible>(Response::new(())))
     });
     let parts = StackParts {
@@ -75,7 +81,7 @@ fn in_memory_stack(c: &mut Criterion) {
     };
     let mut full = stack(&parts, inner);
     let mut unboxed = layered(&parts, inner);
-    let mut bare = inner;
+    let mut bare = bare_inner;
 
     let mut group = c.benchmark_group("stack");
     group
@@ -160,18 +166,19 @@ struct Ablate<'a, 'g> {
 impl support::WithStack for Ablate<'_, '_> {
     type Output = ();
 
-    fn with<S>(self, svc: S)
+    fn with<S, B>(self, svc: S)
     where
-        S: Service<Request<RetryBody>, Response = Response<Incoming>> + Clone + Send + 'static,
+        S: Service<Request<B>, Response = Response<Incoming>> + Clone + Send + 'static,
         S::Error: std::fmt::Debug,
         S::Future: Send,
+        B: Default + Send + 'static,
     {
         let rig = self.rig;
         self.group.bench_function(self.name, |b| {
             b.iter_custom(|iters| {
                 let (svc, url) = (svc.clone(), rig.url.clone());
                 rig.rt.block_on(run(iters, CONCURRENCY, move || {
-                    stack_get(svc.clone(), url.clone())
+                    stack_get::<_, B>(svc.clone(), url.clone())
                 }))
             })
         });

@@ -22,7 +22,6 @@
 use std::time::Duration;
 
 use agentgate_agent_client::SharedClient;
-use agentgate_retry::RetryBody;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tower::Service;
@@ -109,15 +108,16 @@ struct Block<'a> {
 impl support::WithStack for Block<'_> {
     type Output = Duration;
 
-    fn with<S>(self, svc: S) -> Duration
+    fn with<S, B>(self, svc: S) -> Duration
     where
-        S: Service<Request<RetryBody>, Response = Response<Incoming>> + Clone + Send + 'static,
+        S: Service<Request<B>, Response = Response<Incoming>> + Clone + Send + 'static,
         S::Error: std::fmt::Debug,
         S::Future: Send,
+        B: Default + Send + 'static,
     {
         let url = self.rig.url.clone();
         self.rig.rt.block_on(run(self.n, CONCURRENCY, move || {
-            stack_get(svc.clone(), url.clone())
+            stack_get::<_, B>(svc.clone(), url.clone())
         }))
     }
 }

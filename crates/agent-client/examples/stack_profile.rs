@@ -16,11 +16,10 @@
 //! Variants: `bare` (a bare hyper-util client) and `agent` (`AgentClient::send`), as in
 //! the bench; and the stack built up one layer at a time, unboxed and cloned per request
 //! as `AgentClient` does: `a_client` (the shared client alone), `b_timeout`,
-//! `c_breaker`, `d_metrics`, `d1_attempt`, `d2_tower_retry`, `d3_one_attempt` (the retry
-//! step in three parts, see `support::LAYERS`), `e_retry`, `f_full` (progress on top: the
-//! whole stack),
-//! `g_boxed` (the whole stack boxed, as [`stack`] returns it). `sizes` prints the sizes
-//! of the request and of the stack's future.
+//! `c_breaker`, `d_one_attempt` (the retry layer's bookkeeping without a copy of the
+//! request, see `support::LAYERS`), `e_retry`, `f_full` (progress on top: the whole
+//! stack), `g_boxed` (the whole stack boxed, as `stack` returns it). `sizes` prints the
+//! sizes of the request and of the stack's future.
 //!
 //! The server runs on its own thread and runtime, so `--separate-threads=yes` puts the
 //! client's instructions (file `…-01`) apart from the server's (`…-02`). Taking the
@@ -30,7 +29,6 @@
 //! `PROM=1` installs the Prometheus recorder first, as the gateway does.
 
 use agentgate_agent_client::SharedClient;
-use agentgate_retry::RetryBody;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tower::Service;
@@ -56,15 +54,16 @@ struct Drive {
 impl support::WithStack for Drive {
     type Output = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 
-    fn with<S>(self, svc: S) -> Self::Output
+    fn with<S, B>(self, svc: S) -> Self::Output
     where
-        S: Service<Request<RetryBody>, Response = Response<Incoming>> + Clone + Send + 'static,
+        S: Service<Request<B>, Response = Response<Incoming>> + Clone + Send + 'static,
         S::Error: std::fmt::Debug,
         S::Future: Send,
+        B: Default + Send + 'static,
     {
         let Drive { url, total } = self;
         Box::pin(warm_then_run(total, move || {
-            stack_get(svc.clone(), url.clone())
+            stack_get::<_, B>(svc.clone(), url.clone())
         }))
     }
 }
@@ -81,24 +80,29 @@ where
 
 /// Sizes of what every layer moves: the request and the nested response futures.
 fn print_sizes() {
+    use agentgate_agent_client::{AgentBody, TransportBody};
     use std::mem::size_of;
-    type Fut<S> = <S as tower::Service<Request<RetryBody>>>::Future;
+    type Fut<S, B> = <S as tower::Service<Request<B>>>::Future;
     type T = agentgate_agent_client::Stack<SharedClient>;
     println!(
-        "Request<RetryBody>      {}",
-        size_of::<Request<RetryBody>>()
+        "Request<AgentBody>      {}",
+        size_of::<Request<AgentBody>>()
     );
-    println!("RetryBody               {}", size_of::<RetryBody>());
+    println!("AgentBody               {}", size_of::<AgentBody>());
+    println!("ReplayBody<AgentBody>   {}", size_of::<TransportBody>());
     println!(
         "http::request::Parts    {}",
         size_of::<http::request::Parts>()
     );
     println!("Stack (service)         {}", size_of::<T>());
-    println!("Stack future            {}", size_of::<Fut<T>>());
-    println!("hyper-util future       {}", size_of::<Fut<SharedClient>>());
+    println!("Stack future            {}", size_of::<Fut<T, AgentBody>>());
+    println!(
+        "hyper-util future       {}",
+        size_of::<Fut<SharedClient, TransportBody>>()
+    );
     println!(
         "Timeout future          {}",
-        size_of::<Fut<tower::timeout::Timeout<SharedClient>>>()
+        size_of::<Fut<tower::timeout::Timeout<SharedClient>, TransportBody>>()
     );
     println!(
         "tokio Sleep             {}",

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use agentgate_circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer};
 use agentgate_classify::BoxError;
-use agentgate_retry::{AttemptRecord, RetryBody, RetryPolicy};
+use agentgate_retry::RetryPolicy;
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -18,11 +18,11 @@ use serde_json::Value;
 use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 
-use crate::stack::{layered, AgentService, Stack, StackParts};
-use crate::{AgentConfig, AgentConfigError, AgentMetrics, AgentStats, JsonBody};
+use crate::stack::{layered, AgentService, Stack, StackParts, TransportBody};
+use crate::{AgentBody, AgentConfig, AgentConfigError, AgentMetrics, AgentStats, JsonBody};
 
 /// The transport under every agent's stack: one pooled keep-alive HTTP/1 client.
-pub type HttpClient = Client<HttpConnector, RetryBody>;
+pub type HttpClient = Client<HttpConnector, TransportBody>;
 
 /// The agent's client behind an `Arc`: hyper-util's `Client` is a large struct, and the
 /// stack is cloned per call (tower's `Retry` clones its inner service), so sharing it
@@ -37,7 +37,7 @@ impl SharedClient {
     }
 }
 
-impl tower_service::Service<Request<RetryBody>> for SharedClient {
+impl tower_service::Service<Request<TransportBody>> for SharedClient {
     type Response = Response<Incoming>;
     type Error = hyper_util::client::legacy::Error;
     type Future = hyper_util::client::legacy::ResponseFuture;
@@ -49,7 +49,7 @@ impl tower_service::Service<Request<RetryBody>> for SharedClient {
     }
 
     #[inline]
-    fn call(&mut self, req: Request<RetryBody>) -> Self::Future {
+    fn call(&mut self, req: Request<TransportBody>) -> Self::Future {
         self.0.request(req)
     }
 }
@@ -85,7 +85,7 @@ struct Inner {
 #[derive(Clone)]
 enum Transport {
     Hyper(SharedClient),
-    Custom(BoxCloneSyncService<Request<RetryBody>, Response<Incoming>, BoxError>),
+    Custom(BoxCloneSyncService<Request<TransportBody>, Response<Incoming>, BoxError>),
 }
 
 pin_project! {
@@ -119,7 +119,7 @@ impl AgentClient {
         transport: S,
     ) -> Result<Self, AgentConfigError>
     where
-        S: tower_service::Service<Request<RetryBody>, Response = Response<Incoming>>
+        S: tower_service::Service<Request<TransportBody>, Response = Response<Incoming>>
             + Clone
             + Send
             + Sync
@@ -175,24 +175,6 @@ impl AgentClient {
         &self.inner.breaker
     }
 
-    /// Rejects a call at once when the agent's breaker is open (or forced open) and its
-    /// open period is not over: the error the stack would have returned, counted as
-    /// the stack counts a rejected attempt (the breaker's `rejected`, the agent's
-    /// `rejected` outcome). `None` when the call must go through [`AgentClient::send`]
-    /// to be decided. Lets a caller skip work for a call that cannot be made, such as
-    /// reading the request body (the reverse proxy does); a call rejected this way does
-    /// not earn the retry budget, which only real traffic should.
-    pub fn try_reject(&self) -> Option<BoxError> {
-        let open = self.inner.breaker.try_reject()?;
-        let rejected: Result<Response<()>, BoxError> = Err(Box::new(open));
-        self.inner.metrics.record(&AttemptRecord::from_result(
-            1,
-            &rejected,
-            std::time::Duration::ZERO,
-        ));
-        rejected.err()
-    }
-
     /// The agent's request figures.
     pub fn stats(&self) -> AgentStats {
         self.inner.metrics.stats()
@@ -210,8 +192,9 @@ impl AgentClient {
     }
 
     /// Sends `req` through the streaming stack. `req`'s URI may be relative (a path):
-    /// it is resolved against the agent's URL.
-    pub async fn send(&self, mut req: Request<RetryBody>) -> Result<Response<Incoming>, BoxError> {
+    /// it is resolved against the agent's URL. The body is read only once the breaker
+    /// has admitted an attempt, as the agent takes it.
+    pub async fn send(&self, mut req: Request<AgentBody>) -> Result<Response<Incoming>, BoxError> {
         self.resolve(req.uri_mut())?;
         self.inner.streaming.clone().oneshot(req).await
     }
@@ -219,7 +202,7 @@ impl AgentClient {
     /// Sends `req` through the JSON stack: a 2xx must be JSON (else `bad_response`).
     pub async fn call_json(
         &self,
-        mut req: Request<RetryBody>,
+        mut req: Request<AgentBody>,
     ) -> Result<Response<Value>, BoxError> {
         self.resolve(req.uri_mut())?;
         self.inner.json.clone().oneshot(req).await
@@ -264,7 +247,7 @@ impl fmt::Debug for AgentClient {
 
 // === impl Transport ===
 
-impl tower_service::Service<Request<RetryBody>> for Transport {
+impl tower_service::Service<Request<TransportBody>> for Transport {
     type Response = Response<Incoming>;
     type Error = BoxError;
     type Future = TransportFuture;
@@ -278,7 +261,7 @@ impl tower_service::Service<Request<RetryBody>> for Transport {
     }
 
     #[inline]
-    fn call(&mut self, req: Request<RetryBody>) -> TransportFuture {
+    fn call(&mut self, req: Request<TransportBody>) -> TransportFuture {
         match self {
             Transport::Hyper(client) => TransportFuture::Hyper {
                 fut: client.call(req),

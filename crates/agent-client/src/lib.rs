@@ -2,7 +2,7 @@
 //! ([`stack`]), in agentgate's resilience stack:
 //!
 //! ```text
-//! progress → retry → metrics → circuit breaker → per-attempt timeout → client
+//! progress → retry (→ metrics) → circuit breaker → per-attempt timeout → client
 //! ```
 //!
 //! [`AgentClient`] is built from an agent's config (SPEC §2 `[defaults]` merged with
@@ -15,30 +15,29 @@
 //! # Example
 //!
 //! ```no_run
-//! use agentgate_agent_client::{AgentClient, AgentConfig};
-//! use agentgate_retry::RetryBody;
+//! use agentgate_agent_client::{AgentBody, AgentClient, AgentConfig};
 //!
 //! # async fn run() -> Result<(), tower::BoxError> {
 //! let nlp = AgentClient::new("nlp", AgentConfig::new("http://127.0.0.1:7001".parse()?))?;
 //! let req = http::Request::post("/process")
 //!     .header("content-type", "application/json")
 //!     .header("idempotency-key", "q1:nlp")
-//!     .body(RetryBody::full(r#"{"query":"hi"}"#))?;
+//!     .body(AgentBody::from(bytes::Bytes::from_static(br#"{"query":"hi"}"#)))?;
 //! let res = nlp.call_json(req).await?;
 //! println!("{} {}", res.status(), res.body());
 //! # Ok(()) }
 //! ```
 
+mod body;
 mod client;
 mod config;
 mod json;
 mod metrics;
 mod stack;
 
+pub use body::AgentBody;
 pub use client::{AgentClient, HttpClient, SharedClient};
 pub use config::{check_url, AgentConfig, AgentConfigError};
 pub use json::JsonBody;
-pub use metrics::{
-    describe_metrics, AgentMetrics, AgentMetricsLayer, AgentMetricsService, AgentStats,
-};
-pub use stack::{layered, stack, AgentService, Stack, StackParts};
+pub use metrics::{describe_metrics, AgentMetrics, AgentStats};
+pub use stack::{layered, stack, AgentService, Stack, StackParts, TransportBody};

@@ -2,24 +2,15 @@
 //! `agentgate_agent_request_duration_seconds{agent}`, `agentgate_agent_retries_total{agent}`,
 //! plus the same figures as atomics for the JSON metrics API.
 //!
-//! The layer sits under the retry layer and over the circuit breaker, so it sees every
-//! attempt — including the ones the breaker rejects — and nothing else: one outcome per
-//! attempt, as SPEC §4 counts them, with no per-request state.
+//! [`AgentMetrics`] is the retry layer's observer ([`AttemptObserver`]): the retry layer
+//! sits over the circuit breaker, so it tells of every attempt — the ones the breaker
+//! refuses included — and of nothing else: one outcome per attempt, as SPEC §4 counts
+//! them, with no per-request state.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 
-use agentgate_classify::BoxError;
-use agentgate_retry::{AttemptOutcome, AttemptRecord, RetryBody};
-use http::{Request, Response};
+use agentgate_classify::{AttemptObserver, AttemptOutcome, AttemptRecord, FailureClass};
 use metrics::{Counter, Histogram};
-use pin_project_lite::pin_project;
-use tokio::time::Instant;
-use tower_layer::Layer;
-use tower_service::Service;
 
 const REQUESTS: &str = "agentgate_agent_requests_total";
 const DURATION: &str = "agentgate_agent_request_duration_seconds";
@@ -77,19 +68,6 @@ pub struct AgentStats {
     pub avg_latency_ms: f64,
 }
 
-/// Counts each attempt into [`AgentMetrics`].
-#[derive(Clone, Debug)]
-pub struct AgentMetricsLayer {
-    metrics: Arc<AgentMetrics>,
-}
-
-/// The service built by [`AgentMetricsLayer`].
-#[derive(Clone, Debug)]
-pub struct AgentMetricsService<S> {
-    inner: S,
-    metrics: Arc<AgentMetrics>,
-}
-
 // === impl AgentMetrics ===
 
 impl AgentMetrics {
@@ -138,9 +116,14 @@ impl AgentMetrics {
     }
 }
 
-impl AgentMetrics {
-    /// Counts one finished attempt.
-    pub fn record(&self, record: &AttemptRecord) {
+impl AttemptObserver for AgentMetrics {
+    /// Counts one finished attempt. An attempt that failed because of the caller (its
+    /// own request body broke off or went over a limit) says nothing about the agent and
+    /// is not counted, as a call the caller dropped is not.
+    fn attempt_finished(&self, record: &AttemptRecord) {
+        if record.error == Some(FailureClass::Cancelled) {
+            return;
+        }
         let (index, counter) = match record.outcome {
             AttemptOutcome::Success => (0, &self.successes),
             AttemptOutcome::Failure => (1, &self.failures),
@@ -159,84 +142,5 @@ impl AgentMetrics {
             self.latency_micros
                 .fetch_add(record.duration.as_micros() as u64, Ordering::Relaxed);
         }
-    }
-}
-
-// === impl AgentMetricsLayer ===
-
-impl AgentMetricsLayer {
-    /// Records into `metrics`.
-    pub fn new(metrics: Arc<AgentMetrics>) -> Self {
-        Self { metrics }
-    }
-}
-
-impl<S> Layer<S> for AgentMetricsLayer {
-    type Service = AgentMetricsService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        AgentMetricsService {
-            inner,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-impl<S, RB> Service<Request<RetryBody>> for AgentMetricsService<S>
-where
-    S: Service<Request<RetryBody>, Response = Response<RB>>,
-    S::Error: Into<BoxError>,
-{
-    type Response = Response<RB>;
-    type Error = BoxError;
-    type Future = AgentMetricsFuture<S::Future>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    #[inline]
-    fn call(&mut self, req: Request<RetryBody>) -> Self::Future {
-        AgentMetricsFuture {
-            attempt: req.body().attempt(),
-            inner: self.inner.call(req),
-            metrics: Some(self.metrics.clone()),
-            start: Instant::now(),
-        }
-    }
-}
-
-pin_project! {
-    /// The future of one measured attempt.
-    #[derive(Debug)]
-    pub struct AgentMetricsFuture<F> {
-        #[pin]
-        inner: F,
-        metrics: Option<Arc<AgentMetrics>>,
-        attempt: u32,
-        start: Instant,
-    }
-}
-
-impl<F, RB, E> Future for AgentMetricsFuture<F>
-where
-    F: Future<Output = Result<Response<RB>, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<Response<RB>, BoxError>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = ready!(this.inner.poll(cx)).map_err(Into::into);
-        if let Some(metrics) = this.metrics.take() {
-            metrics.record(&AttemptRecord::from_result(
-                *this.attempt,
-                &result,
-                this.start.elapsed(),
-            ));
-        }
-        Poll::Ready(result)
     }
 }

@@ -2,13 +2,15 @@
 //!
 //! This facade re-exports the layers so library users depend on one crate:
 //!
-//! - [`classify`]: failure classes (what counts against a breaker, what may be retried).
+//! - [`classify`]: failure classes (what counts against a breaker, what may be retried),
+//!   and what the layers share without depending on each other (the `Rejected` marker,
+//!   attempt records, their observers and ledger).
 //! - [`circuit_breaker`]: [`CircuitBreakerLayer`], resilience4j-grade breaker semantics.
-//! - [`retry`]: [`RetryLayer`] on tower's `Retry`: jittered backoff, budget,
-//!   `Retry-After`, idempotency guard, replayable bodies, attempt ledger.
+//! - [`retry`]: [`RetryLayer`]: jittered backoff, budget, `Retry-After`, idempotency
+//!   guard, request bodies replayed while they stream, one record per attempt.
 //! - [`progress`]: per-query progress events, a hub with gap-free replay, [`ProgressLayer`].
 //! - [`agent_client`]: [`AgentClient`], one pooled hyper-util client per agent wrapped in
-//!   the whole stack (`progress → retry → metrics → circuit breaker → timeout → client`).
+//!   the whole stack (`progress → retry (→ metrics) → circuit breaker → timeout → client`).
 //!
 //! # Example
 //!
@@ -38,12 +40,15 @@ pub use agentgate_retry as retry;
 
 pub use agentgate_agent_client::{AgentClient, AgentConfig};
 pub use agentgate_progress::{MemoryHub, ProgressHub, ProgressLayer};
-pub use agentgate_retry::{RetryBody, RetryConfig, RetryLayer, RetryPolicy};
+pub use agentgate_retry::{ReplayBody, RetryConfig, RetryLayer, RetryPolicy};
 
 pub use agentgate_circuit_breaker::{
     CircuitBreaker, CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitOpen,
 };
-pub use agentgate_classify::{is_caused_by, FailureClass, HttpClassifier};
+pub use agentgate_classify::{
+    is_caused_by, AttemptLedger, AttemptObserver, AttemptRecord, FailureClass, HttpClassifier,
+    Rejected,
+};
 
 /// The README's examples, compiled and run as doc tests so they stay true.
 #[doc = include_str!("../../../README.md")]

@@ -321,24 +321,6 @@ impl Core {
         (at < until).then(|| Duration::from_nanos(until - at))
     }
 
-    /// Rejects a call now, counted like any rejected call, when the breaker is open or
-    /// forced open and its open period is not over. `None` otherwise (closed, half-open,
-    /// disabled, or an open period that has just ended): the call needs the full
-    /// decision of [`Core::admit`], which may make it a probe. Takes no permit.
-    pub(crate) fn try_reject(&self, now: impl FnOnce() -> Instant) -> Option<CircuitOpen> {
-        let state = State::from_index(self.word.load(Ordering::Acquire) & STATE_MASK);
-        if !matches!(state, State::Open | State::ForcedOpen) {
-            return None;
-        }
-        let until = self.reject_until.load(Ordering::Acquire);
-        let retry_after = if until == FOREVER {
-            None
-        } else {
-            Some(self.time_left(until, now())?)
-        };
-        Some(self.reject(state, retry_after))
-    }
-
     fn admit_slow(self: &Arc<Self>, now: Instant) -> Admission {
         let mut m = self.lock();
         self.advance(&mut m, now);

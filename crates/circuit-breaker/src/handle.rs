@@ -89,17 +89,6 @@ pub struct ManualChange {
 // === impl CircuitBreakerHandle ===
 
 impl CircuitBreakerHandle {
-    /// Rejects a call at once if the breaker is open (or forced open) and its open
-    /// period is not over, counting it as rejected exactly as the service would
-    /// (`rejected` in the snapshot, `agentgate_circuit_breaker_rejected_total`).
-    /// `None` when a call must go through the service to be decided: closed,
-    /// half-open, disabled, or an open period that has just ended (the next call may be
-    /// a probe). It takes no probe permit. For callers that can skip work for a call
-    /// that will be rejected anyway, such as reading a request body.
-    pub fn try_reject(&self) -> Option<crate::CircuitOpen> {
-        self.breaker.try_reject(Instant::now)
-    }
-
     pub(crate) fn new(breaker: Arc<Core>) -> Self {
         Self { breaker }
     }

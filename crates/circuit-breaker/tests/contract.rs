@@ -11,7 +11,9 @@ use std::time::Duration;
 use agentgate_circuit_breaker::{
     CircuitBreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitOpen, Reason, State,
 };
-use agentgate_classify::{cause_ref, is_caused_by, BoxError};
+use agentgate_classify::{
+    cause_ref, classify_error, is_caused_by, BoxError, FailureClass, Rejected, Rejection,
+};
 use http::{Request, Response, StatusCode};
 use tokio::sync::oneshot;
 use tokio::time::{self, Instant};
@@ -475,7 +477,7 @@ async fn disabled_lets_everything_through_and_force_open_expires() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn try_reject_answers_for_an_open_breaker_only_and_counts_like_the_service() {
+async fn a_rejection_carries_the_rejected_marker_with_the_time_left() {
     let (layer, handle) = layer(CircuitBreakerConfig {
         consecutive_failures: 1,
         open_duration: Duration::from_secs(10),
@@ -484,36 +486,21 @@ async fn try_reject_answers_for_an_open_breaker_only_and_counts_like_the_service
     let mut svc = layer.layer(tower::service_fn(|_: Request<()>| async {
         Ok::<_, Infallible>(status(503))
     }));
-
-    // Closed and disabled: the call must go through the service.
-    assert!(handle.try_reject().is_none());
-    handle.disable();
-    assert!(handle.try_reject().is_none());
-    handle.reset();
-
-    // Open (one failure trips it): rejected at once, with the time left.
     assert_eq!(call(&mut svc).await.unwrap().status(), 503);
-    assert_eq!(handle.snapshot().state, State::Open);
     time::advance(Duration::from_secs(4)).await;
-    let open = handle.try_reject().expect("open rejects");
-    assert_eq!(open.retry_after(), Some(Duration::from_secs(6)));
-    // Counted like a rejection by the service.
+
+    // Layers that do not know the breaker see a refusal, not an agent failure.
     let err = call(&mut svc).await.unwrap_err();
-    assert!(is_caused_by::<CircuitOpen>(&*err));
-    assert_eq!(handle.snapshot().rejected, 2);
+    let open = cause_ref::<CircuitOpen>(&*err).expect("CircuitOpen");
+    assert_eq!(open.retry_after(), Some(Duration::from_secs(6)));
+    let rejected = cause_ref::<Rejected>(&*err).expect("the Rejected marker");
+    assert_eq!(rejected.reason(), Rejection::CircuitOpen);
+    assert_eq!(rejected.retry_after(), Some(Duration::from_secs(6)));
+    assert_eq!(classify_error(&*err), FailureClass::Rejected);
+    assert_eq!(handle.snapshot().rejected, 1);
 
-    // The open period is over: the next call decides (it becomes the probe), and no
-    // permit was taken by asking.
-    time::advance(Duration::from_secs(6)).await;
-    assert!(handle.try_reject().is_none());
-    assert_eq!(handle.snapshot().half_open_in_flight, 0);
-    assert_eq!(call(&mut svc).await.unwrap().status(), 503);
-
-    // Forced open without an end: rejected with no Retry-After.
+    // Forced open without an end: a refusal with no time to come back at.
     handle.force_open(None);
-    assert_eq!(
-        handle.try_reject().expect("forced open").retry_after(),
-        None
-    );
-    assert_eq!(handle.snapshot().rejected, 3);
+    let err = call(&mut svc).await.unwrap_err();
+    assert_eq!(cause_ref::<Rejected>(&*err).unwrap().retry_after(), None);
 }

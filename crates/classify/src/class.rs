@@ -19,9 +19,11 @@ pub enum FailureClass {
     /// The agent answered 2xx with something that is not what the caller needs
     /// (for the pipeline: not JSON).
     BadResponse,
-    /// One of our own layers refused the call (open breaker, exhausted retry budget).
+    /// One of our own layers refused the call (open breaker, full bulkhead): see
+    /// [`crate::Rejected`].
     Rejected,
-    /// The caller went away (dropped the request or cancelled the query).
+    /// The caller went away (dropped the request, cancelled the query, or its own request
+    /// body failed while it was sent).
     Cancelled,
 }
 

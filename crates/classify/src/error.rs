@@ -4,9 +4,10 @@ use std::io;
 use crate::cause::{cause_ref, is_caused_by, next_cause};
 use crate::FailureClass;
 
-/// Maps a transport error to its [`FailureClass`] by looking through its whole
-/// `source()` chain.
+/// Maps an error to its [`FailureClass`] by looking through its whole `source()` chain.
 ///
+/// - [`crate::Rejected`] (a refusal by one of our own layers) → `rejected`;
+/// - [`crate::RequestBodyError`] (the caller's own body failed) → `cancelled`;
 /// - [`crate::BadResponse`] → `bad_response`;
 /// - a hyper-util client error that says it happened while connecting → `connect`
 ///   (nothing was sent);
@@ -16,10 +17,13 @@ use crate::FailureClass;
 ///   pipe/unexpected EOF → `reset`, timed out → `timeout`;
 /// - anything else → `reset`: the call failed in transit in a way we do not recognise,
 ///   which the breaker must count and which is as safe to retry as a reset.
-///
-/// Rejections by our own layers are not recognised here (this crate sits below them);
-/// see the crate docs.
 pub fn classify_error(err: &(dyn Error + 'static)) -> FailureClass {
+    if is_caused_by::<crate::Rejected>(err) {
+        return FailureClass::Rejected;
+    }
+    if is_caused_by::<crate::RequestBodyError>(err) {
+        return FailureClass::Cancelled;
+    }
     if let Some(e) = cause_ref::<hyper_util::client::legacy::Error>(err) {
         if e.is_connect() {
             return FailureClass::Connect;
@@ -101,6 +105,20 @@ mod tests {
         let err: BoxError = Box::new(crate::BadResponse::new("not JSON"));
         assert_eq!(classify_error(&*err), FailureClass::BadResponse);
         assert_eq!(err.to_string(), "bad response: not JSON");
+    }
+
+    #[test]
+    fn our_refusals_and_the_callers_body_are_not_the_agents_failures() {
+        let open: BoxError = Box::new(io::Error::other(crate::Rejected::new(
+            crate::Rejection::CircuitOpen,
+            None,
+        )));
+        assert_eq!(classify_error(&*open), FailureClass::Rejected);
+        let body: BoxError = Box::new(crate::RequestBodyError::new(io::Error::from(
+            io::ErrorKind::ConnectionReset,
+        )));
+        // A reset of the caller's upload is not the agent's reset.
+        assert_eq!(classify_error(&*body), FailureClass::Cancelled);
     }
 
     #[test]

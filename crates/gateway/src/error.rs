@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use agentgate_circuit_breaker::CircuitOpen;
-use agentgate_classify::{cause_ref, classify_error, BoxError, FailureClass};
+use agentgate_classify::{
+    cause_ref, classify_error, is_caused_by, BoxError, FailureClass, RequestBodyError,
+};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::LengthLimitError;
@@ -69,7 +71,7 @@ impl ApiError {
 
     /// Maps the error of a call to `agent` (reverse proxy) to an answer: open breaker
     /// 503 + `Retry-After`, per-attempt timeout 504, connection failure 502, a request
-    /// body over the limit 413.
+    /// body over the limit 413, one that broke off 400.
     pub fn from_agent_error(agent: &str, err: &BoxError, body_limit: usize) -> Self {
         if let Some(open) = cause_ref::<CircuitOpen>(&**err) {
             return Self {
@@ -86,6 +88,9 @@ impl ApiError {
         }
         if cause_ref::<LengthLimitError>(&**err).is_some() {
             return Self::too_large(body_limit);
+        }
+        if is_caused_by::<RequestBodyError>(&**err) {
+            return Self::bad_request("the request body could not be read");
         }
         match classify_error(&**err) {
             FailureClass::Timeout => Self::new(

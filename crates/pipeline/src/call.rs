@@ -5,10 +5,13 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use agentgate_circuit_breaker::CircuitOpen;
-use agentgate_classify::{cause_ref, classify_error, is_failure_status, FailureClass};
+use agentgate_agent_client::AgentBody;
+use agentgate_classify::{
+    cause_ref, classify_error, is_failure_status, AttemptLedger, AttemptObserver, AttemptRecord,
+    FailureClass, Rejected, Rejection,
+};
 use agentgate_progress::{ErrorInfo, EventKind, JsonText, ProgressContext};
-use agentgate_retry::{AttemptLedger, AttemptObserver, AttemptRecord, Deadline, RetryBody};
+use agentgate_retry::Deadline;
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request};
@@ -120,7 +123,7 @@ impl QueryRun {
                 "idempotency-key",
                 format!("{}:{}", self.query_id, stage.name),
             )
-            .body(RetryBody::full(body));
+            .body(AgentBody::from(body));
         let mut req = match built {
             Ok(req) => req,
             Err(e) => {
@@ -208,7 +211,8 @@ impl QueryRun {
                 })
             }
             Ok(Err(err)) => {
-                if let Some(open) = cause_ref::<CircuitOpen>(&*err) {
+                let rejected = cause_ref::<Rejected>(&*err);
+                if let Some(open) = rejected.filter(|r| r.reason() == Rejection::CircuitOpen) {
                     let left = open
                         .retry_after()
                         .or_else(|| client.breaker().snapshot().retry_after);

@@ -5,8 +5,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentgate_progress::{attempt_error_kind, JsonText, QueryPublisher};
-use agentgate_retry::AttemptRecord;
+use agentgate_classify::AttemptRecord;
+use agentgate_progress::{JsonText, QueryPublisher};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
@@ -243,12 +243,8 @@ impl QueryRecord {
 impl AttemptJson {
     /// An attempt as the retry layer's ledger recorded it.
     pub(crate) fn from_record(record: &AttemptRecord) -> Self {
-        let error = match record.status {
-            Some(s) if (200..300).contains(&s) => None,
-            // Any other answer fails the stage, even one the breaker calls a success.
-            Some(_) => Some("status".to_owned()),
-            None => Some(attempt_error_kind(record).to_owned()),
-        };
+        // Any answer but a 2xx fails the stage, even one the breaker calls a success.
+        let error = record.error_kind().map(str::to_owned);
         Self {
             attempt: record.attempt,
             status: record.status,

@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use agentgate_classify::{BoxError, FailureClass};
-use agentgate_retry::{AttemptLedger, AttemptObserver, AttemptOutcome, AttemptRecord};
+use agentgate_classify::{
+    AttemptLedger, AttemptObserver, AttemptOutcome, AttemptRecord, BoxError, Rejection,
+};
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use serde_json::json;
+use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -36,6 +38,11 @@ pub struct ProgressContext {
 /// `{"delay_ms"}`) for every retry, and `progress/completed` when the agent answered
 /// with a 2xx. Fallback, skip, stage failure and the terminal events
 /// belong to the pipeline, which knows what comes next.
+///
+/// Attempts and retries are learnt from the request's
+/// [`AttemptLedger`](agentgate_classify::AttemptLedger), which a retry layer below tells
+/// (any retry layer: this one depends on none). Without one below, the call is one
+/// attempt, and this layer reports it itself.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProgressLayer {
     _priv: (),
@@ -53,13 +60,21 @@ pin_project! {
     pub struct ProgressFuture<F> {
         #[pin]
         inner: F,
-        ctx: Option<ProgressContext>,
+        watch: Option<Watch>,
     }
 }
 
 #[derive(Debug)]
 struct StageObserver {
     ctx: ProgressContext,
+}
+
+/// What a call with a [`ProgressContext`] keeps until it ends.
+#[derive(Debug)]
+struct Watch {
+    observer: Arc<StageObserver>,
+    ledger: AttemptLedger,
+    started: Instant,
 }
 
 impl ProgressLayer {
@@ -91,15 +106,25 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let ctx = req.extensions().get::<ProgressContext>().cloned();
-        if let Some(ctx) = &ctx {
-            let ledger = AttemptLedger::of(&mut req);
-            ledger.observe(Arc::new(StageObserver { ctx: ctx.clone() }));
-            ctx.emit(StageStatus::Started, ctx.progress_start, Some(1), None);
-        }
+        let watch = req
+            .extensions()
+            .get::<ProgressContext>()
+            .cloned()
+            .map(|ctx| {
+                let ledger = AttemptLedger::of(&mut req);
+                let observer = Arc::new(StageObserver { ctx });
+                ledger.observe(observer.clone());
+                let ctx = &observer.ctx;
+                ctx.emit(StageStatus::Started, ctx.progress_start, Some(1), None);
+                Watch {
+                    observer,
+                    ledger,
+                    started: Instant::now(),
+                }
+            });
         ProgressFuture {
             inner: self.inner.call(req),
-            ctx,
+            watch,
         }
     }
 }
@@ -114,10 +139,16 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx)).map_err(Into::into);
-        if let (Some(ctx), Ok(res)) = (this.ctx.take(), &result) {
+        if let Some(watch) = this.watch.take() {
+            if watch.ledger.attempts() == 0 {
+                // Nothing below counted attempts: this call was the one attempt.
+                let record = AttemptRecord::from_result(1, &result, watch.started.elapsed());
+                watch.ledger.finish(record);
+            }
+            let ctx = &watch.observer.ctx;
             // Only a 2xx completes a stage: the pipeline treats any other answer as a
             // failure and goes on to fallbacks.
-            if res.status().is_success() {
+            if result.as_ref().is_ok_and(|res| res.status().is_success()) {
                 ctx.emit(StageStatus::Completed, ctx.progress_end, None, None);
             }
         }
@@ -157,33 +188,24 @@ impl ProgressContext {
     }
 }
 
-/// The SPEC error kind of a failed attempt: the failure class, or `circuit_open`.
-pub fn attempt_error_kind(record: &AttemptRecord) -> &'static str {
-    match (record.outcome, record.error) {
-        (AttemptOutcome::Rejected, _) => "circuit_open",
-        (_, Some(class)) => class.as_str(),
-        (_, None) => FailureClass::Status.as_str(),
-    }
-}
-
 impl AttemptObserver for StageObserver {
     fn attempt_finished(&self, record: &AttemptRecord) {
         if record.outcome == AttemptOutcome::Success {
             return;
         }
-        let message = match (record.status, record.outcome) {
-            (Some(status), _) => format!("attempt {} answered {status}", record.attempt),
-            (None, AttemptOutcome::Rejected) => {
+        let kind = record.error_kind().unwrap_or("status");
+        let message = match (record.status, record.outcome, record.rejection) {
+            (Some(status), _, _) => format!("attempt {} answered {status}", record.attempt),
+            (None, _, Some(Rejection::CircuitOpen)) => {
                 format!("attempt {}: circuit breaker open", record.attempt)
             }
-            (None, AttemptOutcome::Timeout) => format!("attempt {} timed out", record.attempt),
-            (None, _) => format!(
-                "attempt {} failed: {}",
-                record.attempt,
-                attempt_error_kind(record)
-            ),
+            (None, _, Some(_)) => format!("attempt {} refused: {kind}", record.attempt),
+            (None, AttemptOutcome::Timeout, _) => {
+                format!("attempt {} timed out", record.attempt)
+            }
+            (None, _, None) => format!("attempt {} failed: {kind}", record.attempt),
         };
-        self.ctx.emit_error(attempt_error_kind(record), message);
+        self.ctx.emit_error(kind, message);
     }
 
     fn retry_scheduled(&self, next_attempt: u32, delay: Duration) {

@@ -16,7 +16,8 @@
 //!   same streams across replicas without touching callers.
 //! - [`ProgressLayer`]: emits a stage's events (started, error per failed attempt,
 //!   retrying with attempt and delay, completed) for calls that carry a
-//!   [`ProgressContext`], by watching the retry layer's attempt ledger.
+//!   [`ProgressContext`], by observing the request's attempt ledger (shared vocabulary
+//!   from `agentgate-classify`: this crate depends on no other layer).
 //!
 //! # Example
 //!
@@ -46,7 +47,5 @@ pub use hub::{
     HubStats, Mirrored, OpenError, ProgressHub, PublishError, PublishHook, QueryPublisher,
     SubscribeError, Subscription, SubscriptionItem,
 };
-pub use layer::{
-    attempt_error_kind, ProgressContext, ProgressFuture, ProgressLayer, ProgressService,
-};
+pub use layer::{ProgressContext, ProgressFuture, ProgressLayer, ProgressService};
 pub use memory::{HubConfig, MemoryHub};

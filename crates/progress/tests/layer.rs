@@ -1,4 +1,4 @@
-//! ProgressLayer over the retry layer: the events of one stage as an agent fails once.
+//! ProgressLayer over the retry layer, and on its own: the events of one stage.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -7,8 +7,10 @@ use std::time::Duration;
 use agentgate_progress::{
     EventKind, HubConfig, MemoryHub, ProgressContext, ProgressHub, ProgressLayer, SubscriptionItem,
 };
-use agentgate_retry::{Jitter, RetryBody, RetryConfig, RetryLayer, RetryPolicy};
+use agentgate_retry::{Jitter, ReplayBody, RetryConfig, RetryLayer, RetryPolicy};
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::Empty;
 use tower::{Layer, ServiceExt};
 
 #[tokio::test(start_paused = true)]
@@ -20,7 +22,7 @@ async fn a_stage_that_fails_once_reports_error_retrying_completed() {
     let calls = Arc::new(AtomicU32::new(0));
     let agent = tower::service_fn({
         let calls = calls.clone();
-        move |_req: Request<RetryBody>| {
+        move |_req: Request<ReplayBody<Empty<Bytes>>>| {
             let n = calls.fetch_add(1, Ordering::SeqCst);
             async move {
                 let status = if n == 0 { 503 } else { 200 };
@@ -40,7 +42,7 @@ async fn a_stage_that_fails_once_reports_error_retrying_completed() {
     let stack = ProgressLayer::new().layer(RetryLayer::new(policy).layer(agent));
 
     let mut req = Request::get("http://nlp/process")
-        .body(RetryBody::empty())
+        .body(Empty::<Bytes>::new())
         .unwrap();
     req.extensions_mut().insert(ProgressContext {
         publisher: publisher.clone(),
@@ -51,10 +53,7 @@ async fn a_stage_that_fails_once_reports_error_retrying_completed() {
     assert_eq!(stack.oneshot(req).await.unwrap().status(), 200);
     publisher.publish(EventKind::Cancelled {}).unwrap();
 
-    let mut got = Vec::new();
-    while let Some(SubscriptionItem::Event(e)) = sub.recv().await {
-        got.push(serde_json::to_value(e.event()).unwrap());
-    }
+    let got = events(&mut sub).await;
     let brief: Vec<_> = got
         .iter()
         .map(|e| {
@@ -84,4 +83,42 @@ async fn a_stage_that_fails_once_reports_error_retrying_completed() {
     assert_eq!(got[1]["error"]["message"], "attempt 1 answered 503");
     assert_eq!(got[2]["detail"]["delay_ms"], 250);
     assert_eq!(got[1]["stage"], "nlp_processing");
+}
+
+/// Every event of a subscription, until the terminal one.
+async fn events(sub: &mut agentgate_progress::Subscription) -> Vec<serde_json::Value> {
+    let mut got = Vec::new();
+    while let Some(SubscriptionItem::Event(e)) = sub.recv().await {
+        got.push(serde_json::to_value(e.event()).unwrap());
+    }
+    got
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_retry_layer_the_call_is_the_one_attempt() {
+    let hub = MemoryHub::new(HubConfig::default());
+    let publisher = hub.open("q2").unwrap();
+    let mut sub = hub.subscribe("q2", 0).unwrap();
+    let agent = tower::service_fn(|_req: Request<()>| async {
+        Err::<Response<()>, _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+    });
+    let mut req = Request::new(());
+    req.extensions_mut().insert(ProgressContext {
+        publisher: publisher.clone(),
+        stage: "solo".into(),
+        progress_start: 10,
+        progress_end: 20,
+    });
+    assert!(ProgressLayer::new()
+        .layer(agent)
+        .oneshot(req)
+        .await
+        .is_err());
+    publisher.publish(EventKind::Cancelled {}).unwrap();
+    let got = events(&mut sub).await;
+    let types: Vec<_> = got.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["progress", "error", "cancelled"]);
+    assert_eq!(got[0]["status"], "started");
+    assert_eq!(got[1]["error"]["kind"], "connect");
+    assert_eq!(got[1]["error"]["message"], "attempt 1 failed: connect");
 }

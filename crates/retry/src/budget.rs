@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tower::retry::budget::Budget;
 
 /// Slots the ttl is cut into (as in tower's `TpsBudget`).
 const SLOTS: usize = 10;
@@ -23,7 +22,7 @@ const BALANCE_MASK: u64 = (1 << BALANCE_BITS) - 1;
 const BIAS: i64 = 1 << (BALANCE_BITS - 1);
 const WINDOW_MASK: u64 = (1 << (64 - BALANCE_BITS)) - 1;
 
-/// A lock-free time-windowed retry budget, implementing tower's [`Budget`].
+/// A lock-free time-windowed retry budget.
 #[derive(Debug)]
 pub struct RetryBudget {
     origin: Instant,
@@ -127,12 +126,14 @@ impl RetryBudget {
     }
 }
 
-impl Budget for RetryBudget {
-    fn deposit(&self) {
+impl RetryBudget {
+    /// Counts one request now.
+    pub fn deposit(&self) {
         self.deposit_at(Instant::now());
     }
 
-    fn withdraw(&self) -> bool {
+    /// Takes one retry now if the balance allows it.
+    pub fn withdraw(&self) -> bool {
         self.withdraw_at(Instant::now())
     }
 }

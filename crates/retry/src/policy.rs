@@ -1,25 +1,19 @@
+//! Whether a failed attempt is tried again, and after how long (SPEC §5).
+
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use agentgate_circuit_breaker::CircuitOpen;
-use agentgate_classify::{
-    classify_error, is_caused_by, retry_after_from_headers, BoxError, FailureClass,
-};
-use http::{Method, Request, Response};
+use agentgate_classify::{classify_error, retry_after_from_headers, BoxError, FailureClass};
+use http::request::Parts;
+use http::{Method, Response};
 use metrics::Counter;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tokio::time::Instant;
-use tower::retry::budget::Budget;
-use tower::retry::Policy;
 
-use crate::{
-    AttemptLedger, Backoff, ConfigError, Deadline, RetryAllowance, RetryBody, RetryBudget,
-    RetryConfig, RetryOn,
-};
+use crate::{Backoff, ConfigError, RetryBudget, RetryConfig, RetryOn};
 
 /// Header telling the agent how long the caller will still wait (SPEC §3); kept
 /// current on retries when the request carries a [`Deadline`].
@@ -39,18 +33,11 @@ const BUDGET_EXHAUSTED: &str = "agentgate_retry_budget_exhausted_total";
 /// How long the budget remembers requests (as in Linkerd and Finagle).
 const BUDGET_TTL: Duration = Duration::from_secs(10);
 
-/// The retry policy of one agent, for `tower::retry::Retry`.
-///
-/// Everything shared — config, budget, RNG — is behind an `Arc`. The attempt number
-/// is the request's own ([`RetryBody::attempt`]), not the policy's: tower's `Retry`
-/// calls `clone_request` on the service's policy before it clones the policy into the
-/// response future, so state kept in the policy there would leak into the next call
-/// made through the same service. The one per-request field, the previous delay, is
-/// only changed in `retry`, on the response future's clone.
+/// The retry policy of one agent: its config, its retry budget and its jitter's RNG.
+/// Cheap to clone; clones share the budget.
 #[derive(Clone)]
 pub struct RetryPolicy {
     shared: Arc<Shared>,
-    prev_delay: Duration,
 }
 
 struct Shared {
@@ -68,15 +55,19 @@ struct Shared {
 #[derive(Clone, Copy, Debug, Default)]
 struct StatusSet([u64; 16]);
 
-/// Why a failed attempt will not be retried (for logs and tests).
+/// Why a failed attempt is not retried (for logs and tests).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoRetry {
     /// `max_attempts` reached.
     Attempts,
-    /// The failure is not in `retry_on`, or is never retried (circuit open, bad response).
+    /// The failure is not in `retry_on`, or is never retried (a refusal by one of our
+    /// layers, a bad response, the caller's own body).
     NotRetryable,
     /// A non-idempotent request that may have reached the agent.
     NotIdempotent,
+    /// The request body cannot be sent again (over `max_replay_body_bytes`, or still
+    /// being sent by the attempt that failed).
+    Body,
     /// The agent's `Retry-After` is longer than `max_retry_after`.
     RetryAfterTooLong,
     /// The backoff would end past the caller's deadline.
@@ -85,6 +76,31 @@ pub enum NoRetry {
     Allowance,
     /// The agent's retry budget is used up.
     Budget,
+}
+
+/// The instant by which the whole call must be done (request extension). The retry
+/// policy never schedules a retry whose backoff would end past it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadline(pub Instant);
+
+/// Retries left for a whole query, shared by all its stages (request extension;
+/// SPEC's `retry_allowance`).
+#[derive(Clone, Debug)]
+pub struct RetryAllowance(Arc<AtomicU32>);
+
+/// One failed attempt, as the policy weighs it.
+#[derive(Debug)]
+pub struct Attempted<'a, R> {
+    /// The request's head (method, headers, extensions).
+    pub head: &'a Parts,
+    /// Which attempt it was (1 for the first).
+    pub attempt: u32,
+    /// How it ended.
+    pub result: &'a Result<Response<R>, BoxError>,
+    /// Whether its body could be sent again now.
+    pub replayable: bool,
+    /// The delay before it (for decorrelated jitter; `base_delay` before a retry).
+    pub prev_delay: Duration,
 }
 
 // === impl RetryPolicy ===
@@ -122,7 +138,6 @@ impl RetryPolicy {
         };
         let budget_exhausted = metrics::counter!(BUDGET_EXHAUSTED, "agent" => agent.to_string());
         Ok(Self {
-            prev_delay: config.base_delay,
             shared: Arc::new(Shared {
                 retry_statuses: StatusSet::of(&config.retry_on),
                 agent,
@@ -145,15 +160,17 @@ impl RetryPolicy {
         &self.shared.config
     }
 
-    /// Decides whether attempt `req.body().attempt()` of `req`, which ended in `result`,
-    /// is retried, and after how long.
-    pub fn decide<B>(
-        &mut self,
-        req: &Request<RetryBody>,
-        result: &Result<Response<B>, BoxError>,
-    ) -> Result<Duration, NoRetry> {
+    /// Counts an original request (not a retry) towards the budget.
+    #[inline]
+    pub(crate) fn deposit(&self) {
+        self.shared.budget.deposit();
+    }
+
+    /// Decides whether a failed attempt is retried, and after how long. A retry it
+    /// allows has been withdrawn from the budget and the query's allowance.
+    pub fn decide<R>(&self, a: &Attempted<'_, R>) -> Result<Duration, NoRetry> {
         let cfg = &self.shared.config;
-        let (retry_after, nothing_sent) = match result {
+        let (retry_after, nothing_sent) = match a.result {
             Ok(res) => {
                 let status = res.status().as_u16();
                 if !self.shared.retry_statuses.contains(status) {
@@ -165,9 +182,6 @@ impl RetryPolicy {
                 (retry_after, false)
             }
             Err(err) => {
-                if is_caused_by::<CircuitOpen>(&**err) {
-                    return Err(NoRetry::NotRetryable);
-                }
                 let class = classify_error(&**err);
                 let listed = match class {
                     FailureClass::Connect => cfg.retry_on.contains(&RetryOn::Connect),
@@ -181,26 +195,28 @@ impl RetryPolicy {
                 (None, class == FailureClass::Connect)
             }
         };
-        let sent = req.body().attempt();
-        if sent >= cfg.max_attempts {
+        if a.attempt >= cfg.max_attempts {
             return Err(NoRetry::Attempts);
         }
-        if !(nothing_sent || cfg.retry_non_idempotent || is_idempotent(req)) {
+        if !(nothing_sent || cfg.retry_non_idempotent || is_idempotent(a.head)) {
             return Err(NoRetry::NotIdempotent);
         }
-        let mut delay = self.next_delay(sent);
+        if !a.replayable {
+            return Err(NoRetry::Body);
+        }
+        let mut delay = self.next_delay(a.attempt, a.prev_delay);
         if let Some(ra) = retry_after {
             if ra > cfg.max_retry_after {
                 return Err(NoRetry::RetryAfterTooLong);
             }
             delay = delay.max(ra);
         }
-        if let Some(Deadline(deadline)) = req.extensions().get::<Deadline>() {
+        if let Some(Deadline(deadline)) = a.head.extensions.get::<Deadline>() {
             if Instant::now() + delay >= *deadline {
                 return Err(NoRetry::Deadline);
             }
         }
-        let allowance = req.extensions().get::<RetryAllowance>();
+        let allowance = a.head.extensions.get::<RetryAllowance>();
         if allowance.is_some_and(|a| a.remaining() == 0) {
             return Err(NoRetry::Allowance);
         }
@@ -211,22 +227,27 @@ impl RetryPolicy {
         if allowance.is_some_and(|a| !a.try_take()) {
             return Err(NoRetry::Allowance);
         }
-        self.prev_delay = delay;
         Ok(delay)
     }
 
     /// The delay before retry `n` (which follows attempt `n`).
-    fn next_delay(&self, n: u32) -> Duration {
+    fn next_delay(&self, n: u32, prev: Duration) -> Duration {
         match &self.shared.rng {
             Some(rng) => {
                 let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
-                self.shared.backoff.delay(n, self.prev_delay, &mut *rng)
+                self.shared.backoff.delay(n, prev, &mut *rng)
             }
-            None => self
-                .shared
-                .backoff
-                .delay(n, self.prev_delay, &mut rand::rng()),
+            None => self.shared.backoff.delay(n, prev, &mut rand::rng()),
         }
+    }
+}
+
+impl fmt::Debug for RetryPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryPolicy")
+            .field("agent", &self.shared.agent)
+            .field("config", &self.shared.config)
+            .finish()
     }
 }
 
@@ -254,70 +275,30 @@ impl StatusSet {
 }
 
 /// Safe to send twice: an idempotent method (RFC 9110 §9.2.2) or an `Idempotency-Key`.
-fn is_idempotent<B>(req: &Request<B>) -> bool {
+fn is_idempotent(head: &Parts) -> bool {
     matches!(
-        *req.method(),
+        head.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    ) || req.headers().contains_key("idempotency-key")
+    ) || head.headers.contains_key("idempotency-key")
 }
 
-impl<B> Policy<Request<RetryBody>, Response<B>, BoxError> for RetryPolicy {
-    type Future = Pin<Box<dyn Future<Output = ()> + Send>>;
+// === impl RetryAllowance ===
 
-    fn retry(
-        &mut self,
-        req: &mut Request<RetryBody>,
-        result: &mut Result<Response<B>, BoxError>,
-    ) -> Option<Self::Future> {
-        let delay = self.decide(req, result).ok()?;
-        // `req` is the copy `clone_request` kept: number it for the attempt it becomes
-        // (the `Attempt` stage turns the number into `x-agentgate-attempt`).
-        let next = req.body().attempt() + 1;
-        req.body_mut().set_attempt(next);
-        if let Some(ledger) = req.extensions().get::<AttemptLedger>() {
-            ledger.retry_scheduled(next, delay);
-        }
-        // Keep `x-agentgate-deadline-ms` true for the retry: the time left when it is sent.
-        if let Some(Deadline(deadline)) = req.extensions().get::<Deadline>().copied() {
-            if req.headers().contains_key(DEADLINE_HEADER) {
-                let at = Instant::now() + delay;
-                let left = deadline.saturating_duration_since(at).as_millis() as u64;
-                req.headers_mut()
-                    .insert(DEADLINE_HEADER, http::HeaderValue::from(left));
-            }
-        }
-        Some(Box::pin(tokio::time::sleep(delay)))
+impl RetryAllowance {
+    /// `n` retries to share.
+    pub fn new(n: u32) -> Self {
+        Self(Arc::new(AtomicU32::new(n)))
     }
 
-    fn clone_request(&mut self, req: &Request<RetryBody>) -> Option<Request<RetryBody>> {
-        let attempt = req.body().attempt();
-        if attempt == 1 {
-            // Every original request earns the budget its share of retries.
-            self.shared.budget.deposit();
-        }
-        // No copy is needed when this is the last attempt we would make.
-        if attempt >= self.shared.config.max_attempts {
-            return None;
-        }
-        let body = req.body().try_clone()?;
-        let mut copy = Request::new(body);
-        *copy.method_mut() = req.method().clone();
-        *copy.uri_mut() = req.uri().clone();
-        *copy.version_mut() = req.version();
-        *copy.headers_mut() = req.headers().clone();
-        *copy.extensions_mut() = req.extensions().clone();
-        // The copy still carries this attempt's number: `retry` renumbers it if it is
-        // ever sent. It has no `x-agentgate-attempt` header: the `Attempt` stage under
-        // tower's `Retry` adds it to each attempt after this copy was made.
-        Some(copy)
+    /// Retries left.
+    pub fn remaining(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
     }
-}
 
-impl fmt::Debug for RetryPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RetryPolicy")
-            .field("agent", &self.shared.agent)
-            .field("config", &self.shared.config)
-            .finish()
+    /// Takes one retry if any is left.
+    pub fn try_take(&self) -> bool {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
     }
 }

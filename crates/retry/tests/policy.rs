@@ -4,13 +4,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentgate_circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
-use agentgate_classify::BoxError;
+use agentgate_classify::{
+    AttemptLedger, AttemptNumber, AttemptObserver, AttemptOutcome, AttemptRecord, BoxError,
+};
 use agentgate_retry::{
-    AttemptLedger, AttemptObserver, AttemptOutcome, AttemptRecord, Deadline, Jitter,
-    RetryAllowance, RetryBody, RetryConfig, RetryLayer, RetryOn, RetryPolicy,
+    Deadline, Jitter, ReplayBody, RetryAllowance, RetryConfig, RetryLayer, RetryOn, RetryPolicy,
 };
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody};
+
+/// What the tests send: an empty body (GET) or a small JSON one (POST, PUT).
+type TestBody = Full<Bytes>;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
@@ -22,24 +27,28 @@ fn agent(
     script: Vec<Result<u16, std::io::ErrorKind>>,
     retry_after: Option<&str>,
 ) -> (
-    impl Service<Request<RetryBody>, Response = Response<()>, Error = BoxError> + Clone,
+    impl Service<Request<ReplayBody<TestBody>>, Response = Response<()>, Error = BoxError> + Clone,
     Seen,
 ) {
     let seen: Seen = Arc::default();
     let retry_after = retry_after.map(str::to_owned);
     let svc = tower::service_fn({
         let seen = seen.clone();
-        move |req: Request<RetryBody>| {
+        move |req: Request<ReplayBody<TestBody>>| {
             let mut seen = seen.lock().unwrap();
             let attempt: u32 = req.headers()["x-agentgate-attempt"]
                 .to_str()
                 .unwrap()
                 .parse()
                 .unwrap();
+            // The layers below read the number from the extension, without parsing.
+            assert_eq!(req.extensions().get(), Some(&AttemptNumber(attempt)));
             let step = script[seen.len().min(script.len() - 1)];
             seen.push((attempt, Instant::now()));
             let retry_after = retry_after.clone();
             async move {
+                // The agent reads the body, as a real one would.
+                req.into_body().collect().await?;
                 match step {
                     Ok(code) => {
                         let mut res = Response::builder().status(code);
@@ -71,9 +80,9 @@ fn retry(config: RetryConfig) -> RetryLayer {
     RetryLayer::new(RetryPolicy::try_with_seed("agent", config, 42).unwrap())
 }
 
-fn get() -> Request<RetryBody> {
+fn get() -> Request<TestBody> {
     Request::get("http://agent/x")
-        .body(RetryBody::empty())
+        .body(Full::default())
         .unwrap()
 }
 
@@ -274,7 +283,7 @@ async fn post_is_retried_only_with_an_idempotency_key_or_when_nothing_was_sent()
         if key {
             b = b.header("idempotency-key", "q1:stage");
         }
-        b.body(RetryBody::full("{}")).unwrap()
+        b.body(Full::from("{}")).unwrap()
     };
     let (svc, seen) = agent(vec![Ok(503), Ok(200)], None);
     assert_eq!(
@@ -346,36 +355,94 @@ async fn post_is_retried_only_with_an_idempotency_key_or_when_nothing_was_sent()
 
 #[tokio::test(start_paused = true)]
 async fn bodies_over_the_replay_cap_are_sent_once() {
-    let big = http_body_util::Full::new(Bytes::from(vec![b'x'; 100_000]));
-    let body = RetryBody::buffer(big, 65_536).await.unwrap();
-    let req = Request::put("http://agent/x").body(body).unwrap();
-    let (svc, seen) = agent(vec![Ok(503), Ok(200)], None);
-    assert_eq!(
-        retry(config(Jitter::None))
-            .layer(svc)
-            .oneshot(req)
-            .await
+    let put = |n: usize| {
+        Request::put("http://agent/x")
+            .body(Full::new(Bytes::from(vec![b'x'; n])))
             .unwrap()
-            .status(),
-        503
-    );
+    };
+    let (svc, seen) = agent(vec![Ok(503), Ok(200)], None);
+    let res = retry(config(Jitter::None))
+        .layer(svc)
+        .oneshot(put(65_537))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
     assert_eq!(seen.lock().unwrap().len(), 1);
 
-    let small = http_body_util::Full::new(Bytes::from(vec![b'x'; 65_536]));
-    let req = Request::put("http://agent/x")
-        .body(RetryBody::buffer(small, 65_536).await.unwrap())
-        .unwrap();
     let (svc, seen) = agent(vec![Ok(503), Ok(200)], None);
-    assert_eq!(
-        retry(config(Jitter::None))
+    let res = retry(config(Jitter::None))
+        .layer(svc)
+        .oneshot(put(65_536))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_attempt_sends_the_whole_body() {
+    let bodies: Arc<Mutex<Vec<Bytes>>> = Arc::default();
+    let svc = tower::service_fn({
+        let bodies = bodies.clone();
+        move |req: Request<ReplayBody<TestBody>>| {
+            let bodies = bodies.clone();
+            async move {
+                let body = req.into_body().collect().await?.to_bytes();
+                let mut bodies = bodies.lock().unwrap();
+                bodies.push(body);
+                let status = if bodies.len() < 3 { 503 } else { 200 };
+                Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+            }
+        }
+    });
+    let req = Request::put("http://agent/x")
+        .body(Full::from(r#"{"a":1}"#))
+        .unwrap();
+    let res = retry(config(Jitter::None))
+        .layer(svc)
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(*bodies.lock().unwrap(), [r#"{"a":1}"#; 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_still_being_sent_is_not_sent_again() {
+    // The agent answers 503 without reading the body (an HTTP/1 connection may still be
+    // writing it): the next attempt could not send it from its start, so none is made.
+    type Frames = std::vec::IntoIter<Result<http_body::Frame<Bytes>, std::io::Error>>;
+    type Streamed = StreamBody<futures_util::stream::Iter<Frames>>;
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let held: Arc<Mutex<Vec<ReplayBody<Streamed>>>> = Arc::default();
+    let svc = tower::service_fn({
+        let (calls, held) = (calls.clone(), held.clone());
+        move |req: Request<ReplayBody<Streamed>>| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut body = req.into_body();
+            let held = held.clone();
+            async move {
+                // One chunk read; the rest is still "on its way" when the answer goes.
+                let _ = body.frame().await;
+                held.lock().unwrap().push(body);
+                Ok::<_, BoxError>(Response::builder().status(503).body(()).unwrap())
+            }
+        }
+    });
+    let chunks: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = vec![
+        Ok(http_body::Frame::data(Bytes::from_static(b"ab"))),
+        Ok(http_body::Frame::data(Bytes::from_static(b"cd"))),
+    ];
+    let body = StreamBody::new(futures_util::stream::iter(chunks));
+    let req = Request::put("http://agent/x").body(body).unwrap();
+    let res =
+        RetryLayer::new(RetryPolicy::try_with_seed("agent", config(Jitter::None), 1).unwrap())
             .layer(svc)
             .oneshot(req)
             .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(seen.lock().unwrap().len(), 2);
+            .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -464,7 +531,7 @@ async fn a_retry_carries_the_time_left_when_it_is_sent() {
     let left: Arc<Mutex<Vec<String>>> = Arc::default();
     let svc = tower::service_fn({
         let left = left.clone();
-        move |req: Request<RetryBody>| {
+        move |req: Request<ReplayBody<TestBody>>| {
             let mut left = left.lock().unwrap();
             left.push(
                 req.headers()["x-agentgate-deadline-ms"]

@@ -106,9 +106,7 @@ async fn drain(res: Response<Incoming>) {
 /// One GET of `url` through the bare client.
 #[allow(dead_code)]
 pub(crate) async fn bare_get(bare: agentgate_agent_client::HttpClient, url: http::Uri) {
-    let req = Request::get(url)
-        .body(agentgate_retry::RetryBody::empty())
-        .unwrap();
+    let req = Request::get(url).body(Default::default()).unwrap();
     drain(bare.request(req).await.unwrap()).await
 }
 
@@ -116,23 +114,21 @@ pub(crate) async fn bare_get(bare: agentgate_agent_client::HttpClient, url: http
 #[allow(dead_code)]
 pub(crate) async fn agent_get(agent: agentgate_agent_client::AgentClient, path: http::Uri) {
     let req = Request::get(path)
-        .body(agentgate_retry::RetryBody::empty())
+        .body(agentgate_agent_client::AgentBody::empty())
         .unwrap();
     drain(agent.send(req).await.unwrap()).await
 }
 
-/// One GET of `url` through a variant of the stack, used once as `AgentClient` uses its
-/// per-request clone.
+/// One GET of `url` (with an empty body of type `B`) through a variant of the stack,
+/// used once as `AgentClient` uses its per-request clone.
 #[allow(dead_code)]
-pub(crate) async fn stack_get<S>(svc: S, url: http::Uri)
+pub(crate) async fn stack_get<S, B: Default>(svc: S, url: http::Uri)
 where
-    S: tower::Service<Request<agentgate_retry::RetryBody>, Response = Response<Incoming>>,
+    S: tower::Service<Request<B>, Response = Response<Incoming>>,
     S::Error: std::fmt::Debug,
 {
     use tower::ServiceExt;
-    let req = Request::get(url)
-        .body(agentgate_retry::RetryBody::empty())
-        .unwrap();
+    let req = Request::get(url).body(B::default()).unwrap();
     drain(svc.oneshot(req).await.unwrap()).await
 }
 
@@ -161,41 +157,34 @@ where
 }
 
 /// The names of the stack built up one layer at a time, in order: the shared client alone,
-/// then + timeout, + breaker, + metrics, + retry, + progress (the whole stack, unboxed as
-/// `AgentClient` holds it), and the whole stack boxed (as `stack` returns it).
-///
-/// The retry step is also taken in three parts, between `d_metrics` and `e_retry`:
-/// `d1_attempt` (the `Attempt` stage alone: the two attempt headers), `d2_tower_retry`
-/// (tower's `Retry` around it with a policy that never copies nor retries), and
-/// `d3_one_attempt` (agentgate's policy with `max_attempts = 1`: budget deposit, no
-/// request copy). `e_retry` then adds the request copy of the default 3 attempts.
+/// then + timeout, + breaker, + retry with one attempt (its bookkeeping: the attempt
+/// header and extension, the budget deposit, one record for the metrics observer; no
+/// copy of the request), + retry as configured (default 3 attempts: a copy of the
+/// request head kept for a retry), + progress (the whole stack, unboxed as `AgentClient`
+/// holds it), and the whole stack boxed (as `stack` returns it).
 #[allow(dead_code)] // each includer uses a different part of this module
-pub(crate) const LAYERS: [&str; 10] = [
+pub(crate) const LAYERS: [&str; 7] = [
     "a_client",
     "b_timeout",
     "c_breaker",
-    "d_metrics",
-    "d1_attempt",
-    "d2_tower_retry",
-    "d3_one_attempt",
+    "d_one_attempt",
     "e_retry",
     "f_full",
     "g_boxed",
 ];
 
 /// What to do with one variant of the stack: a generic callback, since every variant is
-/// a different service type.
+/// a different service type (and the ones with the retry layer take the caller's body,
+/// the ones under it the replayable body the retry layer makes).
 pub(crate) trait WithStack {
     type Output;
 
-    fn with<S>(self, svc: S) -> Self::Output
+    fn with<S, B>(self, svc: S) -> Self::Output
     where
-        S: tower::Service<Request<agentgate_retry::RetryBody>, Response = Response<Incoming>>
-            + Clone
-            + Send
-            + 'static,
+        S: tower::Service<Request<B>, Response = Response<Incoming>> + Clone + Send + 'static,
         S::Error: std::fmt::Debug,
-        S::Future: Send;
+        S::Future: Send,
+        B: Default + Send + 'static;
 }
 
 /// The parts of a default-config stack named `name`.
@@ -219,59 +208,33 @@ pub(crate) fn with_layers<W: WithStack>(
     shared: agentgate_agent_client::SharedClient,
     f: W,
 ) -> W::Output {
-    use agentgate_agent_client::{layered, stack, AgentMetricsLayer};
-    use agentgate_retry::{Attempt, RetryConfig, RetryLayer, RetryPolicy};
-    use tower::retry::Retry;
+    use agentgate_agent_client::{layered, stack, AgentBody, TransportBody};
+    use agentgate_retry::{RetryConfig, RetryLayer, RetryPolicy};
     use tower::{Layer, ServiceBuilder};
     let t = parts.timeout;
-    // metrics → breaker → timeout → client: what sits under the retry layer.
+    // breaker → timeout → client: what sits under the retry layer.
     let below_retry = |shared| {
         ServiceBuilder::new()
-            .layer(AgentMetricsLayer::new(parts.metrics.clone()))
             .layer(parts.breaker.clone())
             .timeout(t)
             .service(shared)
     };
+    let retry = |policy| RetryLayer::new(policy).on_attempt(parts.metrics.clone());
     match name {
-        "a_client" => f.with(shared),
-        "b_timeout" => f.with(ServiceBuilder::new().timeout(t).service(shared)),
-        "c_breaker" => f.with(
-            ServiceBuilder::new()
-                .layer(parts.breaker.clone())
-                .timeout(t)
-                .service(shared),
-        ),
-        "d_metrics" => f.with(below_retry(shared)),
-        "d1_attempt" => f.with(Attempt::new(below_retry(shared))),
-        "d2_tower_retry" => f.with(Retry::new(NeverRetry, Attempt::new(below_retry(shared)))),
-        "d3_one_attempt" => {
+        "a_client" => f.with::<_, TransportBody>(shared),
+        "b_timeout" => f.with::<_, TransportBody>(ServiceBuilder::new().timeout(t).service(shared)),
+        "c_breaker" => f.with::<_, TransportBody>(below_retry(shared)),
+        "d_one_attempt" => {
             let config = RetryConfig {
                 max_attempts: 1,
                 ..Default::default()
             };
             let policy = RetryPolicy::try_new("one-attempt", config).unwrap();
-            f.with(RetryLayer::new(policy).layer(below_retry(shared)))
+            f.with::<_, AgentBody>(retry(policy).layer(below_retry(shared)))
         }
-        "e_retry" => f.with(RetryLayer::new(parts.retry.clone()).layer(below_retry(shared))),
-        "f_full" => f.with(layered(parts, shared)),
-        "g_boxed" => f.with(stack(parts, shared)),
+        "e_retry" => f.with::<_, AgentBody>(retry(parts.retry.clone()).layer(below_retry(shared))),
+        "f_full" => f.with::<_, AgentBody>(layered(parts, shared)),
+        "g_boxed" => f.with::<_, AgentBody>(stack(parts, shared)),
         other => panic!("unknown stack variant {other:?} (one of {LAYERS:?})"),
-    }
-}
-
-/// A `tower::retry::Policy` that keeps no copy and never retries: what tower's `Retry`
-/// costs by itself (`d2_tower_retry`).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct NeverRetry;
-
-impl<Req, Res, E> tower::retry::Policy<Req, Res, E> for NeverRetry {
-    type Future = std::future::Ready<()>;
-
-    fn retry(&mut self, _: &mut Req, _: &mut Result<Res, E>) -> Option<Self::Future> {
-        None
-    }
-
-    fn clone_request(&mut self, _: &Req) -> Option<Req> {
-        None
     }
 }

@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
-use agentgate_retry::RetryBody;
+use agentgate_agent_client::AgentBody;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::uri::PathAndQuery;
@@ -63,9 +63,6 @@ async fn forward(state: &AppState, req: Request) -> Result<Response, ApiError> {
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
-    if let Some(e) = agent.try_reject() {
-        return Err(ApiError::from_agent_error(agent_name, &e, limit));
-    }
 
     let peer = parts
         .extensions
@@ -74,17 +71,13 @@ async fn forward(state: &AppState, req: Request) -> Result<Response, ApiError> {
     let original_host = parts.headers.remove(header::HOST);
     strip_hop_by_hop(&mut parts.headers);
     add_forwarded(&mut parts.headers, peer, original_host);
+    // What axum and the server put there is for this hop only (and the retry layer
+    // copies the extensions of a request it may send again).
+    parts.extensions = http::Extensions::new();
 
-    let replay_cap = agent.config().retry.max_replay_body_bytes;
-    let body = RetryBody::buffer(Limited::new(body, limit), replay_cap)
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::too_large(limit)
-            } else {
-                ApiError::bad_request("the request body could not be read")
-            }
-        })?;
+    // Streamed as the agent takes it: nothing is read before the breaker admits an
+    // attempt, and the retry layer keeps up to `max_replay_body_bytes` for a retry.
+    let body = AgentBody::stream(Limited::new(body, limit));
     let mut upstream = http::Request::from_parts(parts, body);
     *upstream.uri_mut() = http::Uri::from(path_and_query);
     *upstream.version_mut() = http::Version::HTTP_11;
