@@ -78,6 +78,7 @@ fn in_memory_stack(c: &mut Criterion) {
         retry: RetryPolicy::try_new("bench", RetryConfig::default()).unwrap(),
         breaker: CircuitBreakerLayer::try_new("bench", CircuitBreakerConfig::default()).unwrap(),
         timeout: Duration::from_secs(30),
+        attempt_header: agentgate_retry::AttemptHeader::Always,
     };
     let mut full = stack(&parts, inner);
     let mut unboxed = layered(&parts, inner);

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use agentgate_circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer};
 use agentgate_classify::BoxError;
-use agentgate_retry::RetryPolicy;
+use agentgate_retry::{AttemptHeader, RetryPolicy};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -143,9 +143,18 @@ impl AgentClient {
             retry: RetryPolicy::try_new(name, config.retry.clone())?,
             breaker,
             timeout: config.timeout,
+            attempt_header: AttemptHeader::Always,
         };
-        let streaming = layered(&parts, transport.clone());
-        let json = layered(&parts, JsonBody::new(transport, config.max_response_bytes));
+        let json = layered(
+            &parts,
+            JsonBody::new(transport.clone(), config.max_response_bytes),
+        );
+        // Proxied requests go out as the client sent them; only retries are numbered.
+        let proxied = StackParts {
+            attempt_header: AttemptHeader::Retries,
+            ..parts.clone()
+        };
+        let streaming = layered(&proxied, transport);
         Ok(Self {
             inner: Arc::new(Inner {
                 name: name.into(),

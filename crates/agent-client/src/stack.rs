@@ -6,7 +6,7 @@ use std::time::Duration;
 use agentgate_circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use agentgate_classify::{BoxError, HttpClassifier};
 use agentgate_progress::{ProgressLayer, ProgressService};
-use agentgate_retry::{ReplayBody, Retry, RetryLayer, RetryPolicy};
+use agentgate_retry::{AttemptHeader, ReplayBody, Retry, RetryLayer, RetryPolicy};
 use http::{Request, Response};
 use tower::timeout::{Timeout, TimeoutLayer};
 use tower::util::BoxCloneSyncService;
@@ -38,6 +38,9 @@ pub struct StackParts {
     pub breaker: CircuitBreakerLayer,
     /// Per-attempt timeout.
     pub timeout: Duration,
+    /// Which attempts carry `x-agentgate-attempt`: every one for pipeline stages (SPEC
+    /// §3), only retries through the reverse proxy.
+    pub attempt_header: AttemptHeader,
 }
 
 /// Wraps `inner` (the agent's transport) in the full stack, outermost first:
@@ -58,7 +61,11 @@ pub struct StackParts {
 pub fn layered<S>(parts: &StackParts, inner: S) -> Stack<S> {
     ServiceBuilder::new()
         .layer(ProgressLayer::new())
-        .layer(RetryLayer::new(parts.retry.clone()).on_attempt(parts.metrics.clone()))
+        .layer(
+            RetryLayer::new(parts.retry.clone())
+                .on_attempt(parts.metrics.clone())
+                .attempt_header(parts.attempt_header),
+        )
         .layer(parts.breaker.clone())
         .layer(TimeoutLayer::new(parts.timeout))
         .service(inner)

@@ -18,10 +18,20 @@ use crate::{
     cause_ref, classify_error, is_failure_status, BoxError, FailureClass, Rejected, Rejection,
 };
 
-/// Which attempt a request is, 1 for the first (request extension, set by the retry
-/// layer on every attempt it sends).
+/// Which attempt a request is (request extension, set by the retry layer on every retry
+/// it sends). A request without one is a first attempt: [`AttemptNumber::of`] says 1, and
+/// the common case costs no allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AttemptNumber(pub u32);
+
+// === impl AttemptNumber ===
+
+impl AttemptNumber {
+    /// The attempt a request with these extensions is: 1 unless a retry layer numbered it.
+    pub fn of(extensions: &http::Extensions) -> u32 {
+        extensions.get::<AttemptNumber>().map_or(1, |n| n.0)
+    }
+}
 
 /// How one attempt ended, as the `outcome` label of `agentgate_agent_requests_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

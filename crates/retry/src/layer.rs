@@ -26,15 +26,36 @@ pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-agentgate-att
 
 /// Retries calls to one agent with a [`RetryPolicy`].
 ///
-/// Every attempt carries `x-agentgate-attempt: n` and the [`AttemptNumber`] extension;
-/// the answer carries `x-agentgate-attempts: n`. Each finished attempt becomes an
+/// Every attempt carries `x-agentgate-attempt: n` (or, with
+/// [`AttemptHeader::Retries`], only the retries do) and every retry the
+/// [`AttemptNumber`] extension (none means 1); the answer carries
+/// `x-agentgate-attempts: n`. Each finished attempt becomes an
 /// [`AttemptRecord`], told to the observer given with [`RetryLayer::on_attempt`] (the
 /// agent's metrics) and to the request's [`AttemptLedger`], if it has one (a pipeline
 /// stage's record, progress events); scheduled retries are told to both as well.
 #[derive(Clone, Debug)]
 pub struct RetryLayer {
+    shared: Arc<Shared>,
+}
+
+/// What every service and call of one layer shares (one reference count per call).
+#[derive(Clone, Debug)]
+struct Shared {
     policy: RetryPolicy,
     observer: Option<Arc<dyn AttemptObserver>>,
+    header: AttemptHeader,
+}
+
+/// Which attempts carry `x-agentgate-attempt`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttemptHeader {
+    /// Every attempt, the first included (what pipeline stages send, SPEC §3).
+    #[default]
+    Always,
+    /// Only retries (`2`, `3`, …): a first attempt goes out as the caller sent it, as
+    /// through Envoy, which adds its attempt count only when asked to (the reverse
+    /// proxy).
+    Retries,
 }
 
 /// The service built by [`RetryLayer`].
@@ -45,8 +66,7 @@ pub struct RetryLayer {
 #[derive(Clone, Debug)]
 pub struct Retry<S> {
     inner: S,
-    policy: RetryPolicy,
-    observer: Option<Arc<dyn AttemptObserver>>,
+    shared: Arc<Shared>,
 }
 
 pin_project! {
@@ -54,15 +74,14 @@ pin_project! {
     pub struct ResponseFuture<F, S, B> {
         #[pin]
         state: State<F>,
-        // What a later attempt needs; `None` when `max_attempts` is 1.
-        again: Option<Again<S, B>>,
-        policy: RetryPolicy,
-        observer: Option<Arc<dyn AttemptObserver>>,
+        // What a later attempt needs; `None` when `max_attempts` is 1. Boxed: every
+        // layer above moves this future, and most calls never retry.
+        again: Option<Box<Again<S, B>>>,
+        shared: Arc<Shared>,
         ledger: Option<AttemptLedger>,
         attempt: u32,
         // When the attempt in flight started (only read when someone observes).
         started: Option<Instant>,
-        prev_delay: Duration,
     }
 }
 
@@ -86,6 +105,8 @@ struct Again<S, B> {
     head: Parts,
     body: ReplayBody<B>,
     service: S,
+    /// The last backoff (for decorrelated jitter).
+    prev_delay: Duration,
 }
 
 // === impl RetryLayer ===
@@ -94,15 +115,24 @@ impl RetryLayer {
     /// A layer retrying with `policy`.
     pub fn new(policy: RetryPolicy) -> Self {
         Self {
-            policy,
-            observer: None,
+            shared: Arc::new(Shared {
+                policy,
+                observer: None,
+                header: AttemptHeader::default(),
+            }),
         }
+    }
+
+    /// Which attempts carry `x-agentgate-attempt` (default: all).
+    pub fn attempt_header(mut self, header: AttemptHeader) -> Self {
+        Arc::make_mut(&mut self.shared).header = header;
+        self
     }
 
     /// Tells `observer` about every attempt and every retry of every call (one observer;
     /// a later call replaces it).
     pub fn on_attempt(mut self, observer: Arc<dyn AttemptObserver>) -> Self {
-        self.observer = Some(observer);
+        Arc::make_mut(&mut self.shared).observer = Some(observer);
         self
     }
 }
@@ -113,8 +143,7 @@ impl<S> Layer<S> for RetryLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Retry {
             inner,
-            policy: self.policy.clone(),
-            observer: self.observer.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -155,36 +184,40 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         // Every original request earns the budget its share of retries.
-        self.policy.deposit();
-        let config = self.policy.config();
+        let shared = &self.shared;
+        let now = Instant::now();
+        shared.policy.deposit_at(now);
+        let config = shared.policy.config();
         let (mut head, body) = req.into_parts();
         let body = ReplayBody::new(body, config.max_replay_body_bytes);
         let ledger = head.extensions.get::<AttemptLedger>().cloned();
-        let again = (config.max_attempts > 1).then(|| Again {
-            head: head.clone(),
-            body: body.clone(),
-            service: self.inner.clone(),
+        let again = (config.max_attempts > 1).then(|| {
+            Box::new(Again {
+                head: head.clone(),
+                body: body.clone(),
+                service: self.inner.clone(),
+                prev_delay: config.base_delay,
+            })
         });
-        let prev_delay = config.base_delay;
-        stamp(&mut head, 1);
-        let observed = self.observer.is_some() || ledger.is_some();
+        if shared.header == AttemptHeader::Always {
+            head.headers.insert(ATTEMPT_HEADER, number_value(1));
+        }
+        let observed = shared.observer.is_some() || ledger.is_some();
         ResponseFuture {
             state: State::Called {
                 fut: self.inner.call(Request::from_parts(head, body)),
             },
-            started: observed.then(Instant::now),
+            started: observed.then_some(now),
             again,
-            policy: self.policy.clone(),
-            observer: self.observer.clone(),
+            shared: shared.clone(),
             ledger,
             attempt: 1,
-            prev_delay,
         }
     }
 }
 
-/// Numbers an attempt: the header for the agent, the extension for the layers below.
-fn stamp(head: &mut Parts, attempt: u32) {
+/// Numbers a retry: the header for the agent, the extension for the layers below.
+fn stamp_retry(head: &mut Parts, attempt: u32) {
     head.headers.insert(ATTEMPT_HEADER, number_value(attempt));
     head.extensions.insert(AttemptNumber(attempt));
 }
@@ -221,21 +254,26 @@ where
                     if let Some(started) = *this.started {
                         let record =
                             AttemptRecord::from_result(attempt, &result, started.elapsed());
-                        if let Some(observer) = this.observer {
+                        if let Some(observer) = &this.shared.observer {
                             observer.attempt_finished(&record);
                         }
                         if let Some(ledger) = this.ledger {
                             ledger.finish(record);
                         }
                     }
-                    let decided = this.again.as_ref().map(|again| {
-                        this.policy.decide(&Attempted {
+                    let policy = &this.shared.policy;
+                    let decided = this.again.as_mut().map(|again| {
+                        let delay = policy.decide(&Attempted {
                             head: &again.head,
                             attempt,
                             result: &result,
                             replayable: again.body.is_replayable(),
-                            prev_delay: *this.prev_delay,
-                        })
+                            prev_delay: again.prev_delay,
+                        });
+                        if let Ok(delay) = delay {
+                            again.prev_delay = delay;
+                        }
+                        delay
                     });
                     let Some(Ok(delay)) = decided else {
                         self.as_mut().project().state.set(State::Done);
@@ -243,9 +281,8 @@ where
                     };
                     // The failed answer (and its connection) goes now, not after the backoff.
                     drop(result);
-                    *this.prev_delay = delay;
                     *this.attempt += 1;
-                    if let Some(observer) = this.observer {
+                    if let Some(observer) = &this.shared.observer {
                         observer.retry_scheduled(*this.attempt, delay);
                     }
                     if let Some(ledger) = this.ledger {
@@ -265,7 +302,7 @@ where
                         return Poll::Ready(Err(e.into()));
                     }
                     let attempt = *this.attempt;
-                    let last = attempt >= this.policy.config().max_attempts;
+                    let last = attempt >= this.shared.policy.config().max_attempts;
                     let mut head = if last {
                         // No attempt follows this one: the kept head itself is sent.
                         std::mem::replace(&mut again.head, Request::new(()).into_parts().0)
@@ -273,7 +310,7 @@ where
                         again.head.clone()
                     };
                     refresh_deadline(&mut head);
-                    stamp(&mut head, attempt);
+                    stamp_retry(&mut head, attempt);
                     let req = Request::from_parts(head, again.body.clone());
                     let fut = again.service.call(req);
                     if this.started.is_some() {

@@ -26,7 +26,8 @@
 //! The layer is generic over the request body and depends on no other layer: what it
 //! tells the others travels in request extensions and in
 //! [`agentgate_classify`]'s shared types. Each attempt carries `x-agentgate-attempt: n`
-//! and the [`AttemptNumber`](agentgate_classify::AttemptNumber) extension, the answer
+//! (or only retries do: [`AttemptHeader`]) and each retry the
+//! [`AttemptNumber`](agentgate_classify::AttemptNumber) extension, the answer
 //! `x-agentgate-attempts: n`. Every finished attempt becomes one
 //! [`AttemptRecord`](agentgate_classify::AttemptRecord), told to the layer's own
 //! observer ([`RetryLayer::on_attempt`]: the agent's metrics) and to the request's
@@ -84,7 +85,9 @@ mod replay;
 pub use backoff::Backoff;
 pub use budget::RetryBudget;
 pub use config::{ConfigError, Jitter, RetryConfig, RetryOn};
-pub use layer::{ResponseFuture, Retry, RetryLayer, ATTEMPTS_HEADER, ATTEMPT_HEADER};
+pub use layer::{
+    AttemptHeader, ResponseFuture, Retry, RetryLayer, ATTEMPTS_HEADER, ATTEMPT_HEADER,
+};
 pub use policy::{
     describe_metrics, Attempted, Deadline, NoRetry, RetryAllowance, RetryPolicy, DEADLINE_HEADER,
 };

@@ -160,10 +160,10 @@ impl RetryPolicy {
         &self.shared.config
     }
 
-    /// Counts an original request (not a retry) towards the budget.
+    /// Counts an original request (not a retry), sent `now`, towards the budget.
     #[inline]
-    pub(crate) fn deposit(&self) {
-        self.shared.budget.deposit();
+    pub(crate) fn deposit_at(&self, now: Instant) {
+        self.shared.budget.deposit_at(now);
     }
 
     /// Decides whether a failed attempt is retried, and after how long. A retry it

@@ -197,6 +197,8 @@ pub(crate) fn default_parts(name: &str) -> agentgate_agent_client::StackParts {
         retry: RetryPolicy::try_new(name, RetryConfig::default()).unwrap(),
         breaker: CircuitBreakerLayer::try_new(name, CircuitBreakerConfig::default()).unwrap(),
         timeout: Duration::from_secs(30),
+        // As `AgentClient::send` (the reverse proxy's stack) has it.
+        attempt_header: agentgate_retry::AttemptHeader::Retries,
     }
 }
 
@@ -219,7 +221,11 @@ pub(crate) fn with_layers<W: WithStack>(
             .timeout(t)
             .service(shared)
     };
-    let retry = |policy| RetryLayer::new(policy).on_attempt(parts.metrics.clone());
+    let retry = |policy| {
+        RetryLayer::new(policy)
+            .on_attempt(parts.metrics.clone())
+            .attempt_header(parts.attempt_header)
+    };
     match name {
         "a_client" => f.with::<_, TransportBody>(shared),
         "b_timeout" => f.with::<_, TransportBody>(ServiceBuilder::new().timeout(t).service(shared)),
