@@ -10,7 +10,7 @@ prints B's figure minus A's: where B spends more per request than A. Largest fir
 the total.
 
 The profiles come from `benches/proxy_instructions.sh` (with `KEEP=DIR`: `DIR/cg.agentgate.2000`
-and so on) or from `crates/agent-client/examples/stack_profile.rs` under
+and so on) or from `benches/harness/src/bin/stack_profile.rs` under
 `valgrind --tool=callgrind --separate-threads=yes` (the client thread's file ends in `-01`).
 Needs `callgrind_annotate` (valgrind).
 """

@@ -8,7 +8,7 @@
 #                                          #        AGENTGATE_BIN (another agentgate binary)
 #   FLOOR=1 benches/proxy.sh               # also a fourth variant, "floor": a bare hyper
 #                                          # server + hyper-util client proxy with nothing
-#                                          # else (crates/agent-client/examples/bare_proxy.rs)
+#                                          # else (benches/harness/src/bin/bare_proxy.rs)
 #   FLOOR_MODE=inline FLOOR=1 benches/proxy.sh  # the floor on another transport: one
 #                                          # upstream connection per client connection,
 #                                          # driven in that connection's task
@@ -25,7 +25,7 @@ LOADGEN_CPU=${LOADGEN_CPU:-0}
 SERVER_CPU=${SERVER_CPU:-1}
 BIN=${AGENTGATE_BIN:-target/release/agentgate}
 FLOOR=${FLOOR:-0}
-FLOOR_BIN=target/release/examples/bare_proxy
+FLOOR_BIN=target/release/bare_proxy
 # FLOOR_MODE=inline: the floor proxy drives one upstream connection per client connection
 # in the client connection's task (hyper::client::conn) instead of hyper-util's pool.
 FLOOR_MODE=${FLOOR_MODE:-legacy}
@@ -47,7 +47,7 @@ require_two_cpus
 build_release -p agentgate-bin
 require_exec "$BIN"
 if [ "$FLOOR" = 1 ]; then
-    build_release -p agentgate-agent-client --example bare_proxy
+    build_release -p agentgate-bench-harness --bin bare_proxy
     require_exec "$FLOOR_BIN"
 fi
 

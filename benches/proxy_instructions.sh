@@ -18,7 +18,7 @@ N1=${N1:-2000}
 N2=${N2:-6000}
 CONNS=${CONNS:-8}
 BIN=${AGENTGATE_BIN:-target/release/agentgate}
-FLOOR_BIN=target/release/examples/bare_proxy
+FLOOR_BIN=target/release/bare_proxy
 
 BENCH_NAME=proxy_instructions.sh
 # shellcheck source=benches/lib.sh
@@ -26,7 +26,7 @@ source benches/lib.sh
 
 require_tools valgrind:valgrind wrk:wrk curl:curl python3:python3
 build_release -p agentgate-bin
-build_release -p agentgate-agent-client --example bare_proxy
+build_release -p agentgate-bench-harness --bin bare_proxy
 require_exec "$BIN" "$FLOOR_BIN"
 
 BACKEND_PORT=$(free_port)

@@ -1,9 +1,9 @@
-//! The `client` group of `benches/stack.rs` measured in alternating blocks, for a ratio
+//! The `client` criterion group (`benches/client.rs`) measured in alternating blocks, for a ratio
 //! that holds on a noisy machine: `AgentClient::send` against a bare hyper-util client,
 //! the same GETs to the same local hyper server, 64 in flight.
 //!
 //! ```sh
-//! cargo run --release -p agentgate-agent-client --example client_ratio   # ROUNDS=15 BLOCK=20000
+//! cargo run --release -p agentgate-bench-harness --bin client_ratio   # ROUNDS=15 BLOCK=20000
 //! ```
 //!
 //! Criterion runs one variant for seconds, then the other, so a few seconds of a noisy
@@ -12,7 +12,7 @@
 //! rounds' ratios: a disturbance moves one round, not the median.
 //!
 //! `VARIANT=` one of `support::LAYERS` (`a_client` … `g_boxed`) measures the
-//! stack built up one layer at a time (as the bench's `ABLATE=1` does) instead of
+//! stack built up one layer at a time (as the criterion bench's `ABLATE=1` does) instead of
 //! `AgentClient::send` (`agent`, the default).
 //!
 //! Both clients get their request from an already parsed URI: the bare client an absolute
@@ -26,9 +26,12 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use tower::Service;
 
-#[path = "../benches/support/mod.rs"]
-mod support;
+use agentgate_bench_harness as support;
 use support::{agent_get, bare_get, echo_path, run, stack_get, Rig};
+
+/// The gateway binary's allocator, so the figures are the ones it would show.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const CONCURRENCY: u64 = 64;
 
@@ -53,9 +56,9 @@ fn main() {
     };
     let agent_block = |n: u64| match variant.as_deref() {
         None | Some("agent") => {
-            let agent = agent.clone();
+            let (agent, path) = (agent.clone(), echo_path());
             rig.rt.block_on(run(n, CONCURRENCY, move || {
-                agent_get(agent.clone(), echo_path())
+                agent_get(agent.clone(), path.clone())
             }))
         }
         Some(name) => {

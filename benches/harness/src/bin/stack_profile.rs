@@ -1,12 +1,12 @@
 //! A fixed-size driver for attributing the agent stack's cost with instruction counts
-//! (`docs/BENCHMARKS.md`, "The agent stack"): the same GETs as `benches/stack.rs`'s
+//! (`docs/BENCHMARKS.md`, "The agent stack"): the same GETs as the criterion
 //! `client` group, a fixed number of them, so `valgrind --tool=callgrind` (instructions)
 //! and `valgrind --tool=dhat` (allocations) give deterministic per-request figures on a
 //! noisy machine.
 //!
 //! ```sh
-//! cargo build --release -p agentgate-agent-client --example stack_profile
-//! B=target/release/examples/stack_profile
+//! cargo build --release -p agentgate-bench-harness --bin stack_profile
+//! B=target/release/stack_profile
 //! for n in 2000 6000; do
 //!   CONCURRENCY=1 valgrind --tool=callgrind --separate-threads=yes $B agent $n
 //!   CONCURRENCY=1 valgrind --tool=dhat $B agent $n
@@ -33,8 +33,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use tower::Service;
 
-#[path = "../benches/support/mod.rs"]
-mod support;
+use agentgate_bench_harness as support;
 use support::{agent_get, bare_get, echo_path, run, stack_get, Rig};
 
 /// Requests in flight, as in the bench (`CONCURRENCY=1` makes the figures steadier for
@@ -42,6 +41,11 @@ use support::{agent_get, bare_get, echo_path, run, stack_get, Rig};
 fn concurrency() -> u64 {
     std::env::var("CONCURRENCY").map_or(64, |c| c.parse().unwrap())
 }
+
+/// The gateway binary's allocator, so the figures are the ones it would show.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const WARM_UP: u64 = 256;
 
 /// Runs the GETs through a variant of the stack, cloned per request as
@@ -129,7 +133,10 @@ fn main() {
     rt.block_on(async move {
         match variant.as_str() {
             "bare" => warm_then_run(total, move || bare_get(bare.clone(), url.clone())).await,
-            "agent" => warm_then_run(total, move || agent_get(agent.clone(), echo_path())).await,
+            "agent" => {
+                let path = echo_path();
+                warm_then_run(total, move || agent_get(agent.clone(), path.clone())).await
+            }
             other => {
                 let parts = support::default_parts("profile");
                 let drive = Drive { url, total };

@@ -5,8 +5,8 @@
 //! and nginx in `benches/proxy.sh`-style runs (docs/BENCHMARKS.md).
 //!
 //! ```sh
-//! cargo build --release -p agentgate-agent-client --example bare_proxy
-//! taskset -c 1 target/release/examples/bare_proxy 127.0.0.1:18070 http://127.0.0.1:18090
+//! cargo build --release -p agentgate-bench-harness --bin bare_proxy
+//! taskset -c 1 target/release/bare_proxy 127.0.0.1:18070 http://127.0.0.1:18090
 //! ```
 //!
 //! Requests to `/anything` go to `<backend>/anything`. Not a product: there is no
@@ -30,6 +30,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// The gateway binary's allocator, so the figures are the ones it would show.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
     let mut args = std::env::args().skip(1);

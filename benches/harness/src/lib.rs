@@ -1,8 +1,10 @@
-//! What the `stack` bench and the `stack_profile` and `client_ratio` examples share: the
-//! local hyper server they call, the runtime and clients around it, one GET through each
-//! kind of client, and the loop that keeps a number of GETs in flight. (A directory
-//! module, so cargo does not take it for a bench target of its own; the example
-//! includes it with `#[path]`.)
+//! What the agent-client harnesses share — the `client` criterion bench, `client_ratio`
+//! and `stack_profile`: the local hyper server they call, the runtime and clients around
+//! it, one GET through each kind of client, the loop that keeps a number of GETs in
+//! flight, and the stack built up one layer at a time.
+//!
+//! Every binary of this package uses jemalloc, as the `agentgate` binary does, so
+//! allocation costs are the ones the gateway pays.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,7 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 /// A local hyper server answering `{}` to everything, on its own thread and runtime.
-pub(crate) fn start_server() -> std::net::SocketAddr {
+pub fn start_server() -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -45,15 +47,21 @@ pub(crate) fn start_server() -> std::net::SocketAddr {
 
 /// The local server with a current-thread runtime to call it from, its `/echo` URL and a
 /// bare hyper-util client (the baseline every figure is a ratio against).
-pub(crate) struct Rig {
-    pub(crate) addr: std::net::SocketAddr,
-    pub(crate) rt: tokio::runtime::Runtime,
-    pub(crate) url: http::Uri,
-    pub(crate) bare: agentgate_agent_client::HttpClient,
+#[derive(Debug)]
+pub struct Rig {
+    /// Where the server listens.
+    pub addr: std::net::SocketAddr,
+    /// A current-thread runtime for the client side.
+    pub rt: tokio::runtime::Runtime,
+    /// `http://addr/echo`.
+    pub url: http::Uri,
+    /// The baseline: a bare hyper-util client.
+    pub bare: agentgate_agent_client::HttpClient,
 }
 
 impl Rig {
-    pub(crate) fn start() -> Rig {
+    /// Starts the server and builds the runtime and the bare client.
+    pub fn start() -> Rig {
         let addr = start_server();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -73,8 +81,7 @@ impl Rig {
     }
 
     /// An `AgentClient` named `name` for the server, with `edit` applied to its config.
-    #[allow(dead_code)]
-    pub(crate) fn agent(
+    pub fn agent(
         &self,
         name: &str,
         edit: impl FnOnce(&mut agentgate_agent_client::AgentConfig),
@@ -91,8 +98,7 @@ impl Rig {
 
 /// The path `AgentClient` resolves against the agent's URL, parsed once as the bare
 /// client's absolute URL is: resolving is counted, parsing the caller's string is not.
-#[allow(dead_code)]
-pub(crate) fn echo_path() -> http::Uri {
+pub fn echo_path() -> http::Uri {
     http::Uri::from_static("/echo")
 }
 
@@ -104,15 +110,13 @@ async fn drain(res: Response<Incoming>) {
 }
 
 /// One GET of `url` through the bare client.
-#[allow(dead_code)]
-pub(crate) async fn bare_get(bare: agentgate_agent_client::HttpClient, url: http::Uri) {
+pub async fn bare_get(bare: agentgate_agent_client::HttpClient, url: http::Uri) {
     let req = Request::get(url).body(Default::default()).unwrap();
     drain(bare.request(req).await.unwrap()).await
 }
 
 /// One GET of `path` through `AgentClient::send`.
-#[allow(dead_code)]
-pub(crate) async fn agent_get(agent: agentgate_agent_client::AgentClient, path: http::Uri) {
+pub async fn agent_get(agent: agentgate_agent_client::AgentClient, path: http::Uri) {
     let req = Request::get(path)
         .body(agentgate_agent_client::AgentBody::empty())
         .unwrap();
@@ -121,8 +125,7 @@ pub(crate) async fn agent_get(agent: agentgate_agent_client::AgentClient, path: 
 
 /// One GET of `url` (with an empty body of type `B`) through a variant of the stack,
 /// used once as `AgentClient` uses its per-request clone.
-#[allow(dead_code)]
-pub(crate) async fn stack_get<S, B: Default>(svc: S, url: http::Uri)
+pub async fn stack_get<S, B: Default>(svc: S, url: http::Uri)
 where
     S: tower::Service<Request<B>, Response = Response<Incoming>>,
     S::Error: std::fmt::Debug,
@@ -133,7 +136,7 @@ where
 }
 
 /// Runs `total` GETs through `send`, `concurrency` at a time; returns the elapsed time.
-pub(crate) async fn run<F, Fut>(total: u64, concurrency: u64, send: F) -> Duration
+pub async fn run<F, Fut>(total: u64, concurrency: u64, send: F) -> Duration
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send,
@@ -162,8 +165,7 @@ where
 /// copy of the request), + retry as configured (default 3 attempts: a copy of the
 /// request head kept for a retry), + progress (the whole stack, unboxed as `AgentClient`
 /// holds it), and the whole stack boxed (as `stack` returns it).
-#[allow(dead_code)] // each includer uses a different part of this module
-pub(crate) const LAYERS: [&str; 7] = [
+pub const LAYERS: [&str; 7] = [
     "a_client",
     "b_timeout",
     "c_breaker",
@@ -176,9 +178,11 @@ pub(crate) const LAYERS: [&str; 7] = [
 /// What to do with one variant of the stack: a generic callback, since every variant is
 /// a different service type (and the ones with the retry layer take the caller's body,
 /// the ones under it the replayable body the retry layer makes).
-pub(crate) trait WithStack {
+pub trait WithStack {
+    /// What the callback gives back.
     type Output;
 
+    /// Does the work with one variant `svc`, whose requests carry bodies of type `B`.
     fn with<S, B>(self, svc: S) -> Self::Output
     where
         S: tower::Service<Request<B>, Response = Response<Incoming>> + Clone + Send + 'static,
@@ -188,8 +192,7 @@ pub(crate) trait WithStack {
 }
 
 /// The parts of a default-config stack named `name`.
-#[allow(dead_code)]
-pub(crate) fn default_parts(name: &str) -> agentgate_agent_client::StackParts {
+pub fn default_parts(name: &str) -> agentgate_agent_client::StackParts {
     use agentgate_circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
     use agentgate_retry::{RetryConfig, RetryPolicy};
     agentgate_agent_client::StackParts {
@@ -203,8 +206,7 @@ pub(crate) fn default_parts(name: &str) -> agentgate_agent_client::StackParts {
 }
 
 /// Builds the variant `name` (one of [`LAYERS`]) over `shared` and hands it to `f`.
-#[allow(dead_code)]
-pub(crate) fn with_layers<W: WithStack>(
+pub fn with_layers<W: WithStack>(
     name: &str,
     parts: &agentgate_agent_client::StackParts,
     shared: agentgate_agent_client::SharedClient,
