@@ -41,6 +41,8 @@
 
 mod failures;
 mod reader;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 mod writer;
 
 use std::fmt;
