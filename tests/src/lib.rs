@@ -15,6 +15,10 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+/// A real `redis-server` per test, and a free loopback port (shared with
+/// `agentgate-progress-redis`'s own tests).
+pub use agentgate_progress_redis::test_util::{free_port, RedisServer};
+
 /// An agent that answers every request with a JSON description of what it received:
 /// method, path, query, all headers, and the body's length and (when small) text.
 /// Streams nothing back but that summary, so large uploads can be checked.
@@ -315,73 +319,4 @@ pub async fn mock(
     agentgate_mock_agent::MockAgent::start(behavior)
         .await
         .expect("mock agent")
-}
-
-/// A real `redis-server` on a free loopback port, with no persistence; killed on drop.
-///
-/// Needs Debian's `redis-server` (`scripts/test.sh` installs it); panics without it, so
-/// the tests that use it fail rather than skip.
-#[derive(Debug)]
-pub struct RedisServer {
-    child: std::process::Child,
-    /// Its port on 127.0.0.1.
-    pub port: u16,
-}
-
-impl RedisServer {
-    /// Starts one and waits until it accepts connections.
-    pub async fn start() -> Self {
-        Self::start_on(free_port()).await
-    }
-
-    /// Starts one on `port` (to restart a stopped server on the same address).
-    pub async fn start_on(port: u16) -> Self {
-        let mut child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect(
-                "redis-server is missing: install Debian's redis-server (scripts/test.sh does)",
-            );
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Self { child, port };
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("redis-server did not start on port {port}");
-    }
-
-    /// `redis://127.0.0.1:{port}`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills it (a crash, as far as clients can tell).
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A loopback port nothing listens on (free when this returns; another process could
-/// take it before the caller binds it, which is unlikely enough for tests).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }

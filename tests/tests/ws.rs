@@ -482,7 +482,11 @@ async fn bad_frames_get_error_frames_and_the_connection_stays_open() {
         "cancelling twice is a no-op"
     );
 
-    gw.state.engine().cancel(&ids[1]).unwrap();
+    gw.state
+        .engine()
+        .cancel(&ids[1], Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(
         until_terminal(&mut ws, &ids[1]).await.last().unwrap()["type"],
         "cancelled"

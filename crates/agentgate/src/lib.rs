@@ -39,7 +39,7 @@ pub use agentgate_progress as progress;
 pub use agentgate_retry as retry;
 
 pub use agentgate_agent_client::{AgentClient, AgentConfig};
-pub use agentgate_progress::{MemoryHub, ProgressHub, ProgressLayer};
+pub use agentgate_progress::{Backend, MemoryHub, ProgressLayer};
 pub use agentgate_retry::{ReplayBody, RetryConfig, RetryLayer, RetryPolicy};
 
 pub use agentgate_circuit_breaker::{

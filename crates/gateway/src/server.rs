@@ -9,9 +9,8 @@ use std::time::Duration;
 use agentgate_agent_client::AgentClient;
 use agentgate_circuit_breaker::State as BreakerState;
 use agentgate_pipeline::{Engine, EngineSettings};
-use agentgate_pipeline::{QueryRecord, RecordSink};
-use agentgate_progress::{HubConfig, MemoryHub, ProgressHub};
-use agentgate_progress_redis::{RedisBridge, RedisSettings};
+use agentgate_progress::{Backend, HubConfig, MemoryHub};
+use agentgate_progress_redis::{RedisBackend, RedisSettings};
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
@@ -52,7 +51,7 @@ pub enum GatewayError {
     },
     /// The Redis progress backend could not be set up.
     #[error("progress.redis_url: {0}")]
-    Redis(#[from] agentgate_progress_redis::BridgeError),
+    Redis(#[from] agentgate_progress_redis::InvalidUrl),
     /// Listening failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -90,8 +89,8 @@ fn describe_metrics() {
     metrics::describe_gauge!("agentgate_health_score", "Health score 0..100");
 }
 
-/// Builds the gateway's state from `config`: one client per agent, the progress hub,
-/// the query engine.
+/// Builds the gateway's state from `config`: one client per agent, the progress
+/// backend, the query engine. This is the one place that picks (and names) a backend.
 pub fn build_state(config: Config) -> Result<AppState, GatewayError> {
     let prometheus = prometheus();
     let mut agents = BTreeMap::new();
@@ -108,57 +107,26 @@ pub fn build_state(config: Config) -> Result<AppState, GatewayError> {
         retention: config.server.query_retention,
         ..HubConfig::default()
     };
-    // With Redis, the local hub forwards its queries' events to the other replicas and
-    // mirrors theirs (`agentgate-progress-redis`); connecting happens in the background.
-    let (memory, redis) = match config.progress.backend {
-        ProgressBackend::Memory => (MemoryHub::new(hub_config), None),
-        ProgressBackend::Redis => {
-            let bridge = RedisBridge::new(RedisSettings {
-                retention: config.server.query_retention,
-                replay_events: config.progress.replay_events,
-                ..RedisSettings::new(config.progress.redis_url.clone())
-            })?;
-            let hub = MemoryHub::with_hook(hub_config, bridge.hook());
-            bridge.start(hub.clone());
-            (hub, Some(bridge))
-        }
+    // With Redis, each replica's hub forwards its queries' events and records to the
+    // other replicas and mirrors theirs (`agentgate-progress-redis`); connecting happens
+    // in the background.
+    let backend: Arc<dyn Backend> = match config.progress.backend {
+        ProgressBackend::Memory => Arc::new(MemoryHub::new(hub_config)),
+        ProgressBackend::Redis => Arc::new(RedisBackend::start(RedisSettings {
+            hub: hub_config,
+            ..RedisSettings::new(config.progress.redis_url.clone())
+        })?),
     };
-    let hub: Arc<dyn ProgressHub> = Arc::new(memory);
     let engine = Engine::new(
         config.pipelines.clone(),
         agents,
-        hub,
+        backend,
         EngineSettings {
             retention: config.server.query_retention,
             ..EngineSettings::default()
         },
     );
-    if let Some(bridge) = &redis {
-        engine.set_record_sink(Arc::new(RecordsToRedis(bridge.clone())));
-        let weak = engine.downgrade();
-        bridge.on_cancel(Arc::new(move |query_id: &str| {
-            if let Some(engine) = weak.upgrade() {
-                // Only the replica running the query has it; the others find nothing.
-                let _ = engine.cancel(query_id);
-            }
-        }));
-    }
-    Ok(AppState::with_redis(config, engine, prometheus, redis))
-}
-
-/// Shares query records with the other replicas (`GET /api/query/{id}` on any of them).
-#[derive(Debug)]
-struct RecordsToRedis(RedisBridge);
-
-impl RecordSink for RecordsToRedis {
-    fn record(&self, record: &QueryRecord) {
-        match serde_json::to_string(record) {
-            Ok(json) => self
-                .0
-                .put_record(&record.query_id, json, record.status.is_finished()),
-            Err(e) => tracing::warn!(error = %e, "query record not shared: not serializable"),
-        }
-    }
+    Ok(AppState::new(config, engine, prometheus))
 }
 
 /// Runs the gateway on `listener` (public routes) and `admin_listener` (admin routes;
@@ -220,9 +188,8 @@ pub async fn serve(
     for task in loggers {
         task.abort();
     }
-    if let Some(redis) = state.redis() {
-        redis.close().await;
-    }
+    // What other replicas should still get of this one's last queries goes out now.
+    state.engine().backend().close().await;
     // Connections finish their current request and close; give them a moment.
     let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
     if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())

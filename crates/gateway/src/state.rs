@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use agentgate_agent_client::AgentClient;
 use agentgate_pipeline::Engine;
-use agentgate_progress_redis::RedisBridge;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::time::Instant;
 
@@ -27,23 +26,12 @@ struct Inner {
     started: Instant,
     admin_token: Option<String>,
     ws: WsRegistry,
-    /// The Redis progress backend (`progress.backend = "redis"`).
-    redis: Option<RedisBridge>,
 }
 
 impl AppState {
-    /// State for a gateway running `config`.
+    /// State for a gateway running `config` on `engine` (whose progress backend decides
+    /// what is shared with other replicas).
     pub fn new(config: Config, engine: Engine, prometheus: PrometheusHandle) -> Self {
-        Self::with_redis(config, engine, prometheus, None)
-    }
-
-    /// State whose progress events and records are shared through `redis`.
-    pub fn with_redis(
-        config: Config,
-        engine: Engine,
-        prometheus: PrometheusHandle,
-        redis: Option<RedisBridge>,
-    ) -> Self {
         let admin_token = config.admin.token();
         let ws = WsRegistry::new(config.server.max_ws_connections);
         Self {
@@ -55,7 +43,6 @@ impl AppState {
                 started: Instant::now(),
                 admin_token,
                 ws,
-                redis,
             }),
         }
     }
@@ -101,11 +88,6 @@ impl AppState {
     /// The WebSocket connections: their count, figures and shutdown.
     pub fn ws(&self) -> &WsRegistry {
         &self.inner.ws
-    }
-
-    /// The Redis progress backend, when configured.
-    pub fn redis(&self) -> Option<&RedisBridge> {
-        self.inner.redis.as_ref()
     }
 
     /// The admin bearer token, if configured.

@@ -1,5 +1,11 @@
 //! The engine: starts queries, keeps their records, cancels and drains them.
 //!
+//! Everything that may concern another replica goes through the progress
+//! [`Backend`]: the engine opens each query's stream there, shares each record there,
+//! and reads records, subscribes and cancels through it when a query is not its own
+//! ([`Engine::record`], [`Engine::subscribe`], [`Engine::cancel`]). In one process the
+//! backend knows no other replica and those paths end at "not found".
+//!
 //! Each query runs on its own task. Whoever ends a query — its task when the last stage
 //! is done, `cancel`, `drain`, or the task being dropped — goes through
 //! [`Inner::finish`], which moves the record out of `running` under the records lock.
@@ -9,11 +15,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use agentgate_agent_client::AgentClient;
-use agentgate_progress::{ErrorInfo, EventKind, ProgressHub, QueryPublisher};
+use agentgate_progress::{
+    Backend, BackendError, ErrorInfo, EventKind, QueryControl, QueryPublisher, SubscribeError,
+    Subscription,
+};
 use agentgate_retry::RetryAllowance;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -69,15 +78,18 @@ pub struct LiveQuery {
     pub elapsed_ms: u64,
 }
 
-/// An [`Engine`] that may be gone ([`Engine::downgrade`]).
-#[derive(Clone, Debug)]
-pub struct WeakEngine(std::sync::Weak<Inner>);
-
-impl WeakEngine {
-    /// The engine, if it still exists.
-    pub fn upgrade(&self) -> Option<Engine> {
-        self.0.upgrade().map(|inner| Engine { inner })
-    }
+/// What became of a cancel request ([`Engine::cancel`]).
+// The record travels by value (the gateway serializes it as the answer); cancelling is
+// rare, so the size does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cancellation {
+    /// The query is cancelled: its final record.
+    Cancelled(QueryRecord),
+    /// Another replica runs the query and was asked to cancel it, but its final record
+    /// did not show within the wait. Its `cancelled` event reaches subscribers when it
+    /// comes.
+    Requested,
 }
 
 /// A started query. Its id is known at once; [`Submitted::finished`] waits for the end.
@@ -91,24 +103,21 @@ pub struct Submitted {
 struct Inner {
     pipelines: BTreeMap<String, Arc<Plan>>,
     agents: Arc<BTreeMap<String, AgentClient>>,
-    hub: Arc<dyn ProgressHub>,
+    backend: Arc<dyn Backend>,
+    /// Whether records go to the backend (other replicas read them there).
+    share_records: bool,
     settings: EngineSettings,
     records: Mutex<Records>,
     stats: StatsCollector,
     closed: AtomicBool,
     /// Queries running now.
     running: watch::Sender<u64>,
-    /// Gets every query's record when it starts and when it ends.
-    record_sink: OnceLock<Arc<dyn RecordSink>>,
 }
 
-/// Gets each query's record when the query starts (`running`) and when it ends (its
-/// final record, before the terminal event is published). Used to share records between
-/// replicas; must not block.
-pub trait RecordSink: Send + Sync + fmt::Debug {
-    /// `record` is the query's latest state.
-    fn record(&self, record: &QueryRecord);
-}
+/// The engine as its backend sees it: cancels a query of this replica that another
+/// replica was asked to cancel. Does not keep the engine alive.
+#[derive(Debug)]
+struct Control(Weak<Inner>);
 
 /// Ends the query as `cancelled` (or `failed`, on a panic) if its task is dropped
 /// before it finished it: aborted by `cancel`, or the runtime shutting down.
@@ -133,7 +142,8 @@ impl Default for EngineSettings {
 // === impl Engine ===
 
 impl Engine {
-    /// An engine running `pipelines` over `agents`, publishing progress to `hub`.
+    /// An engine running `pipelines` over `agents`, publishing progress to `backend`
+    /// (and answering its cancel requests from other replicas).
     ///
     /// Check each pipeline first with [`PipelineConfig::validate`]: a stage whose agent
     /// is missing here fails every query at that stage with kind `config`. Metric series
@@ -141,26 +151,28 @@ impl Engine {
     pub fn new(
         pipelines: BTreeMap<String, PipelineConfig>,
         agents: BTreeMap<String, AgentClient>,
-        hub: Arc<dyn ProgressHub>,
+        backend: Arc<dyn Backend>,
         settings: EngineSettings,
     ) -> Self {
         let pipelines = pipelines
             .into_iter()
             .map(|(name, config)| (name.clone(), Arc::new(Plan::new(name, config))))
             .collect();
-        Self {
-            inner: Arc::new(Inner {
-                pipelines,
-                agents: Arc::new(agents),
-                hub,
-                records: Mutex::new(Records::new(settings.retention, settings.max_records)),
-                settings,
-                stats: StatsCollector::default(),
-                closed: AtomicBool::new(false),
-                running: watch::Sender::new(0),
-                record_sink: OnceLock::new(),
-            }),
-        }
+        let inner = Arc::new(Inner {
+            pipelines,
+            agents: Arc::new(agents),
+            share_records: backend.is_shared(),
+            backend,
+            records: Mutex::new(Records::new(settings.retention, settings.max_records)),
+            settings,
+            stats: StatsCollector::default(),
+            closed: AtomicBool::new(false),
+            running: watch::Sender::new(0),
+        });
+        inner
+            .backend
+            .set_control(Arc::new(Control(Arc::downgrade(&inner))));
+        Self { inner }
     }
 
     /// Starts a query on its own task and returns at once.
@@ -181,7 +193,7 @@ impl Engine {
             .get(&name)
             .ok_or(SubmitError::UnknownPipeline(name))?
             .clone();
-        let (query_id, publisher) = open(&*inner.hub);
+        let (query_id, publisher) = open(&*inner.backend);
         let started = Instant::now();
         let (done_tx, done) = watch::channel(None);
         let mut record = QueryRecord::running(query_id.clone(), plan.name.clone());
@@ -243,23 +255,53 @@ impl Engine {
         Ok(Submitted { query_id, done })
     }
 
-    /// The record of a running query, or of a finished one still retained.
+    /// The record of a query run here, running or finished and still retained.
     pub fn get(&self, query_id: &str) -> Option<QueryRecord> {
         let mut records = self.inner.lock();
         records.evict(Instant::now());
         records.get(query_id).map(|e| e.record.clone())
     }
 
-    /// Cancels a running query: its task stops at once, dropping any request in flight
-    /// to an agent, and its terminal event is `cancelled`. Returns the final record.
-    #[allow(clippy::result_large_err)] // see `CancelError`
-    pub fn cancel(&self, query_id: &str) -> Result<QueryRecord, CancelError> {
-        if let Some(record) = self.inner.finish(query_id, End::Cancelled) {
-            return Ok(record);
+    /// The record of a query run here or on another replica (`GET /api/query/{id}`).
+    /// Fails only when another replica's records cannot be read right now.
+    pub async fn record(&self, query_id: &str) -> Result<Option<QueryRecord>, BackendError> {
+        match self.get(query_id) {
+            Some(record) => Ok(Some(record)),
+            None => self.record_elsewhere(query_id).await,
         }
-        self.get(query_id).map_or(Err(CancelError::NotFound), |r| {
-            Err(CancelError::AlreadyFinished(r))
-        })
+    }
+
+    /// Subscribes to a query's events, wherever it runs: those with `seq > after_seq`
+    /// still retained, then the live ones.
+    pub async fn subscribe(
+        &self,
+        query_id: &str,
+        after_seq: u64,
+    ) -> Result<Subscription, SubscribeError> {
+        self.inner.backend.subscribe(query_id, after_seq).await
+    }
+
+    /// Cancels a running query, wherever it runs: the one path of `DELETE
+    /// /api/query/{id}` and the WebSocket `cancel`.
+    ///
+    /// A query of this replica stops at once (its task is dropped, with any request in
+    /// flight to an agent) and its terminal event is `cancelled`. A query of another
+    /// replica is cancelled by that replica when the backend relays the request; this
+    /// waits up to `wait` for its final record, else answers
+    /// [`Cancellation::Requested`]. A zero `wait` only relays the request.
+    #[allow(clippy::result_large_err)] // see `CancelError`
+    pub async fn cancel(
+        &self,
+        query_id: &str,
+        wait: Duration,
+    ) -> Result<Cancellation, CancelError> {
+        if let Some(record) = self.inner.finish(query_id, End::Cancelled) {
+            return Ok(Cancellation::Cancelled(record));
+        }
+        if let Some(record) = self.get(query_id) {
+            return Err(CancelError::AlreadyFinished(record));
+        }
+        self.cancel_elsewhere(query_id, wait).await
     }
 
     /// The running queries, oldest first, at most `limit` of them: where each one is
@@ -297,24 +339,14 @@ impl Engine {
             .collect()
     }
 
-    /// A handle that does not keep the engine alive.
-    pub fn downgrade(&self) -> WeakEngine {
-        WeakEngine(Arc::downgrade(&self.inner))
-    }
-
-    /// Sends every query's record to `sink` from now on (once; later calls are ignored).
-    pub fn set_record_sink(&self, sink: Arc<dyn RecordSink>) {
-        let _ = self.inner.record_sink.set(sink);
-    }
-
     /// Query figures.
     pub fn stats(&self) -> QueryStats {
         self.inner.stats.snapshot()
     }
 
-    /// The progress hub queries publish to (for subscribers).
-    pub fn hub(&self) -> &Arc<dyn ProgressHub> {
-        &self.inner.hub
+    /// The progress backend (its health, figures and shutdown).
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
     }
 
     /// The agents, by name.
@@ -350,8 +382,57 @@ impl Engine {
                 "grace period over: cancelling running queries"
             );
             for id in ids {
-                let _ = self.cancel(&id);
+                self.inner.finish(&id, End::Cancelled);
             }
+        }
+    }
+
+    /// The record of a query run on another replica, if the backend has it.
+    async fn record_elsewhere(&self, query_id: &str) -> Result<Option<QueryRecord>, BackendError> {
+        let Some(json) = self.inner.backend.record(query_id).await? else {
+            return Ok(None);
+        };
+        serde_json::from_str(&json)
+            .map(Some)
+            .map_err(|e| BackendError::new(format!("unreadable record of query `{query_id}`: {e}")))
+    }
+
+    /// [`Engine::cancel`] of a query this replica does not know.
+    #[allow(clippy::result_large_err)] // see `CancelError`
+    async fn cancel_elsewhere(
+        &self,
+        query_id: &str,
+        wait: Duration,
+    ) -> Result<Cancellation, CancelError> {
+        let unavailable = CancelError::Unavailable;
+        match self.record_elsewhere(query_id).await.map_err(unavailable)? {
+            None => return Err(CancelError::NotFound),
+            Some(r) if r.status.is_finished() => return Err(CancelError::AlreadyFinished(r)),
+            Some(_) => {}
+        }
+        let backend = &self.inner.backend;
+        // Follow the query before asking, so that its terminal event cannot slip by.
+        let events = if wait.is_zero() {
+            None
+        } else {
+            backend.subscribe(query_id, 0).await.ok()
+        };
+        backend.cancel(query_id).await.map_err(unavailable)?;
+        if wait.is_zero() {
+            return Ok(Cancellation::Requested);
+        }
+        if let Some(mut events) = events {
+            // A subscription ends after the terminal event.
+            let ended = async { while events.recv().await.is_some() {} };
+            let _ = tokio::time::timeout(wait, ended).await;
+        }
+        // The final record is shared before the terminal event: it is there by now,
+        // unless the wait ran out.
+        match self.record_elsewhere(query_id).await.map_err(unavailable)? {
+            Some(r) if r.status == QueryStatus::Cancelled => Ok(Cancellation::Cancelled(r)),
+            Some(r) if r.status.is_finished() => Err(CancelError::AlreadyFinished(r)),
+            Some(_) => Ok(Cancellation::Requested),
+            None => Err(CancelError::NotFound),
         }
     }
 }
@@ -373,10 +454,10 @@ impl fmt::Debug for Engine {
 
 /// Opens the query's progress stream under a fresh id. A v4 UUID collides only when
 /// the RNG is broken, so a refused id is simply replaced.
-fn open(hub: &dyn ProgressHub) -> (String, QueryPublisher) {
+fn open(backend: &dyn Backend) -> (String, QueryPublisher) {
     loop {
         let id = uuid::Uuid::new_v4().to_string();
-        if let Ok(publisher) = hub.open(&id) {
+        if let Ok(publisher) = backend.open(&id) {
             return (id, publisher);
         }
     }
@@ -406,10 +487,17 @@ impl Inner {
         self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hands `record` to the record sink, if any.
+    /// Shares `record` with other replicas through the backend, when it has any.
     fn share(&self, record: &QueryRecord) {
-        if let Some(sink) = self.record_sink.get() {
-            sink.record(record);
+        if !self.share_records {
+            return;
+        }
+        match serde_json::to_string(record) {
+            Ok(json) => {
+                self.backend
+                    .put_record(&record.query_id, json, record.status.is_finished());
+            }
+            Err(e) => tracing::warn!(error = %e, "query record not shared: not serializable"),
         }
     }
 
@@ -514,6 +602,17 @@ impl Inner {
         // Last, so whoever awaits the end sees everything above already done.
         done.send_replace(Some(record.clone()));
         Some(record)
+    }
+}
+
+// === impl Control ===
+
+impl QueryControl for Control {
+    fn cancel(&self, query_id: &str) {
+        if let Some(inner) = self.0.upgrade() {
+            // Only the replica running the query has it; the others find nothing.
+            inner.finish(query_id, End::Cancelled);
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! Errors of the engine's API.
 
+use agentgate_progress::BackendError;
+
 use crate::QueryRecord;
 
 /// Why a query was not started.
@@ -17,7 +19,7 @@ pub enum SubmitError {
 // The record travels by value (the gateway serializes it as the answer); cancelling is
 // rare, so the size of the error does not matter.
 #[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum CancelError {
     /// No such query, or it finished longer ago than the retention (HTTP 404).
     #[error("query not found")]
@@ -26,4 +28,8 @@ pub enum CancelError {
     /// record: cancelling is idempotent for clients that only want it stopped).
     #[error("query already finished")]
     AlreadyFinished(QueryRecord),
+    /// This replica does not run the query, and the backend that knows about other
+    /// replicas' queries cannot be reached (HTTP 503).
+    #[error(transparent)]
+    Unavailable(BackendError),
 }

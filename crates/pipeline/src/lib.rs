@@ -4,10 +4,10 @@
 //!
 //! # Where it sits
 //!
-//! The gateway's HTTP and WebSocket routes call [`Engine::submit`], [`Engine::get`] and
-//! [`Engine::cancel`]; the engine calls agents through their [`AgentClient`]s, whose
-//! stacks (`progress → retry → metrics → circuit breaker → timeout`) do everything that
-//! concerns one agent call. The engine adds what concerns the query:
+//! The gateway's HTTP and WebSocket routes call [`Engine::submit`], [`Engine::record`],
+//! [`Engine::subscribe`] and [`Engine::cancel`]; the engine calls agents through their
+//! [`AgentClient`]s, whose stacks (`progress → retry → metrics → circuit breaker →
+//! timeout`) do everything that concerns one agent call. The engine adds what concerns the query:
 //!
 //! - **the stage contract**: stage *k* POSTs `{"query_id","query","context","results"}`
 //!   (the outputs of the stages before it) to `agent.url + path` with `x-query-id`,
@@ -28,7 +28,7 @@
 //! - **one retry allowance**: the pipeline's `retry_allowance` is shared by every stage
 //!   of a query ([`RetryAllowance`](agentgate_retry::RetryAllowance)), so a query that
 //!   meets several flaky agents cannot multiply its load on them;
-//! - **progress**: each query's events go to its stream in the [`ProgressHub`]. The
+//! - **progress**: each query's events go to its stream in the progress [`Backend`]. The
 //!   agent stacks report started / error / retrying / completed for each call; the
 //!   engine reports `fallback`, a static output's `completed`, `skipped`, the `failed`
 //!   stage, and the one terminal event (`completed`, `failed` or `cancelled`). Each
@@ -37,7 +37,9 @@
 //! - **records**: [`QueryRecord`]s of running queries, and of finished ones for
 //!   [`EngineSettings::retention`] (at most [`EngineSettings::max_records`], oldest
 //!   finished dropped first), with [`QueryRecord::http_status`] and
-//!   [`QueryRecord::retry_after`] for the gateway's answers. Stage outputs and results
+//!   [`QueryRecord::retry_after`] for the gateway's answers. A backend shared by
+//!   several replicas also gets each record as JSON when the query starts and ends, so
+//!   any replica can answer for any query. Stage outputs and results
 //!   are kept as JSON text ([`JsonText`]), never as parsed values, and a finished
 //!   record's result shares its bytes with the terminal `completed` event: a retained
 //!   query costs about the JSON text of its record and events (`tests/memory.rs`);
@@ -48,7 +50,8 @@
 //!
 //! Cancelling a query ([`Engine::cancel`], or [`Engine::drain`] when the grace period
 //! is over) stops its task at once: the request in flight to an agent is dropped, and
-//! the terminal event is `cancelled`.
+//! the terminal event is `cancelled`. A query of another replica is cancelled by that
+//! replica, asked through the backend.
 //!
 //! # Example
 //!
@@ -104,14 +107,15 @@
 //! # Layout
 //!
 //! - `config`: the `[pipelines.P]` keys and their validation;
-//! - `engine`: [`Engine`] — submit, records, cancel, drain; ends each query exactly once;
+//! - `engine`: [`Engine`] — submit, records, subscribe, cancel (here or on another
+//!   replica), drain; ends each query exactly once;
 //! - `query`: running one query's stages, fallbacks and skips;
 //! - `call`: one stage call to one agent, under the deadline;
 //! - `record`: the JSON records clients read, and the retention store;
 //! - `plan`, `stats`, `metrics`: progress ranges, [`QueryStats`], Prometheus series.
 //!
 //! [`AgentClient`]: agentgate_agent_client::AgentClient
-//! [`ProgressHub`]: agentgate_progress::ProgressHub
+//! [`Backend`]: agentgate_progress::Backend
 
 mod call;
 pub mod config;
@@ -125,7 +129,7 @@ mod stats;
 
 pub use agentgate_progress::JsonText;
 pub use config::{Fallback, PipelineConfig, PipelineConfigError, StageConfig};
-pub use engine::{Engine, EngineSettings, LiveQuery, RecordSink, Submitted, WeakEngine};
+pub use engine::{Cancellation, Engine, EngineSettings, LiveQuery, Submitted};
 pub use error::{CancelError, SubmitError};
 pub use metrics::describe_metrics;
 pub use query::QueryInput;

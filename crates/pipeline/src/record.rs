@@ -398,7 +398,7 @@ mod tests {
     }
 
     fn entry(id: &str, status: QueryStatus) -> Entry {
-        use agentgate_progress::{HubConfig, MemoryHub, ProgressHub};
+        use agentgate_progress::{HubConfig, MemoryHub};
         let hub = MemoryHub::new(HubConfig::default());
         let mut record = QueryRecord::running(id.into(), "p".into());
         record.status = status;

@@ -67,7 +67,7 @@ async fn cancel_stops_the_query_and_drops_the_agent_request() {
     let id = sub.query_id.clone();
     support::until(|| a.hits() == 1).await;
 
-    let record = s.engine.cancel(&id).unwrap();
+    let record = support::cancel(&s.engine, &id).await.unwrap();
     assert_eq!(record.status, QueryStatus::Cancelled);
     assert!(record.duration_ms.is_some());
     assert_eq!(record.http_status(), 200);
@@ -78,11 +78,14 @@ async fn cancel_stops_the_query_and_drops_the_agent_request() {
 
     assert_eq!(sub.finished().await.status, QueryStatus::Cancelled);
     assert_eq!(s.engine.get(&id).unwrap().status, QueryStatus::Cancelled);
-    match s.engine.cancel(&id) {
+    match support::cancel(&s.engine, &id).await {
         Err(CancelError::AlreadyFinished(r)) => assert_eq!(r.status, QueryStatus::Cancelled),
         other => panic!("{other:?}"),
     }
-    assert_eq!(s.engine.cancel("nope"), Err(CancelError::NotFound));
+    assert!(matches!(
+        support::cancel(&s.engine, "nope").await,
+        Err(CancelError::NotFound)
+    ));
 
     let events = support::brief(&support::events(&s.hub, &id).await);
     assert_eq!(events, ["nlp:started@0", "cancelled"]);
@@ -455,6 +458,12 @@ fn the_api_is_usable_from_axum_handlers() {
         let drain = s.engine.drain(Duration::ZERO);
         send(&drain);
         drain.await;
+        let (record, subscribe) = (s.engine.record("q"), s.engine.subscribe("q", 0));
+        let cancel = s.engine.cancel("q", Duration::from_secs(2));
+        send(&record);
+        send(&subscribe);
+        send(&cancel);
+        assert!(matches!(cancel.await, Err(CancelError::NotFound)));
     });
 }
 
@@ -477,6 +486,36 @@ async fn finished_futures_are_send_and_records_round_trip() {
     assert_eq!(back, record);
 }
 
+#[tokio::test(start_paused = true)]
+async fn records_and_events_are_read_through_the_backend() {
+    let a = Agent::start(vec![Reply::After(ms(50), Box::new(Reply::Json(json!({}))))]).await;
+    let s = engine(
+        &[("default", ONE_STAGE)],
+        vec![("a", agent_config(a.url()))],
+        EngineSettings::default(),
+    );
+    let sub = s.engine.submit(QueryInput::new("q")).unwrap();
+    let id = sub.query_id.clone();
+    let mut events = s.engine.subscribe(&id, 0).await.unwrap();
+    let done = sub.finished().await;
+    assert_eq!(s.engine.record(&id).await.unwrap(), Some(done));
+    let mut types = Vec::new();
+    while let Some(agentgate_progress::SubscriptionItem::Event(e)) = events.recv().await {
+        types.push(e.event().kind.type_name());
+    }
+    assert_eq!(types, ["progress", "progress", "completed"]);
+
+    // In one process, a query the engine does not know is unknown everywhere.
+    assert_eq!(s.engine.record("nope").await.unwrap(), None);
+    assert!(matches!(
+        s.engine.subscribe("nope", 0).await,
+        Err(agentgate_progress::SubscribeError::UnknownQuery(q)) if q == "nope"
+    ));
+    let health = s.engine.backend().health();
+    assert_eq!((health.name, health.connected), ("memory", true));
+    assert!(!s.engine.backend().is_shared());
+}
+
 /// Cancels racing with completions on a multi-threaded runtime: every query still ends
 /// exactly once, and its record agrees with its terminal event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -493,7 +532,7 @@ async fn cancel_racing_completion_ends_each_query_once() {
         let (engine, id) = (s.engine.clone(), sub.query_id.clone());
         tokio::spawn(async move {
             tokio::time::sleep(ms(i % 6)).await;
-            let _ = engine.cancel(&id);
+            let _ = support::cancel(&engine, &id).await;
         });
         subs.push(sub);
     }
@@ -555,7 +594,7 @@ async fn live_lists_running_queries_oldest_first_with_their_stage() {
     assert_eq!(live[0].progress, 25);
     assert_eq!(s.engine.live(1).len(), 1);
 
-    s.engine.cancel(&a.query_id).unwrap();
+    support::cancel(&s.engine, &a.query_id).await.unwrap();
     let live = s.engine.live(10);
     assert_eq!(live.len(), 1);
     assert_eq!(live[0].query_id, b.query_id);

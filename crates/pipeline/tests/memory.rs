@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use agentgate_agent_client::AgentClient;
 use agentgate_pipeline::{Engine, EngineSettings, PipelineConfig, QueryInput, QueryStatus};
-use agentgate_progress::{HubConfig, MemoryHub, ProgressHub, SubscriptionItem};
+use agentgate_progress::{HubConfig, MemoryHub, SubscriptionItem};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use stats_alloc::{Stats, StatsAlloc, INSTRUMENTED_SYSTEM};

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use agentgate_pipeline::{EngineSettings, QueryInput, QueryStatus, StageOutcome};
-use agentgate_progress::{ProgressHub, SubscriptionItem};
+use agentgate_progress::SubscriptionItem;
 use serde_json::{json, Value};
 use support::{agent_config, closed_port, engine, result, Agent, Reply};
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::RedisBridge;
+use crate::RedisBackend;
 
 /// Backoff between attempts while Redis is unreachable: doubles from 100 ms up to 2 s.
 #[derive(Debug)]
@@ -47,11 +47,11 @@ impl FailureLog {
         Self { what, last: None }
     }
 
-    pub(crate) fn failed(&mut self, bridge: &RedisBridge, e: &redis::RedisError) {
+    pub(crate) fn failed(&mut self, backend: &RedisBackend, e: &redis::RedisError) {
         metrics::counter!("agentgate_progress_redis_errors_total").increment(1);
         if self.last.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
             self.last = Some(Instant::now());
-            tracing::warn!(url = %bridge.settings().url, error = %e, "progress backend: {}", self.what);
+            tracing::warn!(url = %backend.settings().url, error = %e, "progress backend: {}", self.what);
         }
     }
 }

@@ -7,8 +7,9 @@ use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::backend::Out;
 use crate::failures::{Backoff, FailureLog};
-use crate::{Out, RedisBridge};
+use crate::RedisBackend;
 
 /// At most this many queued items go into one pipeline.
 const BATCH: usize = 256;
@@ -17,7 +18,7 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(10);
 /// How often an idle writer checks its connection.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
 
-pub(crate) async fn run(bridge: RedisBridge, mut rx: mpsc::Receiver<Out>) {
+pub(crate) async fn run(backend: RedisBackend, mut rx: mpsc::Receiver<Out>) {
     let mut conn: Option<ConnectionManager> = None;
     let mut batch = Vec::with_capacity(BATCH);
     let mut log = FailureLog::new(
@@ -36,31 +37,31 @@ pub(crate) async fn run(bridge: RedisBridge, mut rx: mpsc::Receiver<Out>) {
             }
             _ = check.tick() => {
                 let ping = redis::pipe().cmd("PING").ignore().clone();
-                match send(&bridge, &mut conn, &ping).await {
-                    Ok(()) => bridge.set_writer_up(true),
+                match send(&backend, &mut conn, &ping).await {
+                    Ok(()) => backend.set_writer_up(true),
                     Err(e) => {
                         conn = None;
-                        bridge.set_writer_up(false);
-                        log.failed(&bridge, &e);
+                        backend.set_writer_up(false);
+                        log.failed(&backend, &e);
                     }
                 }
                 continue;
             }
         }
         let close = take_close(&mut batch);
-        let pipe = pipeline(&bridge, &batch);
+        let pipe = pipeline(&backend, &batch);
         let started = Instant::now();
         let mut backoff = Backoff::new();
         loop {
-            match send(&bridge, &mut conn, &pipe).await {
+            match send(&backend, &mut conn, &pipe).await {
                 Ok(()) => {
-                    bridge.set_writer_up(true);
+                    backend.set_writer_up(true);
                     break;
                 }
                 Err(e) => {
-                    bridge.set_writer_up(false);
+                    backend.set_writer_up(false);
                     conn = None;
-                    log.failed(&bridge, &e);
+                    log.failed(&backend, &e);
                     if close.is_some() || started.elapsed() >= GIVE_UP_AFTER {
                         metrics::counter!("agentgate_progress_redis_dropped_total")
                             .increment(batch.len() as u64);
@@ -79,7 +80,7 @@ pub(crate) async fn run(bridge: RedisBridge, mut rx: mpsc::Receiver<Out>) {
     }
 }
 
-/// Removes a `Close` from the batch (it is always the last thing a closing bridge sends).
+/// Removes a `Close` from the batch (it is always the last thing a closing backend sends).
 fn take_close(batch: &mut Vec<Out>) -> Option<tokio::sync::oneshot::Sender<()>> {
     let at = batch.iter().position(|o| matches!(o, Out::Close(_)))?;
     let rest = batch.split_off(at);
@@ -90,22 +91,22 @@ fn take_close(batch: &mut Vec<Out>) -> Option<tokio::sync::oneshot::Sender<()>> 
 }
 
 async fn send(
-    bridge: &RedisBridge,
+    backend: &RedisBackend,
     conn: &mut Option<ConnectionManager>,
     pipe: &redis::Pipeline,
 ) -> Result<(), redis::RedisError> {
     if conn.is_none() {
-        *conn = Some(bridge.connect().await?);
+        *conn = Some(backend.connect().await?);
     }
     let conn = conn.as_mut().expect("just connected");
     pipe.query_async::<()>(conn).await
 }
 
-fn pipeline(bridge: &RedisBridge, batch: &[Out]) -> redis::Pipeline {
-    let settings = bridge.settings();
-    let keys = bridge.keys();
+fn pipeline(backend: &RedisBackend, batch: &[Out]) -> redis::Pipeline {
+    let settings = backend.settings();
+    let keys = backend.keys();
     let channel = keys.channel();
-    let retention = millis(settings.retention);
+    let retention = millis(settings.hub.retention);
     let running = millis(settings.running_ttl);
     let mut pipe = redis::pipe();
     for out in batch {
@@ -116,7 +117,7 @@ fn pipeline(bridge: &RedisBridge, batch: &[Out]) -> redis::Pipeline {
                     .arg(&key)
                     .arg("MAXLEN")
                     .arg("~")
-                    .arg(settings.replay_events.max(1))
+                    .arg(settings.hub.replay_events.max(1))
                     .arg("*")
                     .arg("e")
                     .arg(&*event.json)
@@ -131,7 +132,7 @@ fn pipeline(bridge: &RedisBridge, batch: &[Out]) -> redis::Pipeline {
                     .ignore();
                 pipe.cmd("PUBLISH")
                     .arg(&channel)
-                    .arg(format!("{}|{}", bridge.replica(), event.json))
+                    .arg(format!("{}|{}", backend.replica(), event.json))
                     .ignore();
             }
             Out::Record {

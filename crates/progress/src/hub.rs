@@ -1,9 +1,9 @@
-//! The hub interface: open a query's stream, publish to it, subscribe with replay.
+//! Per-query streams: open a query's stream, publish to it, subscribe with replay.
 //!
-//! Callers hold an `Arc<dyn ProgressHub>`; the in-memory hub ([`crate::MemoryHub`])
-//! serves one process, and a Redis-backed hub can carry the same streams across
-//! replicas without changing callers: it keeps a local stream per query (so
-//! subscriptions look the same) and forwards what is published through a [`PublishHook`].
+//! [`crate::MemoryHub`] holds the streams of one process. The Redis backend keeps one
+//! per replica: it forwards what is published here through a [`PublishHook`], and
+//! mirrors other replicas' events into foreign streams ([`Mirrored`]), so subscriptions
+//! look the same wherever a query runs.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -13,19 +13,6 @@ use std::time::SystemTime;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::{EventKind, ProgressEvent, Published};
-
-/// A hub of per-query event streams.
-pub trait ProgressHub: Send + Sync + fmt::Debug + 'static {
-    /// Starts the stream of a new query and returns its publisher.
-    fn open(&self, query_id: &str) -> Result<QueryPublisher, OpenError>;
-
-    /// Subscribes to a query: the retained events with `seq > after_seq`, then the live
-    /// ones, with no gap and no duplicate between the two.
-    fn subscribe(&self, query_id: &str, after_seq: u64) -> Result<Subscription, SubscribeError>;
-
-    /// Figures for metrics.
-    fn stats(&self) -> HubStats;
-}
 
 /// Called after each local publish (e.g. to forward to Redis). Must not block.
 pub trait PublishHook: Send + Sync + fmt::Debug {
@@ -161,26 +148,9 @@ impl fmt::Debug for QueryStream {
 }
 
 impl QueryStream {
+    /// The stream of a query run here, or of another replica's (`foreign`), whose events
+    /// arrive through [`QueryStream::mirror`].
     pub(crate) fn new(
-        query_id: Arc<str>,
-        replay: usize,
-        live_buffer: usize,
-        on_end: Weak<dyn OnEnd>,
-    ) -> Self {
-        Self::build(query_id, replay, live_buffer, on_end, false)
-    }
-
-    /// The stream of another replica's query.
-    pub(crate) fn foreign(
-        query_id: Arc<str>,
-        replay: usize,
-        live_buffer: usize,
-        on_end: Weak<dyn OnEnd>,
-    ) -> Self {
-        Self::build(query_id, replay, live_buffer, on_end, true)
-    }
-
-    fn build(
         query_id: Arc<str>,
         replay: usize,
         live_buffer: usize,

@@ -1,4 +1,5 @@
-//! The in-process hub: one process, no external services (the default backend).
+//! The in-process hub: one process, no external services (the default backend), and
+//! each replica's local streams under the Redis backend.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -9,8 +10,8 @@ use tokio::time::Instant;
 
 use crate::hub::{OnEnd, QueryStream};
 use crate::{
-    HubStats, Mirrored, OpenError, ProgressHub, PublishHook, Published, QueryPublisher,
-    SubscribeError, Subscription,
+    Backend, BackendError, BackendHealth, BoxFuture, HubStats, Mirrored, OpenError, PublishHook,
+    Published, QueryControl, QueryPublisher, SubscribeError, Subscription,
 };
 
 /// How much the hub keeps.
@@ -28,18 +29,10 @@ pub struct HubConfig {
     pub live_buffer: usize,
 }
 
-impl Default for HubConfig {
-    fn default() -> Self {
-        Self {
-            replay_events: 256,
-            retention: Duration::from_secs(600),
-            max_finished: 10_000,
-            live_buffer: 256,
-        }
-    }
-}
-
-/// The in-memory [`ProgressHub`]. Cheap to clone.
+/// The in-memory [`Backend`]: per-query streams of one process. Cheap to clone.
+///
+/// Its own methods are synchronous; as a [`Backend`] it knows no other replica (no
+/// remote records, nothing to cancel elsewhere, always healthy).
 #[derive(Clone, Debug)]
 pub struct MemoryHub {
     inner: Arc<Inner>,
@@ -58,6 +51,21 @@ struct Inner {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+// === impl HubConfig ===
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            replay_events: 256,
+            retention: Duration::from_secs(600),
+            max_finished: 10_000,
+            live_buffer: 256,
+        }
+    }
+}
+
+// === impl MemoryHub ===
 
 impl MemoryHub {
     /// A hub keeping what `config` says.
@@ -82,6 +90,49 @@ impl MemoryHub {
         }
     }
 
+    /// Starts the stream of a new query and returns its publisher.
+    pub fn open(&self, query_id: &str) -> Result<QueryPublisher, OpenError> {
+        self.inner.evict(Instant::now());
+        let id: Arc<str> = query_id.into();
+        let stream = self.inner.stream(id.clone(), false);
+        let mut queries = lock(&self.inner.queries);
+        if queries.contains_key(&id) {
+            return Err(OpenError(query_id.to_owned()));
+        }
+        queries.insert(id, stream.clone());
+        Ok(QueryPublisher::new(stream, self.inner.hook.clone()))
+    }
+
+    /// Subscribes to a query: the retained events with `seq > after_seq`, then the live
+    /// ones, with no gap and no duplicate between the two.
+    pub fn subscribe(
+        &self,
+        query_id: &str,
+        after_seq: u64,
+    ) -> Result<Subscription, SubscribeError> {
+        let stream = lock(&self.inner.queries)
+            .get(query_id)
+            .cloned()
+            .ok_or_else(|| SubscribeError::UnknownQuery(query_id.to_owned()))?;
+        Ok(stream.subscribe(after_seq))
+    }
+
+    /// Figures for metrics.
+    pub fn stats(&self) -> HubStats {
+        let queries = lock(&self.inner.queries);
+        let mut stats = HubStats {
+            queries: queries.len(),
+            ..HubStats::default()
+        };
+        for stream in queries.values() {
+            if stream.is_running() {
+                stats.running += 1;
+                stats.subscribers += stream.subscribers();
+            }
+        }
+        stats
+    }
+
     /// The configuration.
     pub fn config(&self) -> &HubConfig {
         &self.inner.config
@@ -100,13 +151,7 @@ impl MemoryHub {
                     if event.seq() > 1 && !allow_gap {
                         return Mirrored::Gap { next_seq: 1 };
                     }
-                    let on_end: Weak<dyn OnEnd> = self.inner.me.clone();
-                    let stream = Arc::new(QueryStream::foreign(
-                        query_id.clone(),
-                        self.inner.config.replay_events,
-                        self.inner.config.live_buffer,
-                        on_end,
-                    ));
+                    let stream = self.inner.stream(query_id.clone(), true);
                     queries.insert(query_id.clone(), stream.clone());
                     stream
                 }
@@ -136,7 +181,17 @@ impl MemoryHub {
     }
 }
 
+// === impl Inner ===
+
 impl Inner {
+    /// A new stream for `query_id`: of a query run here, or of another replica's
+    /// (`foreign`).
+    fn stream(&self, query_id: Arc<str>, foreign: bool) -> Arc<QueryStream> {
+        let on_end: Weak<dyn OnEnd> = self.me.clone();
+        let (replay, live) = (self.config.replay_events, self.config.live_buffer);
+        Arc::new(QueryStream::new(query_id, replay, live, on_end, foreign))
+    }
+
     fn evict(&self, now: Instant) {
         let expired: Vec<Arc<str>> = {
             let mut finished = lock(&self.finished);
@@ -167,45 +222,55 @@ impl OnEnd for Inner {
     }
 }
 
-impl ProgressHub for MemoryHub {
+// === impl Backend for MemoryHub ===
+
+impl Backend for MemoryHub {
     fn open(&self, query_id: &str) -> Result<QueryPublisher, OpenError> {
-        self.inner.evict(Instant::now());
-        let id: Arc<str> = query_id.into();
-        let on_end: Weak<dyn OnEnd> = self.inner.me.clone();
-        let stream = Arc::new(QueryStream::new(
-            id.clone(),
-            self.inner.config.replay_events,
-            self.inner.config.live_buffer,
-            on_end,
-        ));
-        let mut queries = lock(&self.inner.queries);
-        if queries.contains_key(&id) {
-            return Err(OpenError(query_id.to_owned()));
-        }
-        queries.insert(id, stream.clone());
-        Ok(QueryPublisher::new(stream, self.inner.hook.clone()))
+        MemoryHub::open(self, query_id)
     }
 
-    fn subscribe(&self, query_id: &str, after_seq: u64) -> Result<Subscription, SubscribeError> {
-        let stream = lock(&self.inner.queries)
-            .get(query_id)
-            .cloned()
-            .ok_or_else(|| SubscribeError::UnknownQuery(query_id.to_owned()))?;
-        Ok(stream.subscribe(after_seq))
+    fn subscribe<'a>(
+        &'a self,
+        query_id: &'a str,
+        after_seq: u64,
+    ) -> BoxFuture<'a, Result<Subscription, SubscribeError>> {
+        let sub = MemoryHub::subscribe(self, query_id, after_seq);
+        Box::pin(std::future::ready(sub))
+    }
+
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    fn put_record(&self, _query_id: &str, _json: String, _finished: bool) {}
+
+    fn record<'a>(
+        &'a self,
+        _query_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    fn cancel<'a>(&'a self, _query_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        // No other replica runs anything.
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn set_control(&self, _control: Arc<dyn QueryControl>) {}
+
+    fn health(&self) -> BackendHealth {
+        BackendHealth {
+            name: "memory",
+            connected: true,
+            reason: None,
+        }
     }
 
     fn stats(&self) -> HubStats {
-        let queries = lock(&self.inner.queries);
-        let mut stats = HubStats {
-            queries: queries.len(),
-            ..HubStats::default()
-        };
-        for stream in queries.values() {
-            if stream.is_running() {
-                stats.running += 1;
-                stats.subscribers += stream.subscribers();
-            }
-        }
-        stats
+        MemoryHub::stats(self)
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
     }
 }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentgate_progress::{
-    EventKind, HubConfig, MemoryHub, ProgressHub, PublishError, StageStatus, SubscribeError,
-    Subscription, SubscriptionItem,
+    EventKind, HubConfig, MemoryHub, PublishError, StageStatus, SubscribeError, Subscription,
+    SubscriptionItem,
 };
 use serde_json::json;
 

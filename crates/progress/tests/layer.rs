@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentgate_progress::{
-    EventKind, HubConfig, MemoryHub, ProgressContext, ProgressHub, ProgressLayer, SubscriptionItem,
+    EventKind, HubConfig, MemoryHub, ProgressContext, ProgressLayer, SubscriptionItem,
 };
 use agentgate_retry::{Jitter, ReplayBody, RetryConfig, RetryLayer, RetryPolicy};
 use bytes::Bytes;

@@ -129,8 +129,8 @@ pub fn breaker_json(s: &Snapshot) -> Value {
 /// queries), where each open or forced-open breaker weighs 1 and each half-open one
 /// 0.5. Status: `unhealthy` when some pipeline has a required stage whose agent and
 /// every agent fallback are open (and no static fallback), else `degraded` when the
-/// score is below 90, any breaker is not closed or the Redis progress backend is
-/// unreachable, else `healthy`.
+/// score is below 90, any breaker is not closed or the progress backend cannot reach
+/// the other replicas, else `healthy`.
 pub fn health(state: &AppState) -> (u8, &'static str, Vec<String>) {
     let agents = state.engine().agents();
     let mut reasons = Vec::new();
@@ -193,18 +193,16 @@ pub fn health(state: &AppState) -> (u8, &'static str, Vec<String>) {
             }
         }
     }
-    // Redis down does not lower the score (queries run as before), but other replicas
-    // cannot follow this one's queries: degraded.
-    let redis_down = state.redis().is_some_and(|r| !r.is_ready());
-    if redis_down {
-        reasons.push(
-            "progress backend (redis) unreachable: other replicas cannot follow this one's queries"
-                .to_owned(),
-        );
+    // A backend that is down does not lower the score (queries run as before), but
+    // other replicas cannot follow this one's queries: degraded.
+    let backend = state.engine().backend().health();
+    let backend_down = !backend.connected;
+    if backend_down {
+        reasons.extend(backend.reason);
     }
     let status = if unhealthy {
         "unhealthy"
-    } else if score < 90 || weight > 0.0 || redis_down {
+    } else if score < 90 || weight > 0.0 || backend_down {
         "degraded"
     } else {
         "healthy"

@@ -12,11 +12,12 @@ pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// 200 while serving, 503 once shutdown began. With the Redis progress backend, the
-/// body also says whether Redis is reachable (`"redis": "connected" | "unavailable"`);
-/// an unreachable Redis does not make the replica unready — it still runs queries and
-/// serves its own clients — it only stops other replicas from following its queries
-/// (see `/api/orchestration/health` and `agentgate_progress_redis_connected`).
+/// 200 while serving, 503 once shutdown began. With a progress backend shared between
+/// replicas, the body also says whether it is reachable, under its name (`"redis":
+/// "connected" | "unavailable"`); an unreachable backend does not make the replica
+/// unready — it still runs queries and serves its own clients — it only stops other
+/// replicas from following its queries (see `/api/orchestration/health` and
+/// `agentgate_progress_redis_connected`).
 pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let (code, status) = if state.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
@@ -24,8 +25,10 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<V
         (StatusCode::OK, "ready")
     };
     let mut body = json!({ "status": status });
-    if let Some(redis) = state.redis() {
-        body["redis"] = Value::from(if redis.is_ready() {
+    let backend = state.engine().backend();
+    if backend.is_shared() {
+        let health = backend.health();
+        body[health.name] = Value::from(if health.connected {
             "connected"
         } else {
             "unavailable"

@@ -12,9 +12,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use agentgate_pipeline::{CancelError, QueryInput, QueryRecord, SubmitError};
-
-use agentgate_progress_redis::{RedisBridge, RedisError};
+use agentgate_pipeline::{CancelError, Cancellation, QueryInput, QueryRecord, SubmitError};
 
 use crate::error::{retry_after_value, ApiError};
 use crate::AppState;
@@ -79,39 +77,38 @@ async fn submit_inner(state: AppState, req: Request) -> Result<Response, ApiErro
     Ok(record_response(&submitted.finished().await))
 }
 
-/// The record of a query, running or finished.
+/// The record of a query, running or finished, run by this replica or another one.
 pub(crate) async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    if let Some(record) = state.engine().get(&id) {
-        return Json(record).into_response();
-    }
-    // With the Redis backend, the query may have run on another replica.
-    let Some(redis) = state.redis() else {
-        return unknown_query(&id).into_response();
-    };
-    match redis.record(&id).await {
-        Ok(Some(json)) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+    match state.engine().record(&id).await {
+        Ok(Some(record)) => Json(record).into_response(),
         Ok(None) => unknown_query(&id).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, query_id = %id, "progress backend: record lookup failed");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "backend_unavailable",
-                "query records of other replicas cannot be read right now",
-            )
-            .into_response()
+            backend_unavailable("query records of other replicas cannot be read right now")
         }
     }
 }
 
-/// Cancels a running query.
+/// How long `DELETE` waits for another replica to cancel its query.
+const REMOTE_CANCEL_WAIT: Duration = Duration::from_secs(2);
+
+/// Cancels a running query, here or on another replica: the final record, or 202
+/// `cancelling` when another replica runs it and has not ended it within
+/// [`REMOTE_CANCEL_WAIT`].
 pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match state.engine().cancel(&id) {
-        Ok(record) => Json(record).into_response(),
-        Err(CancelError::NotFound) => match state.redis() {
-            Some(redis) => cancel_elsewhere(redis, &id).await,
-            None => unknown_query(&id).into_response(),
-        },
-        Err(CancelError::AlreadyFinished(record)) => already_finished(&id, &status_name(&record)),
+    match state.engine().cancel(&id, REMOTE_CANCEL_WAIT).await {
+        Ok(Cancellation::Cancelled(record)) => Json(record).into_response(),
+        Ok(Cancellation::Requested) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "query_id": id, "status": "cancelling" })),
+        )
+            .into_response(),
+        Err(CancelError::NotFound) => unknown_query(&id).into_response(),
+        Err(CancelError::AlreadyFinished(record)) => already_finished(&id, record.status.as_str()),
+        Err(CancelError::Unavailable(e)) => {
+            tracing::warn!(error = %e, query_id = %id, "progress backend: remote cancel failed");
+            backend_unavailable("queries of other replicas cannot be cancelled right now")
+        }
     }
 }
 
@@ -128,65 +125,13 @@ fn already_finished(id: &str, status: &str) -> Response {
         .into_response()
 }
 
-/// How long `DELETE` waits for another replica to cancel its query.
-const REMOTE_CANCEL_WAIT: Duration = Duration::from_secs(2);
-
-/// `DELETE` of a query another replica runs: asks that replica (through Redis) and
-/// answers with the final record once it shows, else 202 `cancelling`.
-async fn cancel_elsewhere(redis: &RedisBridge, id: &str) -> Response {
-    let status = |json: &str| {
-        serde_json::from_str::<Value>(json)
-            .ok()
-            .and_then(|v| v.get("status").and_then(Value::as_str).map(str::to_owned))
-            .unwrap_or_default()
-    };
-    let unavailable = |e: RedisError| {
-        tracing::warn!(error = %e, query_id = %id, "progress backend: remote cancel failed");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "backend_unavailable",
-            "queries of other replicas cannot be cancelled right now",
-        )
-        .into_response()
-    };
-    match redis.record(id).await {
-        Ok(None) => return unknown_query(id).into_response(),
-        Ok(Some(json)) if status(&json) != "running" => {
-            return already_finished(id, &status(&json))
-        }
-        Ok(Some(_)) => {}
-        Err(e) => return unavailable(e),
-    }
-    if let Err(e) = redis.request_cancel(id).await {
-        return unavailable(e);
-    }
-    let until = tokio::time::Instant::now() + REMOTE_CANCEL_WAIT;
-    while tokio::time::Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        match redis.record(id).await {
-            Ok(Some(json)) => match status(&json).as_str() {
-                "running" => continue,
-                "cancelled" => {
-                    return ([(header::CONTENT_TYPE, "application/json")], json).into_response()
-                }
-                other => return already_finished(id, other),
-            },
-            Ok(None) => return unknown_query(id).into_response(),
-            Err(e) => return unavailable(e),
-        }
-    }
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({ "query_id": id, "status": "cancelling" })),
+fn backend_unavailable(message: &'static str) -> Response {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "backend_unavailable",
+        message,
     )
-        .into_response()
-}
-
-fn status_name(record: &QueryRecord) -> String {
-    serde_json::to_value(record)
-        .ok()
-        .and_then(|v| v.get("status").and_then(Value::as_str).map(str::to_owned))
-        .unwrap_or_default()
+    .into_response()
 }
 
 fn unknown_query(id: &str) -> ApiError {

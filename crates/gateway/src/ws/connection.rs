@@ -346,8 +346,8 @@ impl Connection {
                 // Right after submit, from seq 0: the replay buffer holds anything
                 // published in between, so no event is missed.
                 let sub = engine
-                    .hub()
                     .subscribe(&query_id, 0)
+                    .await
                     .map_err(|_| FrameError::unknown_query(&query_id))?;
                 let frame = protocol::accepted(request_id.as_ref(), &query_id);
                 self.start(frame, query_id, sub).await;
@@ -361,21 +361,22 @@ impl Connection {
                 self.send(Outgoing::Frame(protocol::unsubscribed(&query_id)))
                     .await;
             }
-            ClientFrame::Cancel { query_id } => match self.state.engine().cancel(&query_id) {
-                // The terminal `cancelled` event reaches subscribers through the hub;
-                // cancelling a query that already ended changes nothing.
-                Ok(_) | Err(CancelError::AlreadyFinished(_)) => {}
-                Err(CancelError::NotFound) => match self.state.redis() {
-                    // Another replica runs it (or ran it): ask it. Its `cancelled` event
-                    // reaches subscribers here through the mirror.
-                    Some(redis) if Box::pin(redis.load(&query_id)).await.unwrap_or(false) => {
-                        if let Err(e) = Box::pin(redis.request_cancel(&query_id)).await {
-                            tracing::warn!(error = %e, %query_id, "progress backend: remote cancel failed");
-                        }
+            ClientFrame::Cancel { query_id } => {
+                // The same path as `DELETE /api/query/{id}`, without waiting: the
+                // terminal `cancelled` event reaches subscribers (through the backend,
+                // when another replica runs the query). Cancelling a query that already
+                // ended changes nothing. Boxed: the remote path's future is large, and
+                // this one's state is part of every connection's.
+                let cancel = self.state.engine().cancel(&query_id, Duration::ZERO);
+                match Box::pin(cancel).await {
+                    Ok(_) | Err(CancelError::AlreadyFinished(_)) => {}
+                    Err(CancelError::NotFound) => return Err(FrameError::unknown_query(&query_id)),
+                    Err(CancelError::Unavailable(e)) => {
+                        tracing::warn!(error = %e, %query_id, "progress backend: remote cancel failed");
+                        return Err(FrameError::unknown_query(&query_id));
                     }
-                    _ => return Err(FrameError::unknown_query(&query_id)),
-                },
-            },
+                }
+            }
             ClientFrame::Ping => self.send(Outgoing::Frame(protocol::pong())).await,
             ClientFrame::SubscribeMetrics { interval } => {
                 if let Err(why) = self.metrics_rights {
@@ -396,17 +397,13 @@ impl Connection {
     /// query, which is how a client recovers after `lagged`).
     async fn subscribe(&mut self, query_id: String, after_seq: u64) -> Result<(), FrameError> {
         self.check_room(Some(&query_id))?;
-        let hub = self.state.engine().hub();
-        let sub = match hub.subscribe(&query_id, after_seq) {
-            Ok(sub) => sub,
-            // A query of another replica that this one has not followed: load it.
-            Err(_) => match self.state.redis() {
-                Some(redis) if Box::pin(redis.load(&query_id)).await.unwrap_or(false) => hub
-                    .subscribe(&query_id, after_seq)
-                    .map_err(|_| FrameError::unknown_query(&query_id))?,
-                _ => return Err(FrameError::unknown_query(&query_id)),
-            },
-        };
+        // Wherever the query runs: the backend loads another replica's on demand.
+        let sub = self
+            .state
+            .engine()
+            .subscribe(&query_id, after_seq)
+            .await
+            .map_err(|_| FrameError::unknown_query(&query_id))?;
         let frame = protocol::subscribed(&query_id, after_seq);
         self.start(frame, query_id, sub).await;
         Ok(())
@@ -976,9 +973,7 @@ async fn next_transition(breakers: &mut Vec<broadcast::Receiver<Transition>>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agentgate_progress::{
-        EventKind, HubConfig, MemoryHub, ProgressHub, QueryPublisher, StageStatus,
-    };
+    use agentgate_progress::{EventKind, HubConfig, MemoryHub, QueryPublisher, StageStatus};
 
     #[tokio::test(start_paused = true)]
     async fn the_rate_limit_tells_once_per_window() {

@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use agentgate_agent_client::{AgentClient, AgentConfig};
 use agentgate_circuit_breaker::CircuitBreakerConfig;
-use agentgate_pipeline::{Engine, EngineSettings, PipelineConfig, QueryRecord};
-use agentgate_progress::{HubConfig, MemoryHub, ProgressHub, SubscriptionItem};
+use agentgate_pipeline::{
+    CancelError, Cancellation, Engine, EngineSettings, PipelineConfig, QueryRecord,
+};
+use agentgate_progress::{HubConfig, MemoryHub, SubscriptionItem};
 use agentgate_retry::{Jitter, RetryConfig};
 use bytes::Bytes;
 use http::{Request, Response};
@@ -268,6 +270,18 @@ pub fn engine(
     let hub = MemoryHub::new(HubConfig::default());
     let engine = Engine::new(pipelines, agents, Arc::new(hub.clone()), settings);
     Setup { engine, hub }
+}
+
+/// Cancels a query of `engine`, which shares nothing with other replicas (so nothing
+/// is waited for), and returns its final record.
+pub async fn cancel(engine: &Engine, query_id: &str) -> Result<QueryRecord, CancelError> {
+    engine
+        .cancel(query_id, Duration::ZERO)
+        .await
+        .map(|c| match c {
+            Cancellation::Cancelled(record) => record,
+            Cancellation::Requested => panic!("one process: no other replica to ask"),
+        })
 }
 
 /// Every event of a query (replayed from seq 1), up to and including its terminal one.

@@ -1,0 +1,399 @@
+//! [`RedisBackend`]: the replica's local hub, its background tasks, and the
+//! [`Backend`] methods that reach other replicas.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use agentgate_progress::{
+    Backend, BackendError, BackendHealth, BoxFuture, HubStats, MemoryHub, Mirrored, OpenError,
+    PublishHook, Published, QueryControl, QueryPublisher, SubscribeError, Subscription,
+};
+use redis::aio::ConnectionManager;
+use tokio::sync::{mpsc, oneshot, OnceCell};
+use tokio::task::JoinHandle;
+
+use crate::settings::{InvalidUrl, Keys, RedisSettings};
+use crate::{reader, writer};
+
+/// Connecting to Redis, and each answer from it, may take this long at most.
+pub(crate) const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Pauses between the looks [`RedisBackend::load`] takes for a query not (yet) in Redis.
+const LOAD_RETRIES: [Duration; 3] = [
+    Duration::from_millis(20),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+];
+
+/// How long [`Backend::close`] waits for the writer to send what is queued.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The health reason while Redis cannot be reached.
+const UNREACHABLE: &str =
+    "progress backend (redis) unreachable: other replicas cannot follow this one's queries";
+
+/// The progress [`Backend`] of a replica among several, sharing streams, records and
+/// cancel requests through Redis. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: RedisSettings,
+    keys: Keys,
+    /// This replica's id (a UUID drawn at startup): its own messages are skipped.
+    replica: Arc<str>,
+    client: redis::Client,
+    /// This replica's streams: its own queries, and the other replicas' it mirrors.
+    hub: MemoryHub,
+    /// To the writer, in order.
+    tx: mpsc::Sender<Out>,
+    /// For reads (`load`, `record`, gap fills, cancel requests); connected on first use.
+    reads: OnceCell<ConnectionManager>,
+    writer_up: AtomicBool,
+    reader_up: AtomicBool,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Acts on this replica's queries when another replica asks.
+    control: RwLock<Option<Arc<dyn QueryControl>>>,
+}
+
+/// What the writer sends, in order.
+#[derive(Debug)]
+pub(crate) enum Out {
+    Event {
+        query_id: Arc<str>,
+        event: Arc<Published>,
+    },
+    Record {
+        query_id: Arc<str>,
+        json: String,
+        finished: bool,
+    },
+    /// Flush what is queued, then stop.
+    Close(oneshot::Sender<()>),
+}
+
+/// The hook the local hub calls on every publish: queues the event for the writer.
+#[derive(Debug)]
+struct Hook {
+    tx: mpsc::Sender<Out>,
+}
+
+// === impl RedisBackend ===
+
+impl RedisBackend {
+    /// A backend for `settings`, with its background tasks started: the writer (this
+    /// replica's events and records, out) and the subscriber (other replicas' events and
+    /// cancel requests, in). Connecting happens in the background, so this fails only
+    /// on a bad URL. Must be called within a tokio runtime.
+    pub fn start(settings: RedisSettings) -> Result<Self, InvalidUrl> {
+        let client = redis::Client::open(settings.url.as_str()).map_err(InvalidUrl)?;
+        let (tx, rx) = mpsc::channel(settings.queue.max(1));
+        let hook = Arc::new(Hook { tx: tx.clone() });
+        let backend = Self {
+            inner: Arc::new(Inner {
+                keys: Keys::new(&settings.prefix),
+                hub: MemoryHub::with_hook(settings.hub.clone(), hook),
+                settings,
+                replica: uuid::Uuid::new_v4().simple().to_string().into(),
+                client,
+                tx,
+                reads: OnceCell::new(),
+                writer_up: AtomicBool::new(false),
+                reader_up: AtomicBool::new(false),
+                tasks: Mutex::new(Vec::new()),
+                control: RwLock::new(None),
+            }),
+        };
+        // Replica leases (SPEC §9) are a third task here: renewing this replica's lease
+        // and ending the queries of replicas whose lease expired.
+        let writer = tokio::spawn(writer::run(backend.clone(), rx));
+        let reader = tokio::spawn(reader::run(backend.clone()));
+        lock(&backend.inner.tasks).extend([writer, reader]);
+        Ok(backend)
+    }
+
+    /// This replica's id in Redis messages.
+    pub fn replica(&self) -> &str {
+        &self.inner.replica
+    }
+
+    /// The replica's local streams (its own queries and those it mirrors).
+    pub fn hub(&self) -> &MemoryHub {
+        &self.inner.hub
+    }
+
+    /// Makes a query of another replica subscribable here: when the local hub does not
+    /// know it, loads its events from Redis. `Ok(false)`: no replica has it.
+    async fn load(&self, query_id: &str) -> Result<bool, redis::RedisError> {
+        let hub = &self.inner.hub;
+        // A query submitted on another replica a moment ago may not have reached Redis
+        // yet (its writer batches): look again briefly before calling it unknown.
+        for pause in LOAD_RETRIES {
+            if hub.contains(query_id) {
+                return Ok(true);
+            }
+            let events = self.range(query_id, 0).await?;
+            if !events.is_empty() {
+                for event in events {
+                    self.apply(event, true);
+                }
+                return Ok(true);
+            }
+            tokio::time::sleep(pause).await;
+        }
+        Ok(hub.contains(query_id))
+    }
+
+    /// Writes everything queued so far, then stops the tasks. Later events stay local.
+    async fn shut_down(&self) {
+        let (done, wait) = oneshot::channel();
+        // Bounded: a writer stuck on a dead Redis (or a full queue) is given up on.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            if self.inner.tx.send(Out::Close(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+        })
+        .await;
+        for task in lock(&self.inner.tasks).drain(..) {
+            task.abort();
+        }
+        self.set_writer_up(false);
+        self.set_reader_up(false);
+    }
+
+    /// The read connection, connecting on first use.
+    async fn reads(&self) -> Result<ConnectionManager, redis::RedisError> {
+        self.inner
+            .reads
+            .get_or_try_init(|| self.connect())
+            .await
+            .cloned()
+    }
+
+    /// A new auto-reconnecting connection. Every call is bounded: a Redis that is down or
+    /// hangs makes calls fail within a few seconds, and the tasks here do their own
+    /// retrying (with their own backoff), so the connection retries little by itself.
+    pub(crate) async fn connect(&self) -> Result<ConnectionManager, redis::RedisError> {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500))
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT));
+        self.inner
+            .client
+            .get_connection_manager_with_config(config)
+            .await
+    }
+
+    /// The events of `query_id` in Redis with `seq > after_seq`, in order.
+    pub(crate) async fn range(
+        &self,
+        query_id: &str,
+        after_seq: u64,
+    ) -> Result<Vec<(Arc<str>, Published)>, redis::RedisError> {
+        let mut conn = self.reads().await?;
+        // The stream is short (about `replay_events`), so it is read whole. A batch the
+        // writer retried may hold an event twice: the mirror skips what it already has.
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(self.inner.keys.events(query_id))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await?;
+        let mut events: Vec<(Arc<str>, Published)> = entries
+            .into_iter()
+            .flat_map(|(_, fields)| fields)
+            .filter(|(field, _)| field == "e")
+            .filter_map(|(_, json)| Published::from_json(json.into()).ok())
+            .filter(|(_, e)| e.seq() > after_seq)
+            .collect();
+        events.sort_by_key(|(_, e)| e.seq());
+        events.dedup_by_key(|(_, e)| e.seq());
+        Ok(events)
+    }
+
+    /// Mirrors one event of another replica into the local hub.
+    pub(crate) fn apply(
+        &self,
+        (query_id, event): (Arc<str>, Published),
+        allow_gap: bool,
+    ) -> Mirrored {
+        self.inner.hub.mirror(&query_id, event, allow_gap)
+    }
+
+    /// Another replica asks to cancel `query_id`: hands it to the control, if any.
+    pub(crate) fn cancel_requested(&self, query_id: &str) {
+        let control = self
+            .inner
+            .control
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(control) = control {
+            control.cancel(query_id);
+        }
+    }
+
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    pub(crate) fn settings(&self) -> &RedisSettings {
+        &self.inner.settings
+    }
+
+    pub(crate) fn client(&self) -> &redis::Client {
+        &self.inner.client
+    }
+
+    pub(crate) fn set_writer_up(&self, up: bool) {
+        self.inner.writer_up.store(up, Ordering::Relaxed);
+        metrics::gauge!("agentgate_progress_redis_connected", "direction" => "out")
+            .set(f64::from(u8::from(up)));
+    }
+
+    pub(crate) fn set_reader_up(&self, up: bool) {
+        self.inner.reader_up.store(up, Ordering::Relaxed);
+        metrics::gauge!("agentgate_progress_redis_connected", "direction" => "in")
+            .set(f64::from(u8::from(up)));
+    }
+
+    fn is_connected(&self) -> bool {
+        self.inner.writer_up.load(Ordering::Relaxed) && self.inner.reader_up.load(Ordering::Relaxed)
+    }
+}
+
+// === impl Backend for RedisBackend ===
+
+impl Backend for RedisBackend {
+    fn open(&self, query_id: &str) -> Result<QueryPublisher, OpenError> {
+        self.inner.hub.open(query_id)
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        query_id: &'a str,
+        after_seq: u64,
+    ) -> BoxFuture<'a, Result<Subscription, SubscribeError>> {
+        Box::pin(async move {
+            let unknown = match self.inner.hub.subscribe(query_id, after_seq) {
+                Ok(sub) => return Ok(sub),
+                Err(unknown) => unknown,
+            };
+            // A query of another replica that this one has not followed: load it.
+            match self.load(query_id).await {
+                Ok(true) => self.inner.hub.subscribe(query_id, after_seq),
+                Ok(false) => Err(unknown),
+                Err(e) => {
+                    tracing::warn!(error = %e, query_id, "progress backend: loading a query failed");
+                    Err(unknown)
+                }
+            }
+        })
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn put_record(&self, query_id: &str, json: String, finished: bool) {
+        let out = Out::Record {
+            query_id: query_id.into(),
+            json,
+            finished,
+        };
+        enqueue(&self.inner.tx, out);
+    }
+
+    fn record<'a>(
+        &'a self,
+        query_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+        Box::pin(async move {
+            let mut conn = self.reads().await.map_err(BackendError::new)?;
+            redis::cmd("GET")
+                .arg(self.inner.keys.record(query_id))
+                .query_async(&mut conn)
+                .await
+                .map_err(BackendError::new)
+        })
+    }
+
+    fn cancel<'a>(&'a self, query_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let mut conn = self.reads().await.map_err(BackendError::new)?;
+            redis::cmd("PUBLISH")
+                .arg(self.inner.keys.control())
+                .arg(format!("cancel|{query_id}"))
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(BackendError::new)
+        })
+    }
+
+    fn set_control(&self, control: Arc<dyn QueryControl>) {
+        *self
+            .inner
+            .control
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(control);
+    }
+
+    fn health(&self) -> BackendHealth {
+        let connected = self.is_connected();
+        BackendHealth {
+            name: "redis",
+            connected,
+            reason: (!connected).then(|| UNREACHABLE.to_owned()),
+        }
+    }
+
+    fn stats(&self) -> HubStats {
+        self.inner.hub.stats()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.shut_down())
+    }
+}
+
+// === impl Debug for RedisBackend ===
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("url", &self.inner.settings.url)
+            .field("replica", &self.inner.replica)
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Hook ===
+
+impl PublishHook for Hook {
+    fn published(&self, query_id: &Arc<str>, event: &Arc<Published>) {
+        let out = Out::Event {
+            query_id: query_id.clone(),
+            event: event.clone(),
+        };
+        enqueue(&self.tx, out);
+    }
+}
+
+/// Queues `out` for the writer without waiting: when the queue is full it is dropped
+/// (for other replicas only) and counted.
+fn enqueue(tx: &mpsc::Sender<Out>, out: Out) {
+    if tx.try_send(out).is_err() {
+        metrics::counter!("agentgate_progress_redis_dropped_total").increment(1);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

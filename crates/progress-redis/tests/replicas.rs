@@ -1,0 +1,358 @@
+//! The Redis backend on its own, without the gateway: several replicas (backends) in this
+//! process sharing one real `redis-server` that each test starts, and kills or restarts
+//! where the test says so.
+//!
+//! Replicas live on other tasks and Redis in another process, so tests wait for
+//! conditions (polled every few milliseconds, up to a deadline), never for a fixed time.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentgate_progress::{
+    Backend, EventKind, QueryControl, QueryPublisher, StageStatus, SubscribeError, Subscription,
+    SubscriptionItem,
+};
+use agentgate_progress_redis::test_util::RedisServer;
+use agentgate_progress_redis::{RedisBackend, RedisSettings};
+use serde_json::json;
+use tokio::time::Instant;
+
+/// How long any awaited condition may take. Reconnect backoff tops out at 2 s and
+/// machines running the tests are busy.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A replica on `redis`, once both of its connections are up.
+async fn replica(redis: &RedisServer) -> RedisBackend {
+    let backend = RedisBackend::start(RedisSettings::new(redis.url())).expect("valid url");
+    until("the replica connects", || backend.health().connected).await;
+    backend
+}
+
+/// Waits until `cond` holds, checking every 5 ms; panics after [`DEADLINE`].
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    eventually(what, || std::future::ready(cond().then_some(()))).await;
+}
+
+/// Waits until `f` yields something, checking every 5 ms; panics after [`DEADLINE`].
+async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut f: impl FnMut() -> F) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(found) = f().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Subscribes on `backend` to a query of another replica, once it has heard of it.
+async fn subscribe_when_known(
+    backend: &RedisBackend,
+    query_id: &str,
+    after_seq: u64,
+) -> Subscription {
+    eventually("the query reaches the other replica", || async {
+        backend.subscribe(query_id, after_seq).await.ok()
+    })
+    .await
+}
+
+/// The next item of `sub` (within [`DEADLINE`]): an event's text, or `lagged` as text.
+async fn next(sub: &mut Subscription) -> Option<String> {
+    let item = tokio::time::timeout(DEADLINE, sub.recv())
+        .await
+        .expect("an item within the deadline")?;
+    Some(match item {
+        SubscriptionItem::Event(e) => e.json.to_string(),
+        SubscriptionItem::Lagged { next_seq, .. } => format!("lagged {next_seq}"),
+    })
+}
+
+/// Every item of `sub` until it ends.
+async fn rest(mut sub: Subscription) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(item) = next(&mut sub).await {
+        out.push(item);
+    }
+    out
+}
+
+fn started(n: u64) -> EventKind {
+    EventKind::Progress {
+        stage: format!("s{n}"),
+        status: StageStatus::Started,
+        progress: 0,
+        attempt: None,
+        detail: None,
+    }
+}
+
+fn completed() -> EventKind {
+    EventKind::Completed {
+        result: json!({"answer": 42}).into(),
+        duration_ms: 7,
+    }
+}
+
+/// Publishes `kind` and returns the event's text.
+fn publish(publisher: &QueryPublisher, kind: EventKind) -> String {
+    publisher.publish(kind).expect("running").json.to_string()
+}
+
+/// A plain connection, to look at what the backends left in Redis.
+async fn raw(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis answers")
+}
+
+/// How long `key` has left to live, in milliseconds (negative: no expiry, or no key).
+async fn pttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query_async(conn).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_one_replica_reach_another_in_order_with_the_same_text() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (replica(&redis).await, replica(&redis).await);
+    assert_ne!(a.replica(), b.replica());
+
+    let publisher = a.open("q").unwrap();
+    let mut texts = vec![publish(&publisher, started(1))];
+    let mut on_b = subscribe_when_known(&b, "q", 0).await;
+    assert_eq!(next(&mut on_b).await.as_deref(), Some(texts[0].as_str()));
+    for i in 2..=20 {
+        texts.push(publish(&publisher, started(i)));
+    }
+    texts.push(publish(&publisher, completed()));
+    // Closing flushes what is queued: every event is in Redis when `close` returns.
+    a.close().await;
+    assert!(!a.health().connected);
+
+    // Every event once, in order, byte for byte: seq and ts as replica A stamped them.
+    assert_eq!(rest(on_b).await, texts[1..]);
+    // B replays A's query like one of its own, from any `after_seq`.
+    assert_eq!(rest(b.subscribe("q", 17).await.unwrap()).await, texts[17..]);
+    assert_eq!(b.stats().running, 0);
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_that_ended_before_a_replica_started_is_loaded_on_demand() {
+    let redis = RedisServer::start().await;
+    let a = replica(&redis).await;
+    let publisher = a.open("done").unwrap();
+    let texts: Vec<String> = [started(1), started(2), started(3), completed()]
+        .into_iter()
+        .map(|kind| publish(&publisher, kind))
+        .collect();
+    let mut conn = raw(&redis).await;
+    let want = texts.len();
+    eventually("the events are in redis", || {
+        let mut conn = conn.clone();
+        async move {
+            let len: usize = redis::cmd("XLEN")
+                .arg("agentgate:q:done:events")
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            (len == want).then_some(())
+        }
+    })
+    .await;
+
+    // C never heard of the query: it loads it, and resumes after seq 2.
+    let c = replica(&redis).await;
+    assert!(!c.hub().contains("done"));
+    assert_eq!(
+        rest(c.subscribe("done", 2).await.unwrap()).await,
+        texts[2..]
+    );
+    assert!(c.hub().contains("done"));
+    // A finished query's stream expires after the retention (10 minutes by default).
+    let ttl = pttl(&mut conn, "agentgate:q:done:events").await;
+    assert!((1..=600_000).contains(&ttl), "{ttl}");
+
+    // No replica has this one.
+    assert_eq!(
+        c.subscribe("nope", 0).await.unwrap_err(),
+        SubscribeError::UnknownQuery("nope".to_owned())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_read_across_replicas_and_the_final_one_precedes_the_terminal_event() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (replica(&redis).await, replica(&redis).await);
+    assert!(a.is_shared());
+
+    let running = r#"{"query_id":"q","status":"running"}"#;
+    let finished = r#"{"query_id":"q","status":"completed"}"#;
+    let publisher = a.open("q").unwrap();
+    a.put_record("q", running.to_owned(), false);
+    publish(&publisher, started(1));
+    let mut on_b = subscribe_when_known(&b, "q", 0).await;
+    next(&mut on_b).await.expect("the first event");
+    // The record went out before the first event, so it is there.
+    assert_eq!(b.record("q").await.unwrap().as_deref(), Some(running));
+    let mut conn = raw(&redis).await;
+    let ttl = pttl(&mut conn, "agentgate:q:q:record").await;
+    assert!(
+        ttl > 600_000,
+        "a running query's record lives for `running_ttl`: {ttl}"
+    );
+
+    // As the engine does: the final record, then the terminal event. Whoever sees the
+    // event can read the final record at once.
+    a.put_record("q", finished.to_owned(), true);
+    let terminal = publish(&publisher, completed());
+    assert_eq!(next(&mut on_b).await, Some(terminal));
+    assert_eq!(b.record("q").await.unwrap().as_deref(), Some(finished));
+    let ttl = pttl(&mut conn, "agentgate:q:q:record").await;
+    assert!((1..=600_000).contains(&ttl), "{ttl}");
+
+    assert_eq!(b.record("nope").await.unwrap(), None);
+}
+
+/// A replica's engine, as far as cancel requests go: remembers what it was asked, and
+/// cancels the queries it runs.
+#[derive(Debug, Default)]
+struct Owner {
+    running: Mutex<HashMap<String, QueryPublisher>>,
+    asked: Mutex<Vec<String>>,
+}
+
+impl QueryControl for Owner {
+    fn cancel(&self, query_id: &str) {
+        self.asked.lock().unwrap().push(query_id.to_owned());
+        if let Some(publisher) = self.running.lock().unwrap().remove(query_id) {
+            publisher.publish(EventKind::Cancelled {}).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_request_reaches_the_replica_running_the_query() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (replica(&redis).await, replica(&redis).await);
+    let (on_a, on_b) = (Arc::new(Owner::default()), Arc::new(Owner::default()));
+    a.set_control(on_a.clone());
+    b.set_control(on_b.clone());
+
+    let publisher = a.open("q").unwrap();
+    let first = publish(&publisher, started(1));
+    on_a.running
+        .lock()
+        .unwrap()
+        .insert("q".to_owned(), publisher);
+    let mut watching = subscribe_when_known(&b, "q", 0).await;
+    assert_eq!(next(&mut watching).await, Some(first));
+
+    b.cancel("q").await.unwrap();
+    // A cancels its query; B's subscriber gets the terminal event, and nothing after it.
+    let rest = rest(watching).await;
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert!(rest[0].contains(r#""type":"cancelled""#), "{rest:?}");
+    assert!(rest[0].contains(r#""seq":2"#), "{rest:?}");
+    // Every replica hears the request (B runs nothing, so nothing happened there).
+    until("B heard it too", || on_b.asked.lock().unwrap().len() == 1).await;
+    assert_eq!(*on_a.asked.lock().unwrap(), ["q"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_restarts_replicas_reconnect_and_catch_up() {
+    let mut redis = RedisServer::start().await;
+    let (a, b) = (replica(&redis).await, replica(&redis).await);
+    let publisher = a.open("q").unwrap();
+    let first = publish(&publisher, started(1));
+    let mut on_b = subscribe_when_known(&b, "q", 0).await;
+    assert_eq!(next(&mut on_b).await, Some(first));
+
+    redis.kill();
+    until("both notice", || {
+        !a.health().connected && !b.health().connected
+    })
+    .await;
+    let health = b.health();
+    assert_eq!(health.name, "redis");
+    assert!(health.reason.unwrap().contains("unreachable"));
+
+    // Published while Redis is down: A's own subscribers get it at once; A's writer
+    // keeps it and sends it once Redis is back.
+    let mut on_a = a.subscribe("q", 1).await.unwrap();
+    let second = publish(&publisher, started(2));
+    assert_eq!(next(&mut on_a).await.as_ref(), Some(&second));
+
+    redis.restart().await;
+    until("both reconnect", || {
+        a.health().connected && b.health().connected
+    })
+    .await;
+    assert_eq!(b.health().reason, None);
+    let last = publish(&publisher, completed());
+    // B gets what it missed (live, or from the stream when it re-subscribed after A
+    // sent it), then the rest: in order, nothing lost, nothing twice.
+    assert_eq!(rest(on_b).await, [second, last]);
+}
+
+/// Another replica, written by hand: appends an event of `peer-q` to the query's stream
+/// and, when `announce`, publishes it on the channel. Returns its text.
+async fn peer_event(
+    conn: &mut redis::aio::MultiplexedConnection,
+    seq: u64,
+    announce: bool,
+) -> String {
+    let text = json!({"type": "progress", "query_id": "peer-q", "seq": seq,
+        "ts": "2026-11-25T12:00:00.000Z", "stage": "s", "status": "started", "progress": seq})
+    .to_string();
+    let mut pipe = redis::pipe();
+    pipe.cmd("XADD")
+        .arg("agentgate:q:peer-q:events")
+        .arg("*")
+        .arg("e")
+        .arg(&text)
+        .ignore();
+    if announce {
+        pipe.cmd("PUBLISH")
+            .arg("agentgate:events")
+            .arg(format!("peer|{text}"))
+            .ignore();
+    }
+    pipe.query_async::<()>(conn).await.unwrap();
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_missed_on_the_channel_are_filled_from_the_stream() {
+    let redis = RedisServer::start().await;
+    let b = replica(&redis).await;
+    let mut conn = raw(&redis).await;
+    let first = peer_event(&mut conn, 1, true).await;
+    until("B mirrors the peer's query", || b.hub().contains("peer-q")).await;
+    let mut sub = b.subscribe("peer-q", 0).await.unwrap();
+    assert_eq!(next(&mut sub).await, Some(first));
+
+    // The second is never announced: the third shows the gap, which B fills from the
+    // stream before delivering the third.
+    let second = peer_event(&mut conn, 2, false).await;
+    let third = peer_event(&mut conn, 3, true).await;
+    assert_eq!(next(&mut sub).await, Some(second));
+    assert_eq!(next(&mut sub).await, Some(third));
+
+    // B's subscription to the channel breaks, and an event is written meanwhile (never
+    // announced): B catches up every query it follows from the streams once it has
+    // re-subscribed.
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let missed = peer_event(&mut conn, 4, false).await;
+    assert_eq!(next(&mut sub).await, Some(missed));
+}
