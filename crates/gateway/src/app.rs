@@ -1,7 +1,6 @@
 //! The routers: public and admin (SPEC §3, §4).
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -10,7 +9,7 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::routes::{admin, dashboard, health, proxy, query};
 use crate::{ws, AppState};
 
@@ -80,13 +79,12 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
 }
 
 async fn not_found() -> Response {
-    ApiError::not_found("not_found", "no such route").into_response()
+    ApiError::new(Problem::NotFound, "no such route").into_response()
 }
 
 async fn method_not_allowed() -> Response {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        Problem::MethodNotAllowed,
         "method not allowed on this route",
     )
     .into_response()

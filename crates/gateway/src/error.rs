@@ -1,136 +1,254 @@
-//! The one place where errors become HTTP responses.
+//! The one place where failures become HTTP answers: every error status code and every
+//! JSON error body of the gateway is chosen here.
 //!
-//! Clients get a status code and `{"error": {"kind", "message"}}` (SPEC §3). Messages
-//! say what happened in terms of the request — never internals, which are logged.
+//! Clients get a status code and `{"error": {"kind", "message"}}` (SPEC §3). Routes say
+//! *what* went wrong ([`Problem`], and for calls to agents the pipeline's [`ErrorKind`]);
+//! this module says how that is answered. Messages speak in terms of the request, never
+//! of internals (those are logged).
 
 use std::time::Duration;
 
-use agentgate_circuit_breaker::CircuitOpen;
-use agentgate_classify::{
-    cause_ref, classify_error, is_caused_by, BoxError, FailureClass, RequestBodyError,
-};
+use agentgate_classify::{cause_ref, is_caused_by, BoxError, RequestBodyError};
+use agentgate_pipeline::{ErrorKind, QueryRecord};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Json;
 use http_body_util::LengthLimitError;
 use serde_json::json;
+
+/// What went wrong with a request, as its answer's `error.kind` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// 400: the request cannot be understood.
+    BadRequest,
+    /// 404: no such route.
+    NotFound,
+    /// 404: no pipeline of that name.
+    UnknownPipeline,
+    /// 404: no such query (or another client's, later).
+    UnknownQuery,
+    /// 404: no agent of that name.
+    UnknownAgent,
+    /// 405.
+    MethodNotAllowed,
+    /// 409: the query to cancel has already finished.
+    AlreadyFinished,
+    /// 413: the body is larger than `max_body_bytes`.
+    PayloadTooLarge,
+    /// 415: the body must be JSON.
+    UnsupportedMediaType,
+    /// 426: a WebSocket route asked without an upgrade.
+    UpgradeRequired,
+    /// 401: a token (or key) is missing or wrong.
+    Unauthorized,
+    /// 403: not allowed (or no admin token configured).
+    Forbidden,
+    /// 503: the gateway is shutting down.
+    ShuttingDown,
+    /// 503: `max_ws_connections` reached.
+    TooManyConnections,
+    /// 503: other replicas' queries cannot be reached (the progress backend is down).
+    BackendUnavailable,
+    /// A call to an agent through the reverse proxy failed this way.
+    Agent(ErrorKind),
+}
 
 /// An error answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
-    /// The HTTP status.
-    pub status: StatusCode,
-    /// A stable, machine-readable kind (`bad_request`, `circuit_open`, …).
-    pub kind: &'static str,
+    /// What went wrong (picks the status and `error.kind`).
+    pub problem: Problem,
     /// What went wrong, for humans.
     pub message: String,
     /// `Retry-After`, when the client should come back later.
     pub retry_after: Option<Duration>,
 }
 
+// === impl Problem ===
+
+impl Problem {
+    /// The HTTP status that answers it.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Problem::BadRequest => StatusCode::BAD_REQUEST,
+            Problem::NotFound
+            | Problem::UnknownPipeline
+            | Problem::UnknownQuery
+            | Problem::UnknownAgent => StatusCode::NOT_FOUND,
+            Problem::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Problem::AlreadyFinished => StatusCode::CONFLICT,
+            Problem::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Problem::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Problem::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            Problem::Unauthorized => StatusCode::UNAUTHORIZED,
+            Problem::Forbidden => StatusCode::FORBIDDEN,
+            Problem::ShuttingDown | Problem::TooManyConnections | Problem::BackendUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Problem::Agent(kind) => proxied_status(kind),
+        }
+    }
+
+    /// The `error.kind` of the answer.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Problem::BadRequest => "bad_request",
+            Problem::NotFound => "not_found",
+            Problem::UnknownPipeline => "unknown_pipeline",
+            Problem::UnknownQuery => "unknown_query",
+            Problem::UnknownAgent => "unknown_agent",
+            Problem::MethodNotAllowed => "method_not_allowed",
+            Problem::AlreadyFinished => "already_finished",
+            Problem::PayloadTooLarge => "payload_too_large",
+            Problem::UnsupportedMediaType => "unsupported_media_type",
+            Problem::UpgradeRequired => "upgrade_required",
+            Problem::Unauthorized => "unauthorized",
+            Problem::Forbidden => "forbidden",
+            Problem::ShuttingDown => "shutting_down",
+            Problem::TooManyConnections => "too_many_connections",
+            Problem::BackendUnavailable => "backend_unavailable",
+            Problem::Agent(kind) => kind.as_str(),
+        }
+    }
+}
+
+/// The status of a failed call through the reverse proxy (SPEC §3): an agent that
+/// refused (open breaker, full bulkhead) 503 with `Retry-After`, a per-attempt timeout
+/// 504, anything else the agent did 502.
+fn proxied_status(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::CircuitOpen | ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Timeout | ErrorKind::Deadline => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::Internal | ErrorKind::Config => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// The status of a failed query (SPEC §3): 503 when an agent refused (a breaker was
+/// open), 504 when the deadline ran out, 500 when the engine itself broke, else 502 (an
+/// agent failed, even by timing out: the query's own clock is the deadline).
+fn query_status(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::CircuitOpen | ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Deadline => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+// === impl ApiError ===
+
 impl ApiError {
     /// An error with no `Retry-After`.
-    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(problem: Problem, message: impl Into<String>) -> Self {
         Self {
-            status,
-            kind,
+            problem,
             message: message.into(),
             retry_after: None,
         }
     }
 
-    /// 400.
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    /// Asks the client to come back after `d`.
+    pub fn retry_after(mut self, d: Duration) -> Self {
+        self.retry_after = Some(d);
+        self
     }
 
-    /// 404.
-    pub fn not_found(kind: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, kind, message)
+    /// 400.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(Problem::BadRequest, message)
     }
 
     /// 413 for a body larger than `limit`.
     pub fn too_large(limit: usize) -> Self {
         Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            Problem::PayloadTooLarge,
             format!("request body is larger than {limit} bytes"),
         )
     }
 
-    /// 503 while the gateway shuts down.
-    pub fn draining() -> Self {
-        Self {
-            retry_after: Some(Duration::from_secs(1)),
-            ..Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "the gateway is shutting down",
-            )
-        }
+    /// 404 for a query that does not exist (or is no longer retained).
+    pub fn unknown_query(id: &str) -> Self {
+        Self::new(
+            Problem::UnknownQuery,
+            format!("no query `{id}` (it never existed or is no longer retained)"),
+        )
     }
 
-    /// Maps the error of a call to `agent` (reverse proxy) to an answer: open breaker
-    /// 503 + `Retry-After`, per-attempt timeout 504, connection failure 502, a request
-    /// body over the limit 413, one that broke off 400.
+    /// 404 for an agent that is not configured.
+    pub fn unknown_agent(name: &str) -> Self {
+        Self::new(Problem::UnknownAgent, format!("no agent named `{name}`"))
+    }
+
+    /// 503 while the gateway shuts down.
+    pub fn draining() -> Self {
+        Self::new(Problem::ShuttingDown, "the gateway is shutting down")
+            .retry_after(Duration::from_secs(1))
+    }
+
+    /// Maps the error of a call to `agent` through the reverse proxy to an answer: a
+    /// refusal (open breaker) 503 + `Retry-After`, a per-attempt timeout 504, a
+    /// connection failure 502, a request body over the limit 413, one that broke off
+    /// 400.
     pub fn from_agent_error(agent: &str, err: &BoxError, body_limit: usize) -> Self {
-        if let Some(open) = cause_ref::<CircuitOpen>(&**err) {
-            return Self {
-                retry_after: Some(open.retry_after().unwrap_or(Duration::from_secs(1))),
-                ..Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "circuit_open",
-                    format!(
-                        "agent `{agent}` is unavailable: its circuit breaker is {}",
-                        open.state()
-                    ),
-                )
-            };
-        }
         if cause_ref::<LengthLimitError>(&**err).is_some() {
             return Self::too_large(body_limit);
         }
         if is_caused_by::<RequestBodyError>(&**err) {
             return Self::bad_request("the request body could not be read");
         }
-        match classify_error(&**err) {
-            FailureClass::Timeout => Self::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                format!("agent `{agent}` did not answer in time"),
-            ),
-            FailureClass::Connect => Self::new(
-                StatusCode::BAD_GATEWAY,
-                "connect",
-                format!("could not connect to agent `{agent}`"),
-            ),
-            class => {
-                tracing::warn!(agent, error = %err, "agent call failed");
-                Self::new(
-                    StatusCode::BAD_GATEWAY,
-                    class.as_str(),
-                    format!("agent `{agent}` failed ({class})"),
-                )
-            }
+        let kind = ErrorKind::of_error(&**err);
+        if let Some(refused) = cause_ref::<agentgate_classify::Rejected>(&**err) {
+            let message = match cause_ref::<agentgate_circuit_breaker::CircuitOpen>(&**err) {
+                Some(open) => format!(
+                    "agent `{agent}` is unavailable: its circuit breaker is {}",
+                    open.state()
+                ),
+                None => format!("agent `{agent}` is unavailable ({kind})"),
+            };
+            let after = refused.retry_after().unwrap_or(Duration::from_secs(1));
+            return Self::new(Problem::Agent(kind), message).retry_after(after);
         }
+        let message = match kind {
+            ErrorKind::Timeout => format!("agent `{agent}` did not answer in time"),
+            ErrorKind::Connect => format!("could not connect to agent `{agent}`"),
+            other => {
+                tracing::warn!(agent, error = %err, "agent call failed");
+                format!("agent `{agent}` failed ({other})")
+            }
+        };
+        Self::new(Problem::Agent(kind), message)
     }
-}
-
-/// `Retry-After` in whole seconds, rounded up, at least 1.
-pub fn retry_after_value(d: Duration) -> HeaderValue {
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    HeaderValue::from(secs.max(1))
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "kind": self.kind, "message": self.message } });
-        let mut res = (self.status, axum::Json(body)).into_response();
+        let body = json!({ "error": { "kind": self.problem.kind(), "message": self.message } });
+        let mut res = (self.problem.status(), Json(body)).into_response();
         if let Some(d) = self.retry_after {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, retry_after_value(d));
         }
         res
     }
+}
+
+/// A finished query as SPEC §3 answers it: the record, with 200, or for a failed query
+/// 503 (+ `Retry-After`) / 504 / 502 / 500 by its [`ErrorKind`].
+pub fn query_answer(record: &QueryRecord) -> Response {
+    let status = record.failure().map_or(StatusCode::OK, query_status);
+    let mut res = (status, Json(record)).into_response();
+    if let Some(d) = record.retry_after() {
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, retry_after_value(d));
+    }
+    res
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+pub fn retry_after_value(d: Duration) -> HeaderValue {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    HeaderValue::from(secs.max(1))
 }
 
 #[cfg(test)]
@@ -143,5 +261,42 @@ mod tests {
         assert_eq!(retry_after_value(Duration::from_millis(2500)), "3");
         assert_eq!(retry_after_value(Duration::from_secs(60)), "60");
         assert_eq!(retry_after_value(Duration::ZERO), "1");
+    }
+
+    #[test]
+    fn a_failed_query_is_answered_by_its_kind() {
+        use ErrorKind::*;
+        for (kind, status) in [
+            (CircuitOpen, 503),
+            (Overloaded, 503),
+            (Deadline, 504),
+            (Internal, 500),
+            (Timeout, 502),
+            (Status, 502),
+            (Connect, 502),
+            (BadResponse, 502),
+        ] {
+            assert_eq!(query_status(kind).as_u16(), status, "{kind}");
+        }
+    }
+
+    #[test]
+    fn a_failed_proxied_call_is_answered_by_its_kind() {
+        use ErrorKind::*;
+        for (kind, status) in [
+            (CircuitOpen, 503),
+            (Timeout, 504),
+            (Connect, 502),
+            (Reset, 502),
+        ] {
+            assert_eq!(Problem::Agent(kind).status().as_u16(), status, "{kind}");
+            assert_eq!(Problem::Agent(kind).kind(), kind.as_str());
+        }
+        let err: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let answer = ApiError::from_agent_error("nlp", &err, 10);
+        assert_eq!(
+            (answer.problem.status(), answer.problem.kind()),
+            (StatusCode::BAD_GATEWAY, "connect")
+        );
     }
 }

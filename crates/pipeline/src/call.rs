@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use agentgate_agent_client::AgentBody;
 use agentgate_classify::{
-    cause_ref, classify_error, is_failure_status, AttemptLedger, AttemptObserver, AttemptRecord,
-    FailureClass, Rejected, Rejection,
+    cause_ref, is_failure_status, AttemptLedger, AttemptObserver, AttemptRecord, Rejected,
+    Rejection,
 };
 use agentgate_progress::{ErrorInfo, EventKind, JsonText, ProgressContext};
 use agentgate_retry::Deadline;
@@ -19,32 +19,19 @@ use tokio::time::Instant;
 
 use crate::query::QueryRun;
 use crate::record::{millis, AttemptJson};
+use crate::ErrorKind;
 
 /// How a call ended when it produced no output.
 #[derive(Debug)]
 pub(crate) struct Failure {
-    pub(crate) kind: Kind,
+    pub(crate) kind: ErrorKind,
     /// For clients: the failure class and a short reason, never internals.
     pub(crate) message: String,
-    /// When an open breaker lets probes through again (`circuit_open` only).
+    /// When the refusing layer lets calls through again (refusals only).
     pub(crate) retry_at: Option<Instant>,
     /// The agent answered with a status that is not a failure for the breaker (a 4xx),
     /// so the progress layer already reported the call `completed` at the stage's end.
     pub(crate) reported_done: bool,
-}
-
-/// The `kind` of a failure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
-    /// The agent failed this way after its retries.
-    Class(FailureClass),
-    /// The agent's breaker refused the call.
-    CircuitOpen,
-    /// The query's deadline ran out before the agent answered.
-    Deadline,
-    /// The stage cannot be sent (unknown agent, unusable path): a config error that
-    /// validation would have caught.
-    Config,
 }
 
 /// The outcome of one call.
@@ -61,19 +48,6 @@ pub(crate) enum Call {
 #[derive(Debug)]
 struct AttemptClock {
     next_start: Mutex<Instant>,
-}
-
-// === impl Kind ===
-
-impl Kind {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Kind::Class(class) => class.as_str(),
-            Kind::CircuitOpen => "circuit_open",
-            Kind::Deadline => "deadline",
-            Kind::Config => "config",
-        }
-    }
 }
 
 // === impl AttemptClock ===
@@ -104,12 +78,15 @@ impl QueryRun {
     ) -> Call {
         let stage = &self.plan.config.stages[index];
         let Some(client) = self.agents.get(agent) else {
-            return failed(Kind::Config, format!("agent `{agent}` is not configured"));
+            return failed(
+                ErrorKind::Config,
+                format!("agent `{agent}` is not configured"),
+            );
         };
         let start = Instant::now();
         if start >= self.deadline {
             return failed(
-                Kind::Deadline,
+                ErrorKind::Deadline,
                 format!("no time left for agent `{agent}` before the query deadline"),
             );
         }
@@ -129,7 +106,7 @@ impl QueryRun {
             Err(e) => {
                 tracing::warn!(query_id = %self.query_id, stage = %stage.name, error = %e, "stage request cannot be built");
                 return failed(
-                    Kind::Config,
+                    ErrorKind::Config,
                     format!(
                         "stage `{}` cannot be sent (path or name is not valid in a request)",
                         stage.name
@@ -178,19 +155,19 @@ impl QueryRun {
                 attempts.push(AttemptJson {
                     attempt: made + 1,
                     status: None,
-                    error: Some("deadline".to_owned()),
+                    error: Some(ErrorKind::Deadline),
                     duration_ms: millis(Instant::now().saturating_duration_since(began)),
                 });
                 let _ = self.publisher.publish(EventKind::Error {
                     stage: stage.name.clone(),
                     error: ErrorInfo {
                         stage: None,
-                        kind: "deadline".to_owned(),
+                        kind: ErrorKind::Deadline.as_str().to_owned(),
                         message: format!("attempt {} cut off by the query deadline", made + 1),
                     },
                 });
                 failed(
-                    Kind::Deadline,
+                    ErrorKind::Deadline,
                     format!("agent `{agent}` did not answer before the query deadline"),
                 )
             }
@@ -200,7 +177,7 @@ impl QueryRun {
             Ok(Ok(res)) => {
                 let status = res.status();
                 Call::Failed(Failure {
-                    kind: Kind::Class(FailureClass::Status),
+                    kind: ErrorKind::Status,
                     message: format!(
                         "agent `{agent}` answered {}{}",
                         status.as_u16(),
@@ -211,36 +188,43 @@ impl QueryRun {
                 })
             }
             Ok(Err(err)) => {
-                let rejected = cause_ref::<Rejected>(&*err);
-                if let Some(open) = rejected.filter(|r| r.reason() == Rejection::CircuitOpen) {
-                    let left = open
-                        .retry_after()
-                        .or_else(|| client.breaker().snapshot().retry_after);
+                let kind = ErrorKind::of_error(&*err);
+                if let Some(refused) = cause_ref::<Rejected>(&*err) {
+                    let left = refused.retry_after().or_else(|| {
+                        (refused.reason() == Rejection::CircuitOpen)
+                            .then(|| client.breaker().snapshot().retry_after)
+                            .flatten()
+                    });
+                    let message = match kind {
+                        ErrorKind::CircuitOpen => {
+                            format!("circuit breaker for agent `{agent}` is open")
+                        }
+                        other => format!("agent `{agent}` refused the call ({other})"),
+                    };
                     return Call::Failed(Failure {
-                        kind: Kind::CircuitOpen,
-                        message: format!("circuit breaker for agent `{agent}` is open"),
+                        kind,
+                        message,
                         retry_at: left.map(|d| Instant::now() + d),
                         reported_done: false,
                     });
                 }
-                let class = classify_error(&*err);
                 tracing::debug!(query_id = %self.query_id, stage = %stage.name, agent, error = %err, "stage call failed");
-                let reason = match class {
-                    FailureClass::Connect => format!("could not connect to agent `{agent}`"),
-                    FailureClass::Timeout => format!("agent `{agent}` timed out"),
-                    FailureClass::Reset => format!("the connection to agent `{agent}` broke"),
-                    FailureClass::BadResponse => {
+                let reason = match kind {
+                    ErrorKind::Connect => format!("could not connect to agent `{agent}`"),
+                    ErrorKind::Timeout => format!("agent `{agent}` timed out"),
+                    ErrorKind::Reset => format!("the connection to agent `{agent}` broke"),
+                    ErrorKind::BadResponse => {
                         format!("agent `{agent}` answered with a body that is not usable JSON")
                     }
                     other => format!("the call to agent `{agent}` failed ({other})"),
                 };
-                failed(Kind::Class(class), format!("{reason}{}", after(made)))
+                failed(kind, format!("{reason}{}", after(made)))
             }
         }
     }
 }
 
-fn failed(kind: Kind, message: String) -> Call {
+fn failed(kind: ErrorKind, message: String) -> Call {
     Call::Failed(Failure {
         kind,
         message,

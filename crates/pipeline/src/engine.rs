@@ -32,6 +32,7 @@ use crate::plan::Plan;
 use crate::query::{End, QueryRun};
 use crate::record::{millis, Entry, QueryError, Records, Running};
 use crate::stats::StatsCollector;
+use crate::ErrorKind;
 use crate::{
     CancelError, PipelineConfig, QueryInput, QueryRecord, QueryStats, QueryStatus, StageRecord,
     SubmitError,
@@ -561,7 +562,7 @@ impl Inner {
             (QueryStatus::Failed, Some(e), _) => EventKind::Failed {
                 error: ErrorInfo {
                     stage: Some(e.stage.clone()),
-                    kind: e.kind.clone(),
+                    kind: e.kind.as_str().to_owned(),
                     message: e.message.clone(),
                 },
             },
@@ -635,7 +636,7 @@ impl Drop for FinishOnDrop {
             End::Failed {
                 error: QueryError {
                     stage: stage.unwrap_or_default(),
-                    kind: "internal".to_owned(),
+                    kind: ErrorKind::Internal,
                     message: "internal error".to_owned(),
                 },
                 retry_at: None,

@@ -1,8 +1,123 @@
-//! Errors of the engine's API.
+//! Why queries fail ([`ErrorKind`]) and errors of the engine's API.
 
+use std::fmt;
+
+use agentgate_classify::{
+    cause_ref, classify_error, AttemptRecord, FailureClass, Rejected, Rejection,
+};
 use agentgate_progress::BackendError;
+use serde::{Deserialize, Serialize};
 
 use crate::QueryRecord;
+
+/// Why a stage, or an attempt, or the whole query failed: the `kind` of SPEC §3's error
+/// objects (`{"stage","kind","message"}`, `stages[].attempts[].error`, the `error` event).
+///
+/// One vocabulary from the pipeline to the gateway, which picks the HTTP status for
+/// each (`crates/gateway/src/error.rs`): nothing matches kind strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The agent could not be reached (nothing was sent).
+    Connect,
+    /// The connection to the agent broke.
+    Reset,
+    /// The agent did not answer within the per-attempt timeout.
+    Timeout,
+    /// The agent answered with a status other than 2xx.
+    Status,
+    /// The agent answered 2xx with a body that is not usable JSON.
+    BadResponse,
+    /// The agent's circuit breaker refused the call.
+    CircuitOpen,
+    /// The agent's concurrency limit was full.
+    Overloaded,
+    /// The query's deadline ran out.
+    Deadline,
+    /// The stage cannot be sent (a configuration problem validation did not catch).
+    Config,
+    /// The caller went away.
+    Cancelled,
+    /// The engine itself broke.
+    Internal,
+}
+
+// === impl ErrorKind ===
+
+impl ErrorKind {
+    /// The SPEC name (`connect`, `circuit_open`, …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Reset => "reset",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Status => "status",
+            ErrorKind::BadResponse => "bad_response",
+            ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Deadline => "deadline",
+            ErrorKind::Config => "config",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// The kind of a failed call's error: a refusal by one of our layers by its reason,
+    /// anything else by its failure class.
+    pub fn of_error(err: &(dyn std::error::Error + 'static)) -> Self {
+        match cause_ref::<Rejected>(err) {
+            Some(rejected) => Self::of_rejection(rejected.reason()),
+            None => Self::of_class(classify_error(err)),
+        }
+    }
+
+    /// The kind of a failed attempt; `None` for a 2xx answer.
+    pub fn of_attempt(record: &AttemptRecord) -> Option<Self> {
+        if let Some(rejection) = record.rejection {
+            return Some(Self::of_rejection(rejection));
+        }
+        match (record.error, record.status) {
+            (Some(class), _) => Some(Self::of_class(class)),
+            (None, Some(s)) if (200..300).contains(&s) => None,
+            // Any other answer (a 404 included) gives the stage no output.
+            (None, _) => Some(ErrorKind::Status),
+        }
+    }
+
+    fn of_rejection(rejection: Rejection) -> Self {
+        match rejection {
+            Rejection::Overloaded => ErrorKind::Overloaded,
+            // A refusal of a kind this version does not know: the breaker's is the one
+            // that says "come back later" too.
+            _ => ErrorKind::CircuitOpen,
+        }
+    }
+
+    fn of_class(class: FailureClass) -> Self {
+        match class {
+            FailureClass::Connect => ErrorKind::Connect,
+            FailureClass::Reset => ErrorKind::Reset,
+            FailureClass::Timeout => ErrorKind::Timeout,
+            FailureClass::Status => ErrorKind::Status,
+            FailureClass::BadResponse => ErrorKind::BadResponse,
+            FailureClass::Rejected => ErrorKind::CircuitOpen,
+            FailureClass::Cancelled => ErrorKind::Cancelled,
+        }
+    }
+
+    /// Whether failing with this kind says "come back later" (the agent refused for a
+    /// while: `Retry-After`).
+    pub const fn is_refusal(self) -> bool {
+        matches!(self, ErrorKind::CircuitOpen | ErrorKind::Overloaded)
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Why a query was not started.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -36,8 +36,9 @@
 //!   never decreases and is 100 before `completed`;
 //! - **records**: [`QueryRecord`]s of running queries, and of finished ones for
 //!   [`EngineSettings::retention`] (at most [`EngineSettings::max_records`], oldest
-//!   finished dropped first), with [`QueryRecord::http_status`] and
-//!   [`QueryRecord::retry_after`] for the gateway's answers. A backend shared by
+//!   finished dropped first), with [`QueryRecord::failure`] ([`ErrorKind`], the one
+//!   vocabulary of failures from the pipeline to the gateway, which picks each HTTP
+//!   status) and [`QueryRecord::retry_after`] for the gateway's answers. A backend shared by
 //!   several replicas also gets each record as JSON when the query starts and ends, so
 //!   any replica can answer for any query. Stage outputs and results
 //!   are kept as JSON text ([`JsonText`]), never as parsed values, and a finished
@@ -64,8 +65,8 @@
 //!
 //! use agentgate_agent_client::{AgentClient, AgentConfig};
 //! use agentgate_pipeline::{
-//!     Engine, EngineSettings, Fallback, PipelineConfig, QueryInput, QueryStatus, StageConfig,
-//!     StageOutcome,
+//!     Engine, EngineSettings, ErrorKind, Fallback, PipelineConfig, QueryInput, QueryStatus,
+//!     StageConfig, StageOutcome,
 //! };
 //! use agentgate_progress::{HubConfig, MemoryHub};
 //! use serde_json::json;
@@ -99,8 +100,8 @@
 //! assert_eq!(result.get(), r#"{"nlp_processing":{"intent":"unknown"}}"#);
 //! assert_eq!(result.to_value(), json!({"nlp_processing": {"intent": "unknown"}}));
 //! assert_eq!(record.stages[0].status, StageOutcome::Fallback);
-//! assert_eq!(record.stages[0].attempts[0].error.as_deref(), Some("circuit_open"));
-//! assert_eq!(record.http_status(), 200);
+//! assert_eq!(record.stages[0].attempts[0].error, Some(ErrorKind::CircuitOpen));
+//! assert_eq!(record.failure(), None);
 //! # Ok(()) }
 //! ```
 //!
@@ -130,7 +131,7 @@ mod stats;
 pub use agentgate_progress::JsonText;
 pub use config::{Fallback, PipelineConfig, PipelineConfigError, StageConfig};
 pub use engine::{Cancellation, Engine, EngineSettings, LiveQuery, Submitted};
-pub use error::{CancelError, SubmitError};
+pub use error::{CancelError, ErrorKind, SubmitError};
 pub use metrics::describe_metrics;
 pub use query::QueryInput;
 pub use record::{AttemptJson, QueryError, QueryRecord, QueryStatus, StageOutcome, StageRecord};

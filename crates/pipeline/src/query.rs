@@ -17,10 +17,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
-use crate::call::{Call, Failure, Kind};
+use crate::call::{Call, Failure};
 use crate::plan::Plan;
 use crate::record::{millis, QueryError, StageOutcome, StageRecord};
-use crate::Fallback;
+use crate::{ErrorKind, Fallback};
 
 /// What a client submits: SPEC's `{"query", "context"?, "pipeline"?}`.
 ///
@@ -174,7 +174,7 @@ impl QueryRun {
             Call::Failed(failure) => failure,
         };
         self.note(&primary, end);
-        let mut out_of_time = primary.kind == Kind::Deadline;
+        let mut out_of_time = primary.kind == ErrorKind::Deadline;
 
         for fallback in &stage.fallback {
             match fallback {
@@ -208,7 +208,7 @@ impl QueryRun {
                             return (rec, StageEnd::Output(value));
                         }
                         Call::Failed(failure) => {
-                            out_of_time |= failure.kind == Kind::Deadline;
+                            out_of_time |= failure.kind == ErrorKind::Deadline;
                             self.note(&failure, end);
                         }
                     }
@@ -238,11 +238,11 @@ impl QueryRun {
         // The primary failure names the kind, except that an open breaker on the stage's
         // own agent says "come back later" (503 + Retry-After) and a deadline that cut
         // the stage short says "too slow" (504).
-        let (kind, message) = if primary.kind == Kind::CircuitOpen || !out_of_time {
+        let (kind, message) = if primary.kind.is_refusal() || !out_of_time {
             (primary.kind, primary.message)
         } else {
             (
-                Kind::Deadline,
+                ErrorKind::Deadline,
                 format!(
                     "stage `{}` did not finish before the query deadline ({})",
                     stage.name,
@@ -267,7 +267,7 @@ impl QueryRun {
 
         let error = QueryError {
             stage: stage.name.clone(),
-            kind: kind.as_str().to_owned(),
+            kind,
             message,
         };
         let at = self.high_water;
@@ -275,11 +275,9 @@ impl QueryRun {
             &stage.name,
             StageStatus::Failed,
             at,
-            Some(json!({ "kind": error.kind, "message": error.message })),
+            Some(json!({ "kind": error.kind.as_str(), "message": error.message })),
         );
-        let retry_at = (kind == Kind::CircuitOpen)
-            .then_some(primary.retry_at)
-            .flatten();
+        let retry_at = kind.is_refusal().then_some(primary.retry_at).flatten();
         (
             record(StageOutcome::Failed, attempts, None),
             StageEnd::Failed { error, retry_at },

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use agentgate_classify::AttemptRecord;
 use agentgate_progress::{JsonText, QueryPublisher};
+
+use crate::ErrorKind;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
@@ -31,9 +33,8 @@ pub enum QueryStatus {
 pub struct QueryError {
     /// The stage that failed.
     pub stage: String,
-    /// `status`, `connect`, `timeout`, `reset`, `bad_response`, `circuit_open`,
-    /// `deadline` (or `internal` if the engine itself broke).
-    pub kind: String,
+    /// Why (`status`, `connect`, `timeout`, `circuit_open`, `deadline`, …).
+    pub kind: ErrorKind,
     /// A short human-readable reason; never internals.
     pub message: String,
 }
@@ -113,7 +114,7 @@ pub struct AttemptJson {
     /// Why the attempt failed: a failure class (`status` for any answer that is not
     /// 2xx), `circuit_open`, or `deadline` for an attempt cut off by the query deadline.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub error: Option<ErrorKind>,
     /// How long the attempt took.
     pub duration_ms: u64,
 }
@@ -198,35 +199,19 @@ impl QueryRecord {
         self.retry_at = at;
     }
 
-    /// The HTTP status that answers a request for this record:
-    ///
-    /// - `completed`, `running`, `cancelled`: 200 — the record itself is the answer and
-    ///   its `status` says where the query is;
-    /// - `failed`: 503 when a breaker was open (`circuit_open`), 504 when the deadline ran
-    ///   out (`deadline`), 500 when the engine itself broke (`internal`), else 502 (an
-    ///   agent failed).
-    pub fn http_status(&self) -> u16 {
+    /// Why the query failed, when it did.
+    pub fn failure(&self) -> Option<ErrorKind> {
         match self.status {
-            QueryStatus::Running | QueryStatus::Completed | QueryStatus::Cancelled => 200,
-            QueryStatus::Failed => match self.error.as_ref().map(|e| e.kind.as_str()) {
-                Some("circuit_open") => 503,
-                Some("deadline") => 504,
-                Some("internal") => 500,
-                _ => 502,
-            },
+            QueryStatus::Failed => self.error.as_ref().map(|e| e.kind),
+            _ => None,
         }
     }
 
-    /// For a query failed by an open breaker: how long until that breaker lets a probe
-    /// through, rounded up to whole seconds and at least 1 (the `Retry-After` of the
-    /// 503). `None` for every other record.
+    /// For a query failed by a refusal (an open breaker): how long until the refusing
+    /// layer lets calls through again, rounded up to whole seconds and at least 1 (what
+    /// a client should wait before trying again). `None` for every other record.
     pub fn retry_after(&self) -> Option<Duration> {
-        let failed_open = self.status == QueryStatus::Failed
-            && self
-                .error
-                .as_ref()
-                .is_some_and(|e| e.kind == "circuit_open");
-        if !failed_open {
+        if !self.failure().is_some_and(ErrorKind::is_refusal) {
             return None;
         }
         let left = self
@@ -244,7 +229,7 @@ impl AttemptJson {
     /// An attempt as the retry layer's ledger recorded it.
     pub(crate) fn from_record(record: &AttemptRecord) -> Self {
         // Any answer but a 2xx fails the stage, even one the breaker calls a success.
-        let error = record.error_kind().map(str::to_owned);
+        let error = ErrorKind::of_attempt(record);
         Self {
             attempt: record.attempt,
             status: record.status,
@@ -333,12 +318,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn failed(kind: &str) -> QueryRecord {
+    fn failed(kind: ErrorKind) -> QueryRecord {
         QueryRecord {
             status: QueryStatus::Failed,
             error: Some(QueryError {
                 stage: "nlp".into(),
-                kind: kind.into(),
+                kind,
                 message: "m".into(),
             }),
             ..QueryRecord::running("q".into(), "default".into())
@@ -346,28 +331,31 @@ mod tests {
     }
 
     #[test]
-    fn http_statuses() {
-        assert_eq!(failed("circuit_open").http_status(), 503);
-        assert_eq!(failed("deadline").http_status(), 504);
-        assert_eq!(failed("status").http_status(), 502);
-        assert_eq!(failed("connect").http_status(), 502);
-        assert_eq!(failed("internal").http_status(), 500);
+    fn only_failed_records_have_a_failure() {
+        assert_eq!(
+            failed(ErrorKind::Deadline).failure(),
+            Some(ErrorKind::Deadline)
+        );
         let mut done = QueryRecord::running("q".into(), "p".into());
-        assert_eq!(done.http_status(), 200);
+        assert_eq!(done.failure(), None);
         done.status = QueryStatus::Cancelled;
-        assert_eq!(done.http_status(), 200);
-        assert_eq!(done.retry_after(), None);
+        assert_eq!((done.failure(), done.retry_after()), (None, None));
+        // The kind travels as SPEC's string, both ways.
+        let json = serde_json::to_value(failed(ErrorKind::CircuitOpen)).unwrap();
+        assert_eq!(json["error"]["kind"], "circuit_open");
+        let back: QueryRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back.failure(), Some(ErrorKind::CircuitOpen));
     }
 
     #[tokio::test(start_paused = true)]
     async fn retry_after_rounds_up_and_is_at_least_one_second() {
-        let mut r = failed("circuit_open");
+        let mut r = failed(ErrorKind::CircuitOpen);
         assert_eq!(r.retry_after(), Some(Duration::from_secs(1)));
         r.set_retry_at(Some(Instant::now() + Duration::from_millis(2100)));
         assert_eq!(r.retry_after(), Some(Duration::from_secs(3)));
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(r.retry_after(), Some(Duration::from_secs(1)));
-        let mut other = failed("status");
+        let mut other = failed(ErrorKind::Status);
         other.set_retry_at(Some(Instant::now() + Duration::from_secs(9)));
         assert_eq!(other.retry_after(), None);
     }
@@ -382,7 +370,7 @@ mod tests {
             attempts: vec![AttemptJson {
                 attempt: 1,
                 status: Some(503),
-                error: Some("status".into()),
+                error: Some(ErrorKind::Status),
                 duration_ms: 3,
             }],
             fallback: Some("static".into()),

@@ -44,7 +44,10 @@ fn agent(
             // The layers below read the number from the extension (set on retries; none
             // means the first attempt), without parsing.
             assert_eq!(AttemptNumber::of(req.extensions()), attempt);
-            assert_eq!(req.extensions().get::<AttemptNumber>().is_some(), attempt > 1);
+            assert_eq!(
+                req.extensions().get::<AttemptNumber>().is_some(),
+                attempt > 1
+            );
             let step = script[seen.len().min(script.len() - 1)];
             seen.push((attempt, Instant::now()));
             let retry_after = retry_after.clone();

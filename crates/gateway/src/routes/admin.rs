@@ -8,13 +8,13 @@ use agentgate_circuit_breaker::{
 };
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::AppState;
 
 /// `GET /metrics`: the Prometheus text exposition.
@@ -245,8 +245,7 @@ struct ForceOpen {
 pub(crate) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = state.admin_token() else {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            Problem::Forbidden,
             format!(
                 "admin actions are disabled: set the `{}` environment variable",
                 state.config().admin.token_env
@@ -262,8 +261,7 @@ pub(crate) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Api
         Ok(())
     } else {
         Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            Problem::Unauthorized,
             "a valid bearer token is required",
         ))
     }
@@ -286,7 +284,7 @@ fn find<'a>(state: &'a AppState, agent: &str) -> Result<&'a CircuitBreakerHandle
     state
         .agent(agent)
         .map(|a| a.breaker())
-        .ok_or_else(|| ApiError::not_found("unknown_agent", format!("no agent named `{agent}`")))
+        .ok_or_else(|| ApiError::unknown_agent(agent))
 }
 
 /// `POST /api/orchestration/circuit-breakers/reset`: resets every breaker.
@@ -346,8 +344,8 @@ pub(crate) async fn act(
             }
         }
         other => {
-            return ApiError::not_found(
-                "not_found",
+            return ApiError::new(
+                Problem::NotFound,
                 format!("no breaker action `{other}` (reset, force-open, disable)"),
             )
             .into_response()

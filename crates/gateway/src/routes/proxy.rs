@@ -48,10 +48,7 @@ async fn forward(state: &AppState, req: Request) -> Result<Response, ApiError> {
     let agent_name = target.agent()?;
     let agent_name: &str = &agent_name;
     let Some(agent) = state.agent(agent_name) else {
-        return Err(ApiError::not_found(
-            "unknown_agent",
-            format!("no agent named `{agent_name}`"),
-        ));
+        return Err(ApiError::unknown_agent(agent_name));
     };
     let path_and_query = target.path_and_query()?;
     let limit = state.config().server.max_body_bytes;

@@ -12,9 +12,9 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use agentgate_pipeline::{CancelError, Cancellation, QueryInput, QueryRecord, SubmitError};
+use agentgate_pipeline::{CancelError, Cancellation, QueryInput, SubmitError};
 
-use crate::error::{retry_after_value, ApiError};
+use crate::error::{query_answer, ApiError, Problem};
 use crate::AppState;
 
 /// The body of `POST /api/query`.
@@ -57,9 +57,10 @@ async fn submit_inner(state: AppState, req: Request) -> Result<Response, ApiErro
             ..input
         })
         .map_err(|e| match e {
-            SubmitError::UnknownPipeline(name) => {
-                ApiError::not_found("unknown_pipeline", format!("no pipeline named `{name}`"))
-            }
+            SubmitError::UnknownPipeline(name) => ApiError::new(
+                Problem::UnknownPipeline,
+                format!("no pipeline named `{name}`"),
+            ),
             SubmitError::ShuttingDown => ApiError::draining(),
         })?;
     if respond_async {
@@ -74,14 +75,14 @@ async fn submit_inner(state: AppState, req: Request) -> Result<Response, ApiErro
         }
         return Ok(res);
     }
-    Ok(record_response(&submitted.finished().await))
+    Ok(query_answer(&submitted.finished().await))
 }
 
 /// The record of a query, running or finished, run by this replica or another one.
 pub(crate) async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     match state.engine().record(&id).await {
         Ok(Some(record)) => Json(record).into_response(),
-        Ok(None) => unknown_query(&id).into_response(),
+        Ok(None) => ApiError::unknown_query(&id).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, query_id = %id, "progress backend: record lookup failed");
             backend_unavailable("query records of other replicas cannot be read right now")
@@ -103,8 +104,12 @@ pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>
             Json(json!({ "query_id": id, "status": "cancelling" })),
         )
             .into_response(),
-        Err(CancelError::NotFound) => unknown_query(&id).into_response(),
-        Err(CancelError::AlreadyFinished(record)) => already_finished(&id, record.status.as_str()),
+        Err(CancelError::NotFound) => ApiError::unknown_query(&id).into_response(),
+        Err(CancelError::AlreadyFinished(record)) => ApiError::new(
+            Problem::AlreadyFinished,
+            format!("query `{id}` already finished ({})", record.status.as_str()),
+        )
+        .into_response(),
         Err(CancelError::Unavailable(e)) => {
             tracing::warn!(error = %e, query_id = %id, "progress backend: remote cancel failed");
             backend_unavailable("queries of other replicas cannot be cancelled right now")
@@ -112,44 +117,8 @@ pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>
     }
 }
 
-fn already_finished(id: &str, status: &str) -> Response {
-    (
-        StatusCode::CONFLICT,
-        Json(json!({
-            "error": {
-                "kind": "already_finished",
-                "message": format!("query `{id}` already finished ({status})"),
-            }
-        })),
-    )
-        .into_response()
-}
-
 fn backend_unavailable(message: &'static str) -> Response {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "backend_unavailable",
-        message,
-    )
-    .into_response()
-}
-
-fn unknown_query(id: &str) -> ApiError {
-    ApiError::not_found(
-        "unknown_query",
-        format!("no query `{id}` (it never existed or is no longer retained)"),
-    )
-}
-
-/// A finished query as SPEC §3 answers it: 200, or 503 (+ `Retry-After`) / 504 / 502.
-pub(crate) fn record_response(record: &QueryRecord) -> Response {
-    let status = StatusCode::from_u16(record.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut res = (status, Json(record)).into_response();
-    if let Some(d) = record.retry_after() {
-        res.headers_mut()
-            .insert(header::RETRY_AFTER, retry_after_value(d));
-    }
-    res
+    ApiError::new(Problem::BackendUnavailable, message).into_response()
 }
 
 fn prefers_async(headers: &HeaderMap) -> bool {
@@ -181,8 +150,7 @@ pub(crate) async fn read_json_body(
     if mime != "application/json" && !(mime.starts_with("application/") && mime.ends_with("+json"))
     {
         return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            Problem::UnsupportedMediaType,
             if content_type.is_empty() {
                 "the body must be JSON: set `content-type: application/json`".to_owned()
             } else {
@@ -254,7 +222,7 @@ mod tests {
         ];
         for (body, want) in cases {
             let err = parse_query(body).unwrap_err();
-            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert_eq!(err.problem, Problem::BadRequest);
             assert!(
                 err.message.contains(want),
                 "{:?}: {}",
@@ -268,8 +236,8 @@ mod tests {
             "]".repeat(10_000)
         );
         assert_eq!(
-            parse_query(deep.as_bytes()).unwrap_err().status,
-            StatusCode::BAD_REQUEST
+            parse_query(deep.as_bytes()).unwrap_err().problem,
+            Problem::BadRequest
         );
     }
 

@@ -44,7 +44,7 @@ use serde::Deserialize;
 
 pub use stats::{WsRegistry, WsStats, OUTGOING_QUEUE_FRAMES};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::routes::admin;
 use crate::AppState;
 
@@ -118,14 +118,11 @@ fn accept(
     }
     let Some(guard) = state.ws().try_connect() else {
         let max = state.ws().max_connections();
-        return ApiError {
-            retry_after: Some(Duration::from_secs(1)),
-            ..ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_connections",
-                format!("the gateway already holds its maximum of {max} WebSocket connections"),
-            )
-        }
+        return ApiError::new(
+            Problem::TooManyConnections,
+            format!("the gateway already holds its maximum of {max} WebSocket connections"),
+        )
+        .retry_after(Duration::from_secs(1))
         .into_response();
     };
     let setup = connection::Setup {
@@ -155,15 +152,13 @@ fn accept(
 const WS_READ_BUFFER: usize = 1024;
 
 fn not_an_upgrade(rejection: &WebSocketUpgradeRejection) -> ApiError {
-    let status = rejection.status();
-    let kind = match status {
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::UPGRADE_REQUIRED => "upgrade_required",
-        _ => "bad_request",
+    let problem = match rejection.status() {
+        StatusCode::METHOD_NOT_ALLOWED => Problem::MethodNotAllowed,
+        StatusCode::UPGRADE_REQUIRED => Problem::UpgradeRequired,
+        _ => Problem::BadRequest,
     };
     ApiError::new(
-        status,
-        kind,
+        problem,
         format!(
             "/ws is a WebSocket endpoint: {}",
             rejection.body_text().trim_end_matches('.')
