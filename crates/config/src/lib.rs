@@ -36,10 +36,16 @@
 //! assert_eq!(err.to_string(), "pool.min_idle = 5: must not exceed max_idle");
 //! ```
 
+#[cfg(feature = "toml")]
+mod document;
+
 use std::fmt;
 use std::marker::PhantomData;
 
 use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
+
+#[cfg(feature = "toml")]
+pub use document::{join, merge, suggest, Document, Entry, Located, Span, Value};
 
 /// A config value that cannot work: which key, its value, and why.
 ///
