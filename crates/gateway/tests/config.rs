@@ -404,7 +404,6 @@ listen = "é"
 
 #[test]
 fn unknown_keys_at_every_level() {
-    let agent = "[agents.a]\nurl = \"http://a\"\n";
     let cases: &[(&str, usize, usize, &str)] = &[
         ("bogus = 1\n", 1, 1, "unknown key `bogus` at the top level"),
         ("[server]\nlisten_on = \"x\"\n", 2, 1, "unknown key `listen_on` in [server] (did you mean `listen`?)"),
@@ -421,9 +420,20 @@ fn unknown_keys_at_every_level() {
         ("[pipelines.p]\n[[pipelines.p.stages]]\nname = \"s\"\nagent = \"a\"\nretries = 3\n", 5, 1, "unknown key `retries` in pipelines.p.stages[0]"),
         ("[pipelines.p]\n[[pipelines.p.stages]]\nname = \"s\"\nagent = \"a\"\nfallback = [ { url = \"http://x\" } ]\n", 5, 16, "unknown key `url` in pipelines.p.stages[0].fallback[0]"),
     ];
+    fails_with_an_agent(cases);
+}
+
+/// [`fails`] for each `(document, line, col, message)`, with a valid agent appended: the
+/// agent table goes last so that the lines of the document are the first.
+#[track_caller]
+fn fails_with_an_agent(cases: &[(&str, usize, usize, &str)]) {
     for &(doc, line, col, message) in cases {
-        // The agent table goes last so that the lines above are the document's first.
-        fails(&format!("{doc}{agent}"), line, col, message);
+        fails(
+            &format!("{doc}[agents.a]\nurl = \"http://a\"\n"),
+            line,
+            col,
+            message,
+        );
     }
 }
 
@@ -1235,7 +1245,6 @@ max_delay = 90
 
 #[test]
 fn unknown_keys_get_hints_from_the_struct_that_rejects_them() {
-    let agent = "[agents.a]\nurl = \"http://a\"\n";
     let cases: &[(&str, usize, usize, &str)] = &[
         (
             "[agent.x]\nurl = \"http://x\"\n",
@@ -1268,7 +1277,5 @@ fn unknown_keys_get_hints_from_the_struct_that_rejects_them() {
             "unknown key `wieght` in pipelines.p.stages[0] (did you mean `weight`?)",
         ),
     ];
-    for &(doc, line, col, message) in cases {
-        fails(&format!("{doc}{agent}"), line, col, message);
-    }
+    fails_with_an_agent(cases);
 }
