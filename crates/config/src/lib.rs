@@ -2,14 +2,19 @@
 //!
 //! Every layer crate (circuit breaker, retry, agent client, pipeline) owns its config
 //! struct: its keys are the struct's fields, its defaults are the struct's, and its
-//! checks are its [`Validate`] impl. The gateway reads the TOML file, deserializes those
-//! structs and turns every [`Invalid`] into `file:line:col: message` by finding the key
-//! in the document. A check therefore names its key relative to its own struct
+//! checks are its [`Validate`] impl. A check names its key relative to its own struct
 //! (`minimum_calls`, `stages[1].name`) and never deals with files or positions; a struct
 //! that holds another prefixes the inner struct's keys with [`Invalid::within`].
 //!
+//! With the `toml` feature, `Document` reads a TOML file into those structs (the
+//! gateway's config does) and tells every problem as `line:col: message` naming the
+//! key path and the value as written: serde's errors, found all at once, and each
+//! [`Invalid`] at the most specific place its key is written (`[agents.X]` before
+//! `[defaults]`, for instance). No list of keys is kept anywhere but in the structs.
+//!
 //! Adding a key to a layer is adding a field (with its serde attributes) and, when some
-//! values cannot work, a line in that struct's [`Validate::problems`].
+//! values cannot work, a line in that struct's [`Validate::problems`]. Nested tables and
+//! arrays of tables work the same way (see [`array_of_tables`]).
 //!
 //! # Example
 //!
