@@ -1,10 +1,12 @@
 use std::time::Duration;
 
+use agentgate_config::{Invalid, Validate};
 use serde::{Deserialize, Serialize};
 
 /// The `[defaults.circuit_breaker]` / `[agents.X.circuit_breaker]` keys of SPEC §2.
 ///
-/// `Default` gives the SPEC's defaults. Unknown keys are rejected when deserializing.
+/// `Default` gives the SPEC's defaults. Unknown keys are rejected when deserializing;
+/// [`Validate::problems`] names every value that cannot work.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CircuitBreakerConfig {
@@ -40,17 +42,9 @@ pub struct CircuitBreakerConfig {
     pub max_retry_after: Duration,
 }
 
-/// A configuration value the breaker cannot work with.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("circuit_breaker.{field} = {value}: {reason}")]
-pub struct ConfigError {
-    /// The key, as spelt in the config file.
-    pub field: &'static str,
-    /// The offending value, as the user would write it.
-    pub value: String,
-    /// What is wrong with it.
-    pub reason: &'static str,
-}
+/// A configuration value the breaker cannot work with: the key (relative to
+/// [`CircuitBreakerConfig`]), its value and why.
+pub type ConfigError = Invalid;
 
 // === impl CircuitBreakerConfig ===
 
@@ -72,56 +66,81 @@ impl Default for CircuitBreakerConfig {
     }
 }
 
-impl CircuitBreakerConfig {
-    /// Checks every key; the error names the first bad one and its value.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        fn err(field: &'static str, value: impl ToString, reason: &'static str) -> ConfigError {
-            ConfigError {
-                field,
-                value: value.to_string(),
-                reason,
-            }
-        }
+impl Validate for CircuitBreakerConfig {
+    fn problems(&self) -> Vec<Invalid> {
         let share = |x: f64| x.is_finite() && x > 0.0 && x <= 1.0;
-        let dur = |d: Duration| humantime::format_duration(d).to_string();
-        if !(self.failure_rate_threshold == 0.0 || share(self.failure_rate_threshold)) {
-            return Err(err(
-                "failure_rate_threshold",
-                self.failure_rate_threshold,
-                "must be 0 (off) or a share greater than 0 and at most 1",
-            ));
-        }
-        if self.minimum_calls == 0 {
-            return Err(err("minimum_calls", 0, "must be at least 1"));
-        }
-        if self.window < Duration::from_millis(10) {
-            return Err(err("window", dur(self.window), "must be at least 10ms"));
-        }
-        if !share(self.slow_call_rate_threshold) {
-            return Err(err(
-                "slow_call_rate_threshold",
-                self.slow_call_rate_threshold,
-                "must be a share greater than 0 and at most 1",
-            ));
-        }
-        if self.open_duration.is_zero() {
-            return Err(err(
-                "open_duration",
-                dur(self.open_duration),
-                "must be greater than 0",
-            ));
-        }
-        if self.max_open_duration < self.open_duration {
-            return Err(err(
-                "max_open_duration",
-                dur(self.max_open_duration),
-                "must not be shorter than open_duration",
-            ));
-        }
-        if self.half_open_max_calls == 0 {
-            return Err(err("half_open_max_calls", 0, "must be at least 1"));
-        }
-        Ok(())
+        let dur = |d: Duration| humantime::format_duration(d);
+        let checks = [
+            (
+                self.failure_rate_threshold == 0.0 || share(self.failure_rate_threshold),
+                Invalid::new(
+                    "failure_rate_threshold",
+                    self.failure_rate_threshold,
+                    "must be 0 (off) or a share greater than 0 and at most 1",
+                ),
+            ),
+            (
+                self.minimum_calls >= 1,
+                Invalid::new("minimum_calls", self.minimum_calls, "must be at least 1"),
+            ),
+            (
+                self.window >= Duration::from_millis(10),
+                Invalid::new("window", dur(self.window), "must be at least 10ms"),
+            ),
+            (
+                share(self.slow_call_rate_threshold),
+                Invalid::new(
+                    "slow_call_rate_threshold",
+                    self.slow_call_rate_threshold,
+                    "must be a share greater than 0 and at most 1",
+                ),
+            ),
+            (
+                !self.open_duration.is_zero(),
+                Invalid::new(
+                    "open_duration",
+                    dur(self.open_duration),
+                    "must be greater than 0",
+                ),
+            ),
+            (
+                self.max_open_duration >= self.open_duration,
+                Invalid::new(
+                    "max_open_duration",
+                    dur(self.max_open_duration),
+                    "must not be shorter than open_duration",
+                )
+                .or(Invalid::new(
+                    "open_duration",
+                    dur(self.open_duration),
+                    format!(
+                        "must not be longer than max_open_duration ({})",
+                        dur(self.max_open_duration)
+                    ),
+                )),
+            ),
+            (
+                self.half_open_max_calls >= 1,
+                Invalid::new(
+                    "half_open_max_calls",
+                    self.half_open_max_calls,
+                    "must be at least 1",
+                ),
+            ),
+        ];
+        checks
+            .into_iter()
+            .filter_map(|(ok, problem)| (!ok).then_some(problem))
+            .collect()
+    }
+}
+
+impl CircuitBreakerConfig {
+    /// The first problem of [`Validate::problems`], if any (for [`try_new`]).
+    ///
+    /// [`try_new`]: crate::CircuitBreakerLayer::try_new
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        Validate::validate(self)
     }
 
     #[inline]
@@ -197,68 +216,92 @@ mod tests {
                     failure_rate_threshold: 1.5,
                     ..Default::default()
                 },
-                "circuit_breaker.failure_rate_threshold = 1.5",
+                "failure_rate_threshold = 1.5",
             ),
             (
                 CircuitBreakerConfig {
                     failure_rate_threshold: f64::NAN,
                     ..Default::default()
                 },
-                "circuit_breaker.failure_rate_threshold = NaN",
+                "failure_rate_threshold = NaN",
             ),
             (
                 CircuitBreakerConfig {
                     failure_rate_threshold: -0.1,
                     ..Default::default()
                 },
-                "circuit_breaker.failure_rate_threshold = -0.1: must be 0 (off)",
+                "failure_rate_threshold = -0.1: must be 0 (off)",
             ),
             (
                 CircuitBreakerConfig {
                     minimum_calls: 0,
                     ..Default::default()
                 },
-                "circuit_breaker.minimum_calls = 0",
+                "minimum_calls = 0",
             ),
             (
                 CircuitBreakerConfig {
                     window: Duration::ZERO,
                     ..Default::default()
                 },
-                "circuit_breaker.window = 0s",
+                "window = 0s",
             ),
             (
                 CircuitBreakerConfig {
                     slow_call_rate_threshold: 0.0,
                     ..Default::default()
                 },
-                "circuit_breaker.slow_call_rate_threshold = 0",
+                "slow_call_rate_threshold = 0",
             ),
             (
                 CircuitBreakerConfig {
                     open_duration: Duration::ZERO,
                     ..Default::default()
                 },
-                "circuit_breaker.open_duration = 0s",
+                "open_duration = 0s",
             ),
             (
                 CircuitBreakerConfig {
                     max_open_duration: Duration::from_secs(10),
                     ..Default::default()
                 },
-                "circuit_breaker.max_open_duration = 10s: must not be shorter than open_duration",
+                "max_open_duration = 10s: must not be shorter than open_duration",
             ),
             (
                 CircuitBreakerConfig {
                     half_open_max_calls: 0,
                     ..Default::default()
                 },
-                "circuit_breaker.half_open_max_calls = 0",
+                "half_open_max_calls = 0",
             ),
         ];
         for (cfg, want) in cases {
             let got = cfg.validate().unwrap_err().to_string();
             assert!(got.starts_with(want), "got {got:?}, want prefix {want:?}");
         }
+    }
+
+    #[test]
+    fn every_problem_is_told_and_pairs_name_both_keys() {
+        let cfg = CircuitBreakerConfig {
+            minimum_calls: 0,
+            open_duration: Duration::from_secs(600),
+            half_open_max_calls: 0,
+            ..Default::default()
+        };
+        let problems = cfg.problems();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["minimum_calls", "max_open_duration", "half_open_max_calls"]
+        );
+        let pair: Vec<String> = problems[1].blames().map(ToString::to_string).collect();
+        assert_eq!(
+            pair,
+            [
+                "max_open_duration = 5m: must not be shorter than open_duration",
+                "open_duration = 10m: must not be longer than max_open_duration (5m)",
+            ]
+        );
     }
 }

@@ -119,11 +119,11 @@ impl CircuitBreakerBuilder {
     pub fn build(self) -> Result<CircuitBreakerLayer, ConfigError> {
         self.config.validate()?;
         if !(self.jitter.is_finite() && (0.0..=1.0).contains(&self.jitter)) {
-            return Err(ConfigError {
-                field: "open_jitter",
-                value: self.jitter.to_string(),
-                reason: "must be between 0 and 1",
-            });
+            return Err(ConfigError::new(
+                "open_jitter",
+                self.jitter,
+                "must be between 0 and 1",
+            ));
         }
         let rng = match self.seed {
             Some(seed) => SmallRng::seed_from_u64(seed),

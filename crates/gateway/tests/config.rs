@@ -404,7 +404,6 @@ listen = "é"
 
 #[test]
 fn unknown_keys_at_every_level() {
-    let agent = "[agents.a]\nurl = \"http://a\"\n";
     let cases: &[(&str, usize, usize, &str)] = &[
         ("bogus = 1\n", 1, 1, "unknown key `bogus` at the top level"),
         ("[server]\nlisten_on = \"x\"\n", 2, 1, "unknown key `listen_on` in [server] (did you mean `listen`?)"),
@@ -421,9 +420,20 @@ fn unknown_keys_at_every_level() {
         ("[pipelines.p]\n[[pipelines.p.stages]]\nname = \"s\"\nagent = \"a\"\nretries = 3\n", 5, 1, "unknown key `retries` in pipelines.p.stages[0]"),
         ("[pipelines.p]\n[[pipelines.p.stages]]\nname = \"s\"\nagent = \"a\"\nfallback = [ { url = \"http://x\" } ]\n", 5, 16, "unknown key `url` in pipelines.p.stages[0].fallback[0]"),
     ];
+    fails_with_an_agent(cases);
+}
+
+/// [`fails`] for each `(document, line, col, message)`, with a valid agent appended: the
+/// agent table goes last so that the lines of the document are the first.
+#[track_caller]
+fn fails_with_an_agent(cases: &[(&str, usize, usize, &str)]) {
     for &(doc, line, col, message) in cases {
-        // The agent table goes last so that the lines above are the document's first.
-        fails(&format!("{doc}{agent}"), line, col, message);
+        fails(
+            &format!("{doc}[agents.a]\nurl = \"http://a\"\n"),
+            line,
+            col,
+            message,
+        );
     }
 }
 
@@ -1154,4 +1164,118 @@ timeout = "0s"
         11,
         "agents.a.timeout = \"0s\": must be greater than 0",
     );
+}
+
+// === [defaults] merged table by table, every error found ===
+
+#[test]
+fn nested_defaults_keep_the_position_where_they_are_written() {
+    // Inherited by both agents (`b` overrides only `window`): told once, in [defaults].
+    fails(
+        r#"
+[defaults.circuit_breaker]
+windw = "10s"
+[agents.a]
+url = "http://a"
+[agents.b]
+url = "http://b"
+circuit_breaker = { window = "5s" }
+"#,
+        2,
+        1,
+        "unknown key `windw` in [defaults.circuit_breaker] (did you mean `window`?)",
+    );
+    // A bad default is told even when every agent overrides it.
+    fails(
+        r#"
+[defaults]
+timeout = "0s"
+[agents.a]
+url = "http://a"
+timeout = "1s"
+"#,
+        2,
+        11,
+        "defaults.timeout = \"0s\": must be greater than 0",
+    );
+}
+
+#[test]
+fn every_error_is_found_and_the_first_in_the_file_wins() {
+    // serde reads `agents` before `server`; the file has `server` first.
+    fails(
+        r#"
+[server]
+max_body_bytes = "big"
+[agents.a]
+url = "http://a"
+timeout = 5
+"#,
+        2,
+        18,
+        "server.max_body_bytes = \"big\": expected a non-negative integer, found a string",
+    );
+    // serde meets `connect_timeout` first; `timeout` is written first.
+    fails(
+        r#"
+[agents.a]
+url = "http://a"
+timeout = "soon"
+connect_timeout = 5
+"#,
+        3,
+        11,
+        "agents.a.timeout = \"soon\": invalid duration (expected number at 0); write e.g. \"250ms\", \"30s\" or \"5m\"",
+    );
+    // An agent with a key that cannot be read is not validated: `base_delay` is not
+    // blamed for being longer than the `max_delay` it would get by default.
+    fails(
+        r#"
+[agents.a]
+url = "http://a"
+[agents.a.retry]
+base_delay = "1m"
+max_delay = 90
+"#,
+        5,
+        13,
+        "agents.a.retry.max_delay = 90: expected a duration string, found an integer; write e.g. \"250ms\", \"30s\" or \"5m\"",
+    );
+}
+
+#[test]
+fn unknown_keys_get_hints_from_the_struct_that_rejects_them() {
+    let cases: &[(&str, usize, usize, &str)] = &[
+        (
+            "[agent.x]\nurl = \"http://x\"\n",
+            1,
+            2,
+            "unknown key `agent` at the top level (did you mean `agents`?)",
+        ),
+        (
+            "[agents.b]\nurl = \"http://b\"\ntimout = \"1s\"\n",
+            3,
+            1,
+            "unknown key `timout` in [agents.b] (did you mean `timeout`?)",
+        ),
+        (
+            "[agents.b]\nurl = \"http://b\"\ndeadline = \"1s\"\n",
+            3,
+            1,
+            "unknown key `deadline` in [agents.b] (did you mean `timeout`?)",
+        ),
+        (
+            "[agents.b]\nurl = \"http://b\"\nconnect_timeout_ms = 5\n",
+            3,
+            1,
+            "unknown key `connect_timeout_ms` in [agents.b] (did you mean `connect_timeout`?)",
+        ),
+        (
+            "[pipelines.p]\n[[pipelines.p.stages]]\nname = \"s\"\nagent = \"a\"\nwieght = 2\n",
+            5,
+            1,
+            "unknown key `wieght` in pipelines.p.stages[0] (did you mean `weight`?)",
+        ),
+    ];
+    fails_with_an_agent(cases);
 }

@@ -1,7 +1,10 @@
 //! The `[pipelines.P]` keys of SPEC §2.
 
+use std::fmt;
 use std::time::Duration;
 
+use agentgate_config::{Invalid, Validate};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 /// One pipeline: stages run in order under one deadline.
@@ -14,7 +17,8 @@ pub struct PipelineConfig {
     /// Retries across all stages of one query.
     #[serde(default = "default_retry_allowance")]
     pub retry_allowance: u32,
-    /// The stages, in order.
+    /// The stages, in order (at least one: [`Validate::problems`] says so).
+    #[serde(default, deserialize_with = "agentgate_config::array_of_tables")]
     pub stages: Vec<StageConfig>,
 }
 
@@ -36,13 +40,14 @@ pub struct StageConfig {
     #[serde(default)]
     pub optional: bool,
     /// Tried in order when the stage fails after its retries or its breaker is open.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "fallbacks")]
     pub fallback: Vec<Fallback>,
 }
 
-/// A fallback: another agent (same path and body), or a static output.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+/// A fallback: another agent (same path and body), or a static output. Written
+/// `{ agent = "nlp_backup" }` or `{ static = { intent = "unknown" } }`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Fallback {
     /// `{ agent = "nlp_backup" }`.
     Agent(String),
@@ -50,82 +55,161 @@ pub enum Fallback {
     Static(serde_json::Value),
 }
 
-/// A pipeline setting that cannot work. `key` is relative to the pipeline's table
+/// A pipeline setting that cannot work. The key is relative to the pipeline's table
 /// (`stages[1].agent`); the config loader prefixes `pipelines.NAME.`.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{key} = {value}: {reason}")]
-pub struct PipelineConfigError {
-    /// The key, as spelt in the config file.
-    pub key: String,
-    /// The offending value, as the user wrote it.
-    pub value: String,
-    /// What is wrong with it.
-    pub reason: &'static str,
-}
+pub type PipelineConfigError = Invalid;
 
 // === impl PipelineConfig ===
 
 impl PipelineConfig {
-    /// Checks every key; `is_agent` says whether an agent name is a key of `[agents]`.
-    /// The error names the first bad key and its value.
+    /// Checks every key ([`Validate::problems`]) and that every agent a stage or a
+    /// fallback names is one for which `is_agent` holds; the error is the first problem.
     pub fn validate(&self, is_agent: impl Fn(&str) -> bool) -> Result<(), PipelineConfigError> {
-        let err = |key: String, value: String, reason| PipelineConfigError { key, value, reason };
+        let unknown = self.agents().find(|(_, agent)| !is_agent(agent));
+        let unknown = unknown.map(|(key, agent)| {
+            Invalid::new(
+                key,
+                format!("{agent:?}"),
+                "no such agent (not a key of [agents])",
+            )
+        });
+        match self.problems().into_iter().chain(unknown).next() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
+
+    /// Every agent the pipeline names, with its key: `stages[0].agent`,
+    /// `stages[0].fallback[1].agent`, … in order.
+    pub fn agents(&self) -> impl Iterator<Item = (String, &str)> {
+        self.stages.iter().enumerate().flat_map(|(i, stage)| {
+            let fallbacks = stage.fallback.iter().enumerate();
+            let fallbacks = fallbacks.filter_map(move |(j, fallback)| match fallback {
+                Fallback::Agent(agent) => {
+                    Some((format!("stages[{i}].fallback[{j}].agent"), agent.as_str()))
+                }
+                Fallback::Static(_) => None,
+            });
+            std::iter::once((format!("stages[{i}].agent"), stage.agent.as_str())).chain(fallbacks)
+        })
+    }
+}
+
+impl Validate for PipelineConfig {
+    fn problems(&self) -> Vec<Invalid> {
+        let mut out = Vec::new();
         if self.deadline.is_zero() {
-            return Err(err(
-                "deadline".into(),
-                "0s".into(),
-                "must be greater than 0",
-            ));
+            out.push(Invalid::new("deadline", "0s", "must be greater than 0"));
         }
         if self.stages.is_empty() {
-            return Err(err(
-                "stages".into(),
-                "[]".into(),
+            out.push(Invalid::named(
+                "stages",
                 "a pipeline needs at least one stage",
             ));
         }
         for (i, stage) in self.stages.iter().enumerate() {
             let key = |field: &str| format!("stages[{i}].{field}");
-            if stage.name.is_empty() {
-                return Err(err(key("name"), "\"\"".into(), "must not be empty"));
+            for (field, value) in [("name", &stage.name), ("agent", &stage.agent)] {
+                if value.is_empty() {
+                    out.push(Invalid::new(key(field), "\"\"", "must not be empty"));
+                }
             }
-            if self.stages[..i].iter().any(|s| s.name == stage.name) {
-                return Err(err(
-                    key("name"),
-                    format!("{:?}", stage.name),
-                    "is already the name of an earlier stage",
-                ));
+            let earlier = self.stages[..i].iter().position(|s| s.name == stage.name);
+            if let (Some(first), false) = (earlier, stage.name.is_empty()) {
+                let reason = format!(
+                    "duplicate stage name {:?} (also stages[{first}])",
+                    stage.name
+                );
+                out.push(Invalid::named(key("name"), reason));
             }
-            if !is_agent(&stage.agent) {
-                return Err(err(
-                    key("agent"),
-                    format!("{:?}", stage.agent),
-                    "no such agent (not a key of [agents])",
-                ));
-            }
-            let path_ok = stage.path.starts_with('/')
-                && stage.path.parse::<http::uri::PathAndQuery>().is_ok();
-            if !path_ok {
-                return Err(err(
+            if !stage.path.starts_with('/') {
+                out.push(Invalid::new(
                     key("path"),
                     format!("{:?}", stage.path),
-                    "must be a path starting with `/`",
+                    "must start with `/`",
                 ));
+            } else if stage.path.parse::<http::uri::PathAndQuery>().is_err() {
+                let value = format!("{:?}", stage.path);
+                out.push(Invalid::new(key("path"), value, "must be a valid URL path"));
+            }
+            if stage.weight == 0 {
+                let reason = "must be at least 1 (a stage's share of the progress bar)";
+                out.push(Invalid::new(key("weight"), 0, reason));
             }
             for (j, fallback) in stage.fallback.iter().enumerate() {
-                if let Fallback::Agent(agent) = fallback {
-                    if !is_agent(agent) {
-                        return Err(err(
-                            format!("stages[{i}].fallback[{j}].agent"),
-                            format!("{agent:?}"),
-                            "no such agent (not a key of [agents])",
-                        ));
-                    }
+                if *fallback == Fallback::Agent(stage.agent.clone()) {
+                    let reason = format!(
+                        "fallback to itself: {:?} is the stage's own agent",
+                        stage.agent
+                    );
+                    out.push(Invalid::named(key(&format!("fallback[{j}].agent")), reason));
                 }
             }
         }
-        Ok(())
+        out
     }
+}
+
+// === impl Fallback ===
+
+impl<'de> Deserialize<'de> for Fallback {
+    /// Written by hand for messages that say what to write: an empty table, a table with
+    /// both keys (reported at the second) or a non-table each get their own.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Kind {
+            Agent,
+            Static,
+        }
+
+        /// A second key of a fallback table, rejected where it is written.
+        struct NotBoth;
+
+        impl<'de> de::DeserializeSeed<'de> for NotBoth {
+            type Value = ();
+
+            fn deserialize<D: Deserializer<'de>>(self, _: D) -> Result<(), D::Error> {
+                Err(de::Error::custom(
+                    "a fallback is either `agent` or `static`, not both",
+                ))
+            }
+        }
+
+        struct FallbackVisitor;
+
+        impl<'de> Visitor<'de> for FallbackVisitor {
+            type Value = Fallback;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fallback, A::Error> {
+                let fallback = match map.next_key::<Kind>()? {
+                    Some(Kind::Agent) => Fallback::Agent(map.next_value()?),
+                    Some(Kind::Static) => Fallback::Static(map.next_value()?),
+                    None => {
+                        return Err(de::Error::custom(
+                            "expected { agent = \"NAME\" } or { static = VALUE }",
+                        ))
+                    }
+                };
+                map.next_key_seed(NotBoth)?;
+                Ok(fallback)
+            }
+        }
+
+        d.deserialize_map(FallbackVisitor)
+    }
+}
+
+/// `fallback = [ … ]`, with an example when it is not an array.
+fn fallbacks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Fallback>, D::Error> {
+    agentgate_config::seq(
+        d,
+        "an array such as [ { agent = \"backup\" }, { static = { … } } ]",
+    )
 }
 
 fn default_deadline() -> Duration {
@@ -183,41 +267,94 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         let known = |a: &str| a == "nlp";
+        let stage = "[[stages]]\nname = \"a\"\nagent = \"nlp\"";
         for (src, want) in [
-            ("stages = []", "stages = []: a pipeline needs at least one stage"),
             (
-                "deadline = \"0s\"\n[[stages]]\nname = \"a\"\nagent = \"nlp\"",
+                "stages = []".to_owned(),
+                "stages: a pipeline needs at least one stage",
+            ),
+            (
+                format!("deadline = \"0s\"\n{stage}"),
                 "deadline = 0s: must be greater than 0",
             ),
             (
-                "[[stages]]\nname = \"a\"\nagent = \"gone\"",
+                "[[stages]]\nname = \"a\"\nagent = \"gone\"".to_owned(),
                 "stages[0].agent = \"gone\": no such agent (not a key of [agents])",
             ),
             (
-                "[[stages]]\nname = \"a\"\nagent = \"nlp\"\n[[stages]]\nname = \"a\"\nagent = \"nlp\"",
-                "stages[1].name = \"a\": is already the name of an earlier stage",
+                format!("{stage}\n{stage}"),
+                "stages[1].name: duplicate stage name \"a\" (also stages[0])",
             ),
             (
-                "[[stages]]\nname = \"a\"\nagent = \"nlp\"\npath = \"x\"",
-                "stages[0].path = \"x\": must be a path starting with `/`",
+                format!("{stage}\npath = \"x\""),
+                "stages[0].path = \"x\": must start with `/`",
             ),
             (
-                "[[stages]]\nname = \"a\"\nagent = \"nlp\"\nfallback = [{ static = 1 }, { agent = \"b\" }]",
+                format!("{stage}\nweight = 0"),
+                "stages[0].weight = 0: must be at least 1 (a stage's share of the progress bar)",
+            ),
+            (
+                format!("{stage}\nfallback = [{{ static = 1 }}, {{ agent = \"nlp\" }}]"),
+                "stages[0].fallback[1].agent: fallback to itself: \"nlp\" is the stage's own agent",
+            ),
+            (
+                format!("{stage}\nfallback = [{{ static = 1 }}, {{ agent = \"b\" }}]"),
                 "stages[0].fallback[1].agent = \"b\": no such agent (not a key of [agents])",
             ),
         ] {
-            let got = pipeline(src).validate(known).unwrap_err().to_string();
+            let got = pipeline(&src).validate(known).unwrap_err().to_string();
             assert_eq!(got, want, "{src}");
         }
     }
 
     #[test]
-    fn unknown_keys_are_rejected() {
-        let err = toml::from_str::<PipelineConfig>(
-            "[[stages]]\nname = \"a\"\nagent = \"nlp\"\nretries = 2",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("retries"), "{err}");
+    fn every_problem_is_told() {
+        let p = pipeline("deadline = \"0s\"\n[[stages]]\nname = \"\"\nagent = \"\"\nweight = 0");
+        let keys: Vec<String> = p.problems().into_iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "deadline",
+                "stages[0].name",
+                "stages[0].agent",
+                "stages[0].weight"
+            ]
+        );
+    }
+
+    #[test]
+    fn shapes_that_cannot_be_read_say_what_to_write() {
+        let stage = "[[stages]]\nname = \"a\"\nagent = \"nlp\"\n";
+        for (src, want) in [
+            ("retries = 2", "unknown field `retries`"),
+            (
+                "fallback = [ {} ]",
+                "expected { agent = \"NAME\" } or { static = VALUE }",
+            ),
+            (
+                "fallback = [ { agent = \"b\", static = 1 } ]",
+                "a fallback is either `agent` or `static`, not both",
+            ),
+            (
+                "fallback = [ { url = \"x\" } ]",
+                "unknown variant `url`, expected `agent` or `static`",
+            ),
+            (
+                "fallback = [ \"b\" ]",
+                "invalid type: string \"b\", expected a table",
+            ),
+            (
+                "fallback = { agent = \"b\" }",
+                "invalid type: map, expected an array such as",
+            ),
+        ] {
+            let err = toml::from_str::<PipelineConfig>(&format!("{stage}{src}")).unwrap_err();
+            assert!(err.message().starts_with(want), "{src}: {}", err.message());
+        }
+        let err = toml::from_str::<PipelineConfig>("stages = { name = \"s\" }").unwrap_err();
+        assert_eq!(
+            err.message(),
+            "invalid type: map, expected an array of tables"
+        );
     }
 }

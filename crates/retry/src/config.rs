@@ -1,6 +1,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use agentgate_config::{Invalid, Validate};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -59,22 +60,15 @@ pub struct RetryConfig {
     /// Request bodies larger than this are sent once and never retried.
     pub max_replay_body_bytes: usize,
     /// A `Retry-After` longer than this is not waited for (the call fails over instead).
-    /// Shared with the breaker's key of the same name by the gateway's config.
-    #[serde(with = "humantime_serde")]
+    /// Not a key of its own: `circuit_breaker.max_retry_after` caps `Retry-After` for
+    /// both layers, and the agent client copies it here.
+    #[serde(skip)]
     pub max_retry_after: Duration,
 }
 
-/// A retry setting that cannot work.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("retry.{field} = {value}: {reason}")]
-pub struct ConfigError {
-    /// The key.
-    pub field: &'static str,
-    /// The offending value.
-    pub value: String,
-    /// What is wrong.
-    pub reason: &'static str,
-}
+/// A retry setting that cannot work: the key (relative to [`RetryConfig`]), its value
+/// and why.
+pub type ConfigError = Invalid;
 
 // === impl RetryConfig ===
 
@@ -104,37 +98,51 @@ impl Default for RetryConfig {
     }
 }
 
-impl RetryConfig {
-    /// Checks every key; the error names the first bad one and its value.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |field, value: String, reason| ConfigError {
-            field,
-            value,
-            reason,
-        };
-        let dur = |d: Duration| humantime::format_duration(d).to_string();
+impl Validate for RetryConfig {
+    fn problems(&self) -> Vec<Invalid> {
+        let dur = |d: Duration| humantime::format_duration(d);
+        let mut out = Vec::new();
         if self.max_attempts == 0 {
-            return Err(err(
+            out.push(Invalid::new(
                 "max_attempts",
-                "0".into(),
+                0,
                 "must be at least 1 (the first attempt counts)",
             ));
         }
         if self.base_delay > self.max_delay {
-            return Err(err(
-                "base_delay",
-                dur(self.base_delay),
-                "must not be longer than max_delay",
-            ));
+            out.push(
+                Invalid::new(
+                    "base_delay",
+                    dur(self.base_delay),
+                    "must not be longer than max_delay",
+                )
+                .or(Invalid::new(
+                    "max_delay",
+                    dur(self.max_delay),
+                    format!(
+                        "must not be shorter than base_delay ({})",
+                        dur(self.base_delay)
+                    ),
+                )),
+            );
         }
         if !(self.budget_ratio.is_finite() && (0.0..=1000.0).contains(&self.budget_ratio)) {
-            return Err(err(
+            out.push(Invalid::new(
                 "budget_ratio",
-                self.budget_ratio.to_string(),
+                self.budget_ratio,
                 "must be a share between 0 and 1000",
             ));
         }
-        Ok(())
+        out
+    }
+}
+
+impl RetryConfig {
+    /// The first problem of [`Validate::problems`], if any (for [`RetryPolicy::try_new`]).
+    ///
+    /// [`RetryPolicy::try_new`]: crate::RetryPolicy::try_new
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        Validate::validate(self)
     }
 }
 
@@ -244,14 +252,43 @@ mod tests {
             .validate()
             .unwrap_err()
             .to_string()
-            .starts_with("retry.max_attempts = 0"));
+            .starts_with("max_attempts = 0"));
         let cfg = RetryConfig {
             base_delay: Duration::from_secs(60),
             ..Default::default()
         };
         assert_eq!(
             cfg.validate().unwrap_err().to_string(),
-            "retry.base_delay = 1m: must not be longer than max_delay"
+            "base_delay = 1m: must not be longer than max_delay"
+        );
+        let cfg = RetryConfig {
+            max_attempts: 0,
+            max_delay: Duration::from_millis(500),
+            budget_ratio: f64::NAN,
+            ..Default::default()
+        };
+        let all: Vec<String> = cfg
+            .problems()
+            .iter()
+            .flat_map(|p| p.blames().map(ToString::to_string))
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "max_attempts = 0: must be at least 1 (the first attempt counts)",
+                "base_delay = 1s: must not be longer than max_delay",
+                "max_delay = 500ms: must not be shorter than base_delay (1s)",
+                "budget_ratio = NaN: must be a share between 0 and 1000",
+            ]
+        );
+    }
+
+    #[test]
+    fn max_retry_after_is_not_a_retry_key() {
+        let err = toml::from_str::<RetryConfig>("max_retry_after = \"5s\"").unwrap_err();
+        assert!(
+            err.message().starts_with("unknown field `max_retry_after`"),
+            "{err}"
         );
     }
 }
