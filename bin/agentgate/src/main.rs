@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use agentgate_gateway::demo::{demo_config, DemoAddrs};
+use agentgate_gateway::demo::Demo;
 use agentgate_gateway::Config;
-use agentgate_mock_agent::{Behavior, MockAgent, MockAgentArgs};
+use agentgate_mock_agent::MockAgentArgs;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 
@@ -135,65 +135,11 @@ async fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), String
     let admin = bind(admin_listen, "--admin-listen").await?;
     let listen = listener.local_addr().map_err(|e| e.to_string())?;
     let admin_listen = admin.local_addr().map_err(|e| e.to_string())?;
-    let start = |b: Behavior| async move {
-        MockAgent::start(b)
-            .await
-            .map_err(|e| format!("mock agent: {e}"))
-    };
-    // nlp is flaky: down 15 s of every 45 s, and 10% errors otherwise, so its breaker
-    // visibly trips, the backup takes over, and it recovers.
-    let nlp = start(Behavior {
-        name: "nlp".into(),
-        error_rate: 0.1,
-        latency: std::time::Duration::from_millis(20),
-        outage_down: std::time::Duration::from_secs(15),
-        outage_every: std::time::Duration::from_secs(45),
-        ..Behavior::default()
-    })
-    .await?;
-    let nlp_backup = start(Behavior {
-        name: "nlp_backup".into(),
-        latency: std::time::Duration::from_millis(40),
-        ..Behavior::default()
-    })
-    .await?;
-    let data = start(Behavior {
-        name: "data".into(),
-        latency: std::time::Duration::from_millis(30),
-        latency_jitter: std::time::Duration::from_millis(30),
-        ..Behavior::default()
-    })
-    .await?;
-    let viz = start(Behavior {
-        name: "viz".into(),
-        error_rate: 0.05,
-        latency: std::time::Duration::from_millis(15),
-        ..Behavior::default()
-    })
-    .await?;
-    let text = demo_config(&DemoAddrs {
-        listen: listen.to_string(),
-        admin_listen: admin_listen.to_string(),
-        nlp: nlp.url(),
-        nlp_backup: nlp_backup.url(),
-        data: data.url(),
-        viz: viz.url(),
-    });
-    let config = Config::from_toml(&text, "<demo>").map_err(|e| e.to_string())?;
-    println!(
-        "agentgate demo\n\
-         \n  gateway    http://{listen}\n  query      curl -s -X POST http://{listen}/api/query -H 'content-type: application/json' -d '{{\"query\":\"show sales by region\"}}'\n  proxy      curl -s http://{listen}/agents/data/query\n  websocket  ws://{listen}/ws  (send {{\"type\":\"query\",\"query\":\"...\"}})\n  dashboard  http://{admin_listen}/dashboard\n  metrics    http://{admin_listen}/metrics\n  JSON       http://{admin_listen}/api/orchestration/metrics\n  breakers   http://{admin_listen}/api/orchestration/circuit-breakers\n\
-         \n  mock agents: nlp {} (flaky: down 15 s every 45 s), nlp_backup {}, data {}, viz {}\n  Ctrl-C stops everything.\n",
-        nlp.url(),
-        nlp_backup.url(),
-        data.url(),
-        viz.url()
-    );
+    let demo = Demo::start(listen, admin_listen).await?;
+    print!("{}", demo.banner());
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let result = serve_on(config, listener, Some(admin)).await;
-    drop((nlp, nlp_backup, data, viz));
-    result
+    serve_on(demo.config.clone(), listener, Some(admin)).await
 }
 
 fn main() -> ExitCode {

@@ -1,6 +1,13 @@
-//! The embedded configuration `agentgate demo` runs: four in-process mock agents (nlp,
-//! its backup, data, viz) behind a three-stage pipeline, with breakers quick enough to
-//! watch trip and recover.
+//! `agentgate demo`: four in-process mock agents (nlp, its backup, data, viz) behind a
+//! three-stage pipeline, with breakers quick enough to watch trip and recover — the
+//! agents, the embedded configuration and what is printed, in one place (the binary
+//! only binds the listeners and serves).
+
+use std::time::Duration;
+
+use agentgate_mock_agent::{Behavior, MockAgent};
+
+use crate::Config;
 
 /// The demo config; `{nlp}`, `{nlp_backup}`, `{data}`, `{viz}`, `{listen}` and
 /// `{admin_listen}` are filled in by [`demo_config`].
@@ -91,4 +98,92 @@ pub fn demo_config(addrs: &DemoAddrs) -> String {
         .replace("{nlp}", &addrs.nlp)
         .replace("{data}", &addrs.data)
         .replace("{viz}", &addrs.viz)
+}
+
+/// The demo's mock agents and its config, ready to serve. Dropping it stops the agents.
+#[derive(Debug)]
+pub struct Demo {
+    /// The config to run (`Config::from_toml` of [`DEMO_CONFIG`], filled in).
+    pub config: Config,
+    addrs: DemoAddrs,
+    _agents: Vec<MockAgent>,
+}
+
+impl Demo {
+    /// Starts the mock agents on loopback and builds the config for a gateway whose
+    /// listeners are at `listen` and `admin_listen` (already bound, so that the printed
+    /// URLs are the real ones).
+    pub async fn start(
+        listen: std::net::SocketAddr,
+        admin_listen: std::net::SocketAddr,
+    ) -> Result<Self, String> {
+        let start = |b: Behavior| async move {
+            MockAgent::start(b)
+                .await
+                .map_err(|e| format!("mock agent: {e}"))
+        };
+        // nlp is flaky: down 15 s of every 45 s, and 10% errors otherwise, so its breaker
+        // visibly trips, the backup takes over, and it recovers.
+        let nlp = start(Behavior {
+            name: "nlp".into(),
+            error_rate: 0.1,
+            latency: Duration::from_millis(20),
+            outage_down: Duration::from_secs(15),
+            outage_every: Duration::from_secs(45),
+            ..Behavior::default()
+        })
+        .await?;
+        let nlp_backup = start(Behavior {
+            name: "nlp_backup".into(),
+            latency: Duration::from_millis(40),
+            ..Behavior::default()
+        })
+        .await?;
+        let data = start(Behavior {
+            name: "data".into(),
+            latency: Duration::from_millis(30),
+            latency_jitter: Duration::from_millis(30),
+            ..Behavior::default()
+        })
+        .await?;
+        let viz = start(Behavior {
+            name: "viz".into(),
+            error_rate: 0.05,
+            latency: Duration::from_millis(15),
+            ..Behavior::default()
+        })
+        .await?;
+        let addrs = DemoAddrs {
+            listen: listen.to_string(),
+            admin_listen: admin_listen.to_string(),
+            nlp: nlp.url(),
+            nlp_backup: nlp_backup.url(),
+            data: data.url(),
+            viz: viz.url(),
+        };
+        let config =
+            Config::from_toml(&demo_config(&addrs), "<demo>").map_err(|e| e.to_string())?;
+        Ok(Self {
+            config,
+            addrs,
+            _agents: vec![nlp, nlp_backup, data, viz],
+        })
+    }
+
+    /// What `agentgate demo` prints: the URLs to open and a query to try.
+    pub fn banner(&self) -> String {
+        let DemoAddrs {
+            listen,
+            admin_listen,
+            nlp,
+            nlp_backup,
+            data,
+            viz,
+        } = &self.addrs;
+        format!(
+            "agentgate demo\n\
+             \n  gateway    http://{listen}\n  query      curl -s -X POST http://{listen}/api/query -H 'content-type: application/json' -d '{{\"query\":\"show sales by region\"}}'\n  proxy      curl -s http://{listen}/agents/data/query\n  websocket  ws://{listen}/ws  (send {{\"type\":\"query\",\"query\":\"...\"}})\n  dashboard  http://{admin_listen}/dashboard\n  metrics    http://{admin_listen}/metrics\n  JSON       http://{admin_listen}/api/orchestration/metrics\n  breakers   http://{admin_listen}/api/orchestration/circuit-breakers\n\
+             \n  mock agents: nlp {nlp} (flaky: down 15 s every 45 s), nlp_backup {nlp_backup}, data {data}, viz {viz}\n  Ctrl-C stops everything.\n"
+        )
+    }
 }

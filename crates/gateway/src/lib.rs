@@ -7,7 +7,7 @@
 //! - [`ws`]: `GET /ws` — queries, live progress, replay and metrics over a WebSocket.
 //! - [`server`]: [`run`]`(listener, admin_listener, config, shutdown)` — what the binary
 //!   calls and what tests start in-process on `127.0.0.1:0`.
-//! - [`demo`]: the embedded demo configuration.
+//! - [`demo`]: `agentgate demo`: its mock agents, its embedded config, what it prints.
 
 pub mod app;
 pub mod config;
