@@ -135,4 +135,4 @@ pub use error::{CancelError, ErrorKind, SubmitError};
 pub use metrics::describe_metrics;
 pub use query::QueryInput;
 pub use record::{AttemptJson, QueryError, QueryRecord, QueryStatus, StageOutcome, StageRecord};
-pub use stats::QueryStats;
+pub use stats::{QueryStats, RECENT};

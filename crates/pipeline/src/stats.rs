@@ -5,11 +5,20 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::time::Instant;
 
 use crate::QueryStatus;
 
 /// How many recent durations the percentiles are computed over.
 pub(crate) const WINDOW: usize = 1024;
+
+/// How far back [`QueryStats::recent_completed`] and [`QueryStats::recent_failed`] look:
+/// what the gateway's health score calls "recent queries", so that it recovers after an
+/// incident instead of remembering it for the life of the process.
+pub const RECENT: Duration = Duration::from_secs(300);
+
+/// The recent outcomes are counted in slots of this length (the window moves by it).
+const SLOT: Duration = Duration::from_secs(10);
 
 /// SPEC §4 `queries`: counts since the engine started, plus latency figures.
 ///
@@ -42,6 +51,10 @@ pub struct QueryStats {
     pub p95_ms: f64,
     /// 99th percentile of the same.
     pub p99_ms: f64,
+    /// Queries completed within the last [`RECENT`] (5 minutes).
+    pub recent_completed: u64,
+    /// Queries failed within the last [`RECENT`] (5 minutes).
+    pub recent_failed: u64,
 }
 
 /// Collects [`QueryStats`]. Touched once per submit and once per finish.
@@ -58,6 +71,16 @@ struct State {
     cancelled: u64,
     duration_sum_ms: f64,
     recent: VecDeque<f64>,
+    /// Completed and failed queries per [`SLOT`], oldest first, within [`RECENT`].
+    outcomes: VecDeque<Slot>,
+}
+
+/// The outcomes of one [`SLOT`].
+#[derive(Debug)]
+struct Slot {
+    start: Instant,
+    completed: u64,
+    failed: u64,
 }
 
 // === impl StatsCollector ===
@@ -69,6 +92,15 @@ impl StatsCollector {
 
     pub(crate) fn finished(&self, status: QueryStatus, duration: Duration) {
         let mut s = self.lock();
+        let failed = status == QueryStatus::Failed;
+        if matches!(status, QueryStatus::Completed | QueryStatus::Failed) {
+            let slot = s.slot(Instant::now());
+            if failed {
+                slot.failed += 1;
+            } else {
+                slot.completed += 1;
+            }
+        }
         match status {
             QueryStatus::Completed => s.completed += 1,
             QueryStatus::Failed => s.failed += 1,
@@ -93,6 +125,13 @@ impl StatsCollector {
         let timed = s.completed + s.failed;
         let mut recent: Vec<f64> = s.recent.iter().copied().collect();
         recent.sort_by(f64::total_cmp);
+        let now = Instant::now();
+        let live = s
+            .outcomes
+            .iter()
+            .filter(|slot| now.saturating_duration_since(slot.start) < RECENT);
+        let (recent_completed, recent_failed) =
+            live.fold((0, 0), |(c, f), slot| (c + slot.completed, f + slot.failed));
         QueryStats {
             total: s.total,
             completed: s.completed,
@@ -112,11 +151,39 @@ impl StatsCollector {
             p50_ms: percentile(&recent, 50.0),
             p95_ms: percentile(&recent, 95.0),
             p99_ms: percentile(&recent, 99.0),
+            recent_completed,
+            recent_failed,
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    /// The slot counting outcomes at `now`: the newest, or a new one once it is
+    /// [`SLOT`] old. Slots that left [`RECENT`] are dropped.
+    fn slot(&mut self, now: Instant) -> &mut Slot {
+        while self
+            .outcomes
+            .front()
+            .is_some_and(|slot| now.saturating_duration_since(slot.start) >= RECENT)
+        {
+            self.outcomes.pop_front();
+        }
+        let fresh = self
+            .outcomes
+            .back()
+            .is_none_or(|slot| now.saturating_duration_since(slot.start) >= SLOT);
+        if fresh {
+            self.outcomes.push_back(Slot {
+                start: now,
+                completed: 0,
+                failed: 0,
+            });
+        }
+        self.outcomes.back_mut().expect("pushed above")
     }
 }
 
@@ -141,6 +208,29 @@ mod tests {
         assert_eq!(percentile(&v, 99.0), 99.0);
         assert_eq!(percentile(&[7.0], 99.0), 7.0);
         assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recent_outcomes_leave_the_window_after_five_minutes() {
+        let c = StatsCollector::default();
+        for _ in 0..5 {
+            c.finished(QueryStatus::Failed, Duration::from_millis(5));
+        }
+        c.finished(QueryStatus::Cancelled, Duration::from_millis(5));
+        let s = c.snapshot();
+        assert_eq!((s.recent_completed, s.recent_failed), (0, 5));
+        tokio::time::advance(Duration::from_secs(150)).await;
+        c.finished(QueryStatus::Completed, Duration::from_millis(5));
+        let s = c.snapshot();
+        assert_eq!((s.recent_completed, s.recent_failed), (1, 5));
+        // The failures are 5 minutes old: they leave; the success 2.5 minutes later stays.
+        tokio::time::advance(Duration::from_secs(150)).await;
+        let s = c.snapshot();
+        assert_eq!((s.recent_completed, s.recent_failed), (1, 0));
+        assert_eq!((s.completed, s.failed), (1, 5), "lifetime counts stay");
+        tokio::time::advance(RECENT).await;
+        let s = c.snapshot();
+        assert_eq!((s.recent_completed, s.recent_failed), (0, 0));
     }
 
     #[test]

@@ -125,9 +125,9 @@ pub fn breaker_json(s: &Snapshot) -> Value {
 
 /// The health score (0..=100), status and reasons.
 ///
-/// Score = 100 − 60 × (breaker weight / agents) − 40 × (failure share of recent
-/// queries), where each open or forced-open breaker weighs 1 and each half-open one
-/// 0.5. Status: `unhealthy` when some pipeline has a required stage whose agent and
+/// Score = 100 − 60 × (breaker weight / agents) − 40 × (failure share of the queries
+/// that finished in the last 5 minutes), where each open or forced-open breaker weighs 1
+/// and each half-open one 0.5. Status: `unhealthy` when some pipeline has a required stage whose agent and
 /// every agent fallback are open (and no static fallback), else `degraded` when the
 /// score is below 90, any breaker is not closed or the progress backend cannot reach
 /// the other replicas, else `healthy`.
@@ -150,12 +150,14 @@ pub fn health(state: &AppState) -> (u8, &'static str, Vec<String>) {
             BreakerState::Closed | BreakerState::Disabled => {}
         }
     }
+    // Recent queries only (the last 5 minutes), so that the score recovers once an
+    // incident is over.
     let q = state.engine().stats();
-    let finished = q.completed + q.failed;
+    let finished = q.recent_completed + q.recent_failed;
     let failure_share = if finished == 0 {
         0.0
     } else {
-        q.failed as f64 / finished as f64
+        q.recent_failed as f64 / finished as f64
     };
     if failure_share > 0.0 {
         reasons.push(format!(
