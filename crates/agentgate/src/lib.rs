@@ -12,7 +12,22 @@
 //! - [`agent_client`]: [`AgentClient`], one pooled hyper-util client per agent wrapped in
 //!   the whole stack (`progress → retry (→ metrics) → circuit breaker → timeout → client`).
 //!
-//! # Example
+//! # Examples
+//!
+//! Runnable programs in the repository's `examples/`, each `cargo run --example NAME`
+//! from the repository root (and run by `scripts/test.sh`, which fails if one does not
+//! do what it says):
+//!
+//! - `wrap_service`: your own tower service wrapped in retry, circuit breaker and
+//!   per-attempt timeout — a 503 retried, the breaker tripping on timeouts, failing fast,
+//!   and closing again through a probe, read through the [`CircuitBreakerHandle`].
+//! - `progress_events`: a [`ProgressLayer`] over a [`RetryLayer`] publishing a call's
+//!   events to a [`MemoryHub`], printed by a subscriber as they are published.
+//! - `custom_classifier`: a [`Classify`](classify::Classify) implementation of your own
+//!   (a 429, or a 200 whose JSON says `error`, is a failure) plugged into the breaker
+//!   with [`CircuitBreakerLayer::with_classifier`].
+//!
+//! The smallest use:
 //!
 //! ```
 //! use agentgate::{CircuitBreakerConfig, CircuitBreakerLayer};
