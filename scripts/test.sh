@@ -45,6 +45,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
 cargo test --workspace --locked
 
+log "library examples"
+# Each example asserts what it prints and exits non-zero otherwise; built by the tests
+# above (`cargo test` compiles every example), so this mostly just runs them.
+for example in wrap_service progress_events custom_classifier; do
+    echo "--- cargo run --example $example"
+    cargo run --locked -q --example "$example"
+done
+
 log "README's first command resolves the agentgate binary"
 # `cargo run --release -- demo` must find exactly one binary; checked on the debug build
 # the tests just made, so this costs no extra compile.
