@@ -6,6 +6,7 @@ use std::sync::Arc;
 use agentgate_agent_client::AgentClient;
 use agentgate_pipeline::Engine;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -22,7 +23,10 @@ struct Inner {
     config: Config,
     engine: Engine,
     prometheus: PrometheusHandle,
+    /// Read on every request, hence an atomic (`began_draining` wakes those waiting).
     draining: AtomicBool,
+    /// Told once draining has begun, for [`AppState::draining`].
+    began_draining: Notify,
     started: Instant,
     admin_token: Option<String>,
     ws: WsRegistry,
@@ -40,6 +44,7 @@ impl AppState {
                 engine,
                 prometheus,
                 draining: AtomicBool::new(false),
+                began_draining: Notify::new(),
                 started: Instant::now(),
                 admin_token,
                 ws,
@@ -72,12 +77,25 @@ impl AppState {
         self.inner.draining.load(Ordering::Acquire)
     }
 
+    /// Resolves once shutdown has begun (at once if it has): for whatever should stop
+    /// taking new work then, and for tests that must not guess when that is.
+    pub async fn draining(&self) {
+        let began = self.inner.began_draining.notified();
+        let mut began = std::pin::pin!(began);
+        // Registered before the flag is read, so a `start_draining` in between is seen.
+        began.as_mut().enable();
+        if !self.is_draining() {
+            began.await;
+        }
+    }
+
     /// Starts draining: new queries and WebSocket upgrades are refused, and WebSocket
     /// connections close (1001) once the queries they watch have ended.
     pub fn start_draining(&self) {
         self.inner.draining.store(true, Ordering::Release);
         self.inner.engine.close();
         self.inner.ws.start_draining();
+        self.inner.began_draining.notify_waiters();
     }
 
     /// When the gateway started.
