@@ -1,23 +1,54 @@
 //! Shared helpers for agentgate's end-to-end tests: real hyper servers on loopback.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
+use tower::ServiceExt;
 
 /// A real `redis-server` per test, and a free loopback port (shared with
 /// `agentgate-progress-redis`'s own tests).
 pub use agentgate_progress_redis::test_util::{free_port, RedisServer};
+
+/// How long [`eventually`] waits: reconnect backoffs top out at 2 s, a browser takes its
+/// time to start, and the machines running the tests are busy.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Waits until `check` yields something, trying again every 5 ms; fails the test, saying
+/// `what` never happened, after [`DEADLINE`].
+///
+/// Only for what the test observes across a process or a socket it does not drive
+/// (redis-server, a browser, another replica reached through Redis): a change inside
+/// this process has a signal to wait on instead.
+pub async fn eventually<T, F>(what: &str, mut check: impl FnMut() -> F) -> T
+where
+    F: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
 
 /// An agent that answers every request with a JSON description of what it received:
 /// method, path, query, all headers, and the body's length and (when small) text.
@@ -26,7 +57,10 @@ pub use agentgate_progress_redis::test_util::{free_port, RedisServer};
 pub struct EchoServer {
     /// Where it listens.
     pub addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
+    /// Requests received so far, watched by [`EchoServer::until_hits`].
+    hits: watch::Sender<usize>,
+    /// When held, each request waits here for a permit from [`EchoServer::release`].
+    gate: Option<Arc<Semaphore>>,
     task: JoinHandle<()>,
 }
 
@@ -45,57 +79,52 @@ impl EchoServer {
 
     /// Starts an echo server; `status_for(n)` is the status of the n-th request.
     pub async fn start(status_for: impl Fn(usize) -> StatusCode + Send + Sync + 'static) -> Self {
-        use http_body_util::BodyExt;
+        Self::serve(status_for, None).await
+    }
+
+    /// An echo server (answering 200) that holds every request it receives until
+    /// [`EchoServer::release`] lets it go: a stage or a proxied call that is in flight
+    /// for exactly as long as the test wants, with no latency to guess.
+    pub async fn held() -> Self {
+        Self::serve(|_| StatusCode::OK, Some(Arc::new(Semaphore::new(0)))).await
+    }
+
+    async fn serve(
+        status_for: impl Fn(usize) -> StatusCode + Send + Sync + 'static,
+        gate: Option<Arc<Semaphore>>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
-        let hits = Arc::new(AtomicUsize::new(0));
+        let hits = watch::Sender::new(0);
         let status_for = Arc::new(status_for);
         let task = {
-            let hits = hits.clone();
+            let (hits, gate) = (hits.clone(), gate.clone());
             tokio::spawn(async move {
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {
                         continue;
                     };
-                    let hits = hits.clone();
+                    let (hits, gate) = (hits.clone(), gate.clone());
                     let status_for = status_for.clone();
                     tokio::spawn(async move {
                         let svc = service_fn(move |req: Request<Incoming>| {
-                            let n = hits.fetch_add(1, Ordering::SeqCst);
+                            let mut n = 0;
+                            hits.send_modify(|hits| {
+                                n = *hits;
+                                *hits += 1;
+                            });
                             let status = status_for(n);
+                            let gate = gate.clone();
                             async move {
-                                let (parts, body) = req.into_parts();
-                                let body = body
-                                    .collect()
-                                    .await
-                                    .map(|b| b.to_bytes())
-                                    .unwrap_or_default();
-                                let headers: serde_json::Map<String, serde_json::Value> = parts
-                                    .headers
-                                    .iter()
-                                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
-                                    .collect();
-                                let summary = serde_json::json!({
-                                    "method": parts.method.as_str(),
-                                    "path": parts.uri.path(),
-                                    "query": parts.uri.query(),
-                                    "headers": headers,
-                                    "body_len": body.len(),
-                                    "body_sum": body.iter().map(|b| u64::from(*b)).sum::<u64>(),
-                                    "body": if body.len() <= 4096 { String::from_utf8_lossy(&body).into_owned() } else { String::new() },
-                                });
-                                Ok::<_, Infallible>(
-                                    Response::builder()
-                                        .status(status)
-                                        .header("content-type", "application/json")
-                                        .header("x-agent-answer", "1")
-                                        .header("connection", "x-agent-private")
-                                        .header("x-agent-private", "hop")
-                                        .body(Full::new(Bytes::from(summary.to_string())))
-                                        .expect("valid response"),
-                                )
+                                if let Some(gate) = gate {
+                                    // Closed when the server is dropped: then answer.
+                                    if let Ok(permit) = gate.acquire().await {
+                                        permit.forget();
+                                    }
+                                }
+                                Ok::<_, Infallible>(echo(req, status).await)
                             }
                         });
                         let _ = auto::Builder::new(TokioExecutor::new())
@@ -105,12 +134,34 @@ impl EchoServer {
                 }
             })
         };
-        Self { addr, hits, task }
+        Self {
+            addr,
+            hits,
+            gate,
+            task,
+        }
     }
 
     /// Requests received so far.
     pub fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
+        *self.hits.borrow()
+    }
+
+    /// Waits until `n` requests have arrived (held ones included).
+    pub async fn until_hits(&self, n: usize) {
+        let mut hits = self.hits.subscribe();
+        tokio::time::timeout(DEADLINE, hits.wait_for(|hits| *hits >= n))
+            .await
+            .unwrap_or_else(|_| panic!("{} of {n} requests reached the agent", self.hits()))
+            .expect("the server keeps its sender");
+    }
+
+    /// Lets `n` held requests (earlier or later ones) be answered.
+    pub fn release(&self, n: usize) {
+        self.gate
+            .as_ref()
+            .expect("release is for EchoServer::held")
+            .add_permits(n);
     }
 
     /// `http://addr`.
@@ -122,10 +173,51 @@ impl EchoServer {
 impl Drop for EchoServer {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(gate) = &self.gate {
+            gate.close();
+        }
     }
 }
 
+/// The echo: what `req` looked like, as JSON, with `status`, an end-to-end header
+/// (`x-agent-answer`) and a hop-by-hop one (`x-agent-private`, named in `connection`).
+async fn echo(req: Request<Incoming>, status: StatusCode) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let headers: serde_json::Map<String, serde_json::Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+        .collect();
+    let summary = serde_json::json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "headers": headers,
+        "body_len": body.len(),
+        "body_sum": body.iter().map(|b| u64::from(*b)).sum::<u64>(),
+        "body": if body.len() <= 4096 { String::from_utf8_lossy(&body).into_owned() } else { String::new() },
+    });
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-agent-answer", "1")
+        .header("connection", "x-agent-private")
+        .header("x-agent-private", "hop")
+        .body(Full::new(Bytes::from(summary.to_string())))
+        .expect("valid response")
+}
+
 /// A gateway started in-process on `127.0.0.1:0` (public and admin listeners).
+///
+/// Tests reach its routes in memory, through the very routers it serves
+/// ([`Gateway::call`], [`Gateway::call_admin`]), unless the socket is the point (the
+/// proxy's connection handling, WebSocket, shutdown, slow clients): then over loopback,
+/// with [`send`] to [`Gateway::url`] and [`Gateway::admin_url`].
 #[derive(Debug)]
 pub struct Gateway {
     /// Public listener.
@@ -134,6 +226,8 @@ pub struct Gateway {
     pub admin: SocketAddr,
     /// The gateway's state (engine, agents, breakers).
     pub state: agentgate_gateway::AppState,
+    public_app: axum::Router,
+    admin_app: axum::Router,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), agentgate_gateway::GatewayError>>>,
 }
@@ -162,6 +256,8 @@ impl Gateway {
         Self {
             addr,
             admin: admin_addr,
+            public_app: agentgate_gateway::app::public_app(state.clone()),
+            admin_app: agentgate_gateway::app::admin_app(state.clone()),
             state,
             stop: Some(tx),
             task: Some(task),
@@ -178,6 +274,45 @@ impl Gateway {
         format!("http://{}{path}", self.admin)
     }
 
+    /// `method path` through the public routes in memory, as [`send`] would send it to
+    /// [`Gateway::url`] (same `host` and `content-length`, peer 127.0.0.1), but with no
+    /// socket: the router answers the request itself.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Answer {
+        let req = in_memory(request(method, path, headers, body.into()), self.addr);
+        let Ok(res) = self.public_app.clone().oneshot(req).await;
+        answer(res).await
+    }
+
+    /// [`Gateway::call`] on the admin routes (those of [`Gateway::admin_url`]).
+    pub async fn call_admin(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Answer {
+        let req = in_memory(request(method, path, headers, body.into()), self.admin);
+        let Ok(res) = self.admin_app.clone().oneshot(req).await;
+        answer(res).await
+    }
+
+    /// `POST path` with a JSON body, through the public routes in memory.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> Answer {
+        self.call(
+            "POST",
+            path,
+            &[("content-type", "application/json")],
+            body.to_string(),
+        )
+        .await
+    }
+
     /// Begins shutdown; returns the serving task to await.
     pub fn shutdown(&mut self) -> JoinHandle<Result<(), agentgate_gateway::GatewayError>> {
         if let Some(stop) = self.stop.take() {
@@ -192,6 +327,49 @@ impl Drop for Gateway {
         if let Some(task) = &self.task {
             task.abort();
         }
+    }
+}
+
+/// A request with `headers` and `body`.
+fn request(method: &str, uri: &str, headers: &[(&str, &str)], body: Bytes) -> Request<Full<Bytes>> {
+    let mut req = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.body(Full::new(body)).expect("valid request")
+}
+
+/// What hyper's client and the gateway's accept loop add to a request on its way to
+/// the router: `host` and `content-length` as the client sends them, and the peer's
+/// address as [`ConnectInfo`] (the proxy's `x-forwarded-for`, the admin audit log).
+fn in_memory(mut req: Request<Full<Bytes>>, listener: SocketAddr) -> Request<Full<Bytes>> {
+    use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
+    use http_body::Body as _;
+    let length = req.body().size_hint().exact().unwrap_or(0);
+    let headers = req.headers_mut();
+    if !headers.contains_key(HOST) {
+        let host = HeaderValue::from_str(&listener.to_string()).expect("an address is a header");
+        headers.insert(HOST, host);
+    }
+    if length > 0 && !headers.contains_key(CONTENT_LENGTH) {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40_000))));
+    req
+}
+
+/// Reads the whole answer.
+async fn answer<B>(res: Response<B>) -> Answer
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let (parts, body) = res.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.expect("whole body").to_bytes(),
     }
 }
 
@@ -221,23 +399,13 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Answer {
-    use http_body_util::BodyExt;
     let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
         hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
-    let mut req = Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
     let res = client
-        .request(req.body(Full::new(body.into())).expect("valid request"))
+        .request(request(method, url, headers, body.into()))
         .await
         .expect("gateway answered");
-    let (parts, body) = res.into_parts();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.expect("whole body").to_bytes(),
-    }
+    answer(res).await
 }
 
 /// Starts a request whose body the caller streams chunk by chunk through the returned
