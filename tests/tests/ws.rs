@@ -512,34 +512,100 @@ async fn bad_frames_get_error_frames_and_the_connection_stays_open() {
     all_closed(&gw).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_flood_of_frames_is_rate_limited_and_the_connection_stays_open() {
+    // The limiter's one-second windows follow tokio's clock. Held still, it puts every
+    // frame of a flood into one window, and the next window begins when the test
+    // advances the clock, not whenever a busy machine gets there.
+    let _still = StillClock::hold();
     let a = agents().await;
     let gw = gateway(ADMIN_APART, &a).await;
     let mut ws = connect(gw.addr, "/ws").await;
-    for _ in 0..150 {
+
+    // 150 frames: the first 100 are answered, the 101st gets the window's one
+    // `rate_limited`, the rest are dropped without a word.
+    assert_eq!(
+        window(&mut ws, 150, "second").await,
+        "100 pong, 1 rate_limited"
+    );
+    // The next window's first frame was that marker: 99 more are answered, the 101st
+    // is refused once again, and the marker after the window is answered too.
+    assert_eq!(
+        window(&mut ws, 110, "third").await,
+        "99 pong, 1 rate_limited"
+    );
+}
+
+/// While it lives, tokio's paused clock moves only when the test advances it: tokio does
+/// not auto-advance while a blocking task runs, however long the runtime waits for a
+/// socket. After 30 s of real time it lets go, so that a test stuck waiting for a frame
+/// fails by its own timeouts rather than hanging.
+struct StillClock(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
+
+impl StillClock {
+    fn hold() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        tokio::task::spawn_blocking(move || {
+            // Ends when the test drops its `StillClock`, or after 30 s.
+            let _ = rx.recv_timeout(Duration::from_secs(30));
+        });
+        Self(tx)
+    }
+}
+
+/// Sends `pings` ping frames at once and waits until the gateway has read them all,
+/// then starts the next rate-limit window and sends a `subscribe` to the unknown query
+/// `marker` in it. Once the marker's `unknown_query` has come (the connection still
+/// serves), returns what came back before it, in order: runs of `type`s or error
+/// `code`s, like "100 pong, 1 rate_limited".
+async fn window(ws: &mut Ws, pings: usize, marker: &str) -> String {
+    for _ in 0..pings {
         ws.feed(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
     }
+    // A WebSocket ping is not rate limited, and the gateway reads frames in order: its
+    // pong says every frame before has been read (answered or dropped).
+    ws.feed(Message::Ping(marker.as_bytes().to_vec().into()))
+        .await
+        .unwrap();
     ws.flush().await.unwrap();
-    let (mut pongs, mut limited) = (0, 0);
-    while pongs + limited < 101 {
-        match answer(&mut ws).await {
-            v if v["type"] == "pong" => pongs += 1,
-            v if v["code"] == "rate_limited" => limited += 1,
-            v => panic!("{v}"),
+    let kind = |v: &Value| {
+        let kind = if v["type"] == "error" {
+            &v["code"]
+        } else {
+            &v["type"]
+        };
+        kind.as_str().unwrap_or_else(|| panic!("{v}")).to_owned()
+    };
+    let mut answers = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10 s");
+        match frame {
+            Some(Ok(Message::Text(t))) => answers.push(kind(&serde_json::from_str(&t).unwrap())),
+            Some(Ok(Message::Pong(p))) if p == marker.as_bytes() => break,
+            other => panic!("expected answers, then our pong: {other:?}"),
         }
     }
-    assert_eq!(limited, 1, "one rate_limited error per window");
-    assert!((100..=150).contains(&(pongs + limited)));
-    // The next window serves again.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    send_json(&mut ws, json!({"type": "ping"})).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    send_json(ws, json!({"type": "subscribe", "query_id": marker})).await;
     loop {
-        // Pongs for frames of the first window that fell into the second may come first.
-        if answer(&mut ws).await == json!({"type": "pong"}) {
+        let v = answer(ws).await;
+        if v["query_id"] == marker {
+            assert_eq!(v["code"], "unknown_query", "{v}");
             break;
         }
+        answers.push(kind(&v));
     }
+    let mut runs: Vec<(usize, String)> = Vec::new();
+    for answer in answers {
+        match runs.last_mut() {
+            Some((n, kind)) if *kind == answer => *n += 1,
+            _ => runs.push((1, answer)),
+        }
+    }
+    let runs: Vec<String> = runs.iter().map(|(n, kind)| format!("{n} {kind}")).collect();
+    runs.join(", ")
 }
 
 #[tokio::test]
