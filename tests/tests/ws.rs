@@ -1,11 +1,12 @@
 //! `GET /ws` end to end (SPEC §3, §5): the real gateway in-process, real mock agents on
-//! loopback, tokio-tungstenite clients.
+//! loopback, tokio-tungstenite clients over real sockets. Plain HTTP around them (query
+//! submissions, figures) goes through the gateway's routers in memory.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use agentgate_e2e::{base_config, mock, send, EchoServer, Gateway};
+use agentgate_e2e::{base_config, mock, EchoServer, Gateway};
 use agentgate_mock_agent::MockAgent;
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
@@ -181,17 +182,26 @@ async fn close_code(ws: &mut Ws) -> u16 {
     code.expect("a close frame within 10 s")
 }
 
-/// Waits until the gateway holds no WebSocket connection and no subscription: every
-/// task of a closed connection has ended.
+/// Waits until the gateway holds at most `n` WebSocket connections (closed ones have
+/// given their place back).
+async fn connections_down_to(gw: &Gateway, n: usize) {
+    let mut open = gw.state.ws().connections();
+    tokio::time::timeout(Duration::from_secs(10), open.wait_for(|open| *open <= n))
+        .await
+        .unwrap_or_else(|_| panic!("still open: {:?}", gw.state.ws().stats()))
+        .expect("the gateway keeps its registry");
+}
+
+/// Waits until the gateway holds no WebSocket connection, then checks that none of their
+/// subscriptions is left either.
 async fn all_closed(gw: &Gateway) {
-    for _ in 0..200 {
-        let s = gw.state.ws().stats();
-        if s.connections == 0 && s.subscriptions == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("still open: {:?}", gw.state.ws().stats());
+    connections_down_to(gw, 0).await;
+    assert_eq!(
+        gw.state.ws().stats().subscriptions,
+        0,
+        "{:?}",
+        gw.state.ws().stats()
+    );
 }
 
 /// Checks one query's events: `seq` 1, 2, 3 … without gaps, one `query_id`, an RFC 3339
@@ -242,16 +252,17 @@ async fn run_query(ws: &mut Ws, request_id: &str) -> (String, Vec<Value>) {
 
 /// Submits a query over HTTP without waiting for it.
 async fn submit_async(gw: &Gateway, body: &Value) -> String {
-    let res = send(
-        "POST",
-        &gw.url("/api/query"),
-        &[
-            ("content-type", "application/json"),
-            ("prefer", "respond-async"),
-        ],
-        body.to_string(),
-    )
-    .await;
+    let res = gw
+        .call(
+            "POST",
+            "/api/query",
+            &[
+                ("content-type", "application/json"),
+                ("prefer", "respond-async"),
+            ],
+            body.to_string(),
+        )
+        .await;
     assert_eq!(res.status, StatusCode::ACCEPTED);
     res.json()["query_id"].as_str().unwrap().to_owned()
 }
@@ -495,10 +506,10 @@ async fn bad_frames_get_error_frames_and_the_connection_stays_open() {
     assert_eq!(answer(&mut ws).await, json!({"type": "pong"}));
 
     // Not an upgrade at all: a JSON 4xx, not a 500.
-    let plain = send("GET", &gw.url("/ws"), &[], "").await;
+    let plain = gw.call("GET", "/ws", &[], "").await;
     assert!(plain.status.is_client_error(), "{}", plain.status);
     assert!(plain.json()["error"]["kind"].is_string());
-    let bad = send("GET", &gw.url("/ws?after_seq=-1"), &[], "").await;
+    let bad = gw.call("GET", "/ws?after_seq=-1", &[], "").await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 
     // Dropping the client ends the connection and its subscription to the query still
@@ -660,21 +671,17 @@ async fn upgrades_beyond_max_ws_connections_get_503() {
         }
         other => panic!("expected a 503, got {other:?}"),
     }
-    let figures = send("GET", &gw.admin_url("/api/orchestration/metrics"), &[], "").await;
+    let figures = gw
+        .call_admin("GET", "/api/orchestration/metrics", &[], "")
+        .await;
     assert_eq!(figures.json()["websocket"]["connections"], 2);
 
     // A closed connection gives its place back.
     first.close(None).await.unwrap();
     while first.next().await.is_some() {}
-    let mut again = None;
-    for _ in 0..100 {
-        if let Ok((ws, _)) = tokio_tungstenite::connect_async(ws_url(gw.addr, "/ws")).await {
-            again = Some(ws);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut again = again.expect("a place after a close");
+    drop(first);
+    connections_down_to(&gw, 1).await;
+    let mut again = connect(gw.addr, "/ws").await;
     send_json(&mut again, json!({"type": "ping"})).await;
     assert_eq!(recv(&mut again).await, json!({"type": "pong"}));
 }
@@ -708,9 +715,12 @@ async fn a_slow_reader_gets_lagged_while_others_and_the_queries_go_on() {
     let mut slow = connect_small_buffer(gw.addr, "/ws").await;
 
     // Large results (each stage echoes the query): the slow reader's socket fills at
-    // once, and its subscriptions fall ever further behind.
+    // once, and its subscriptions fall ever further behind, batch after batch. The normal
+    // reader gets every event of a batch's queries before the next batch is submitted.
     let text = "x".repeat(24 * 1024);
     let mut ids = Vec::new();
+    let mut per_query: HashMap<String, Vec<Value>> = HashMap::new();
+    let mut finished = 0;
     for _ in 0..3 {
         for _ in 0..10 {
             let id = submit_async(&gw, &json!({"query": text})).await;
@@ -722,44 +732,31 @@ async fn a_slow_reader_gets_lagged_while_others_and_the_queries_go_on() {
                 .unwrap();
             ids.push(id);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    // Every query finishes although the slow reader has not read a thing.
-    for id in &ids {
-        let mut done = false;
-        for _ in 0..200 {
-            let record = send("GET", &gw.url(&format!("/api/query/{id}")), &[], "").await;
-            if record.json()["status"] == "completed" {
-                done = true;
-                break;
+        while finished < ids.len() {
+            let v = tokio::time::timeout(Duration::from_secs(10), frames.recv())
+                .await
+                .expect("normal reader frames")
+                .expect("open");
+            assert_ne!(v["type"], "lagged", "the normal reader never lags: {v}");
+            if v.get("seq").is_none() {
+                continue;
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            if TERMINAL.contains(&v["type"].as_str().unwrap()) {
+                finished += 1;
+            }
+            per_query
+                .entry(v["query_id"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(v);
         }
-        assert!(done, "query {id} did not complete");
     }
 
-    // The normal reader got every event of every query, gap-free.
-    let mut per_query: HashMap<String, Vec<Value>> = HashMap::new();
-    let mut finished = 0;
-    while finished < ids.len() {
-        let v = tokio::time::timeout(Duration::from_secs(10), frames.recv())
-            .await
-            .expect("normal reader frames")
-            .expect("open");
-        assert_ne!(v["type"], "lagged", "the normal reader never lags: {v}");
-        if v.get("seq").is_none() {
-            continue;
-        }
-        if TERMINAL.contains(&v["type"].as_str().unwrap()) {
-            finished += 1;
-        }
-        per_query
-            .entry(v["query_id"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(v);
-    }
+    // Every query completed although the slow reader has not read a thing (a record is
+    // final before its terminal event goes out), and the normal reader got every event
+    // of every query, gap-free.
     for id in &ids {
+        let record = gw.call("GET", &format!("/api/query/{id}"), &[], "").await;
+        assert_eq!(record.json()["status"], "completed", "query {id}");
         check_stream(&per_query[id], id);
     }
     reader.abort();
@@ -794,7 +791,9 @@ async fn a_slow_reader_gets_lagged_while_others_and_the_queries_go_on() {
     }
     assert!(lagged > 0, "the slow reader was told it lagged");
     assert!(terminals.values().all(|n| *n == 1));
-    let figures = send("GET", &gw.admin_url("/api/orchestration/metrics"), &[], "").await;
+    let figures = gw
+        .call_admin("GET", "/api/orchestration/metrics", &[], "")
+        .await;
     let ws = &figures.json()["websocket"];
     assert!(ws["events_dropped"].as_u64().unwrap() > 0, "{ws}");
     assert!(ws["events_sent"].as_u64().unwrap() > 0, "{ws}");
@@ -863,7 +862,7 @@ async fn metrics_subscribers_get_metrics_and_breaker_transitions() {
     assert_eq!(error_code(&mut public).await, "unauthorized");
 
     let text = String::from_utf8(
-        send("GET", &gw.admin_url("/metrics"), &[], "")
+        gw.call_admin("GET", "/metrics", &[], "")
             .await
             .body
             .to_vec(),
@@ -906,17 +905,22 @@ async fn metrics_on_a_shared_listener_need_the_admin_token() {
 
 #[tokio::test]
 async fn shutdown_delivers_terminal_events_then_closes_with_1001() {
-    let a = Agents {
-        data: mock("data", |b| b.latency = Duration::from_millis(500)).await,
-        ..agents().await
-    };
-    let mut gw = gateway(ADMIN_APART, &a).await;
+    // The data agent holds the query in its second stage until the test lets it go.
+    let data = EchoServer::held().await;
+    let a = agents().await;
+    let mut gw = Gateway::start(&three_stage(
+        ADMIN_APART,
+        &a.nlp.url(),
+        &data.url(),
+        &a.viz.url(),
+    ))
+    .await;
     let mut idle = connect(gw.addr, "/ws").await;
     let mut ws = connect(gw.addr, "/ws").await;
     send_json(&mut ws, json!({"type": "query", "query": "q"})).await;
     let accepted = answer(&mut ws).await;
     let query_id = accepted["query_id"].as_str().unwrap().to_owned();
-    // Wait until the query is in its slow stage.
+    // Wait until the query is in its held stage.
     let mut events = Vec::new();
     while !events
         .iter()
@@ -931,12 +935,7 @@ async fn shutdown_delivers_terminal_events_then_closes_with_1001() {
         1001,
         "an idle client goes at once"
     );
-    for _ in 0..200 {
-        if gw.state.is_draining() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // Connections are told to drain after the gateway began to: no need to wait for it.
     assert!(gw.state.is_draining());
     send_json(&mut ws, json!({"type": "query", "query": "late"})).await;
     let refused = loop {
@@ -947,14 +946,15 @@ async fn shutdown_delivers_terminal_events_then_closes_with_1001() {
         events.push(v);
     };
     assert_eq!(refused["code"], "shutting_down", "{refused}");
+    // The listener stays open while the query runs: an upgrade is refused, not reset.
     match tokio_tungstenite::connect_async(ws_url(gw.addr, "/ws")).await {
         Err(tungstenite::Error::Http(res)) => {
             assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE)
         }
-        Err(_) => {} // the listener may already be closed
-        Ok(_) => panic!("an upgrade while shutting down"),
+        other => panic!("expected a 503 while shutting down, got {other:?}"),
     }
 
+    data.release(1);
     events.extend(until_terminal(&mut ws, &query_id).await);
     check_stream(&events, &query_id);
     assert_eq!(events.last().unwrap()["type"], "completed");
