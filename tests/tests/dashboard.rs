@@ -7,12 +7,15 @@
 //! Without them this test fails: it is never skipped.
 //!
 //! `AGENTGATE_DASHBOARD_SCREENSHOT=docs/dashboard.png` saves the final screenshot there.
+//!
+//! The browser loads the page over a real socket; the tests' own requests go through the
+//! gateway's routers in memory.
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use agentgate_e2e::{base_config, free_port, mock, post_json, send, Gateway};
+use agentgate_e2e::{base_config, eventually, free_port, mock, Gateway};
 use agentgate_mock_agent::{Behavior, MockAgent};
 use fantoccini::wd::Capabilities;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -69,19 +72,17 @@ impl Driver {
             }),
         );
         let url = format!("http://127.0.0.1:{}", self.port);
-        let mut last = None;
-        for _ in 0..100 {
-            match ClientBuilder::new(HttpConnector::new())
-                .capabilities(caps.clone())
-                .connect(&url)
+        eventually(&format!("chromedriver listens at {url}"), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", self.port))
                 .await
-            {
-                Ok(client) => return client,
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("no WebDriver session from chromedriver at {url}: {last:?}");
+                .ok()
+        })
+        .await;
+        ClientBuilder::new(HttpConnector::new())
+            .capabilities(caps)
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("no WebDriver session from chromedriver at {url}: {e}"))
     }
 }
 
@@ -169,16 +170,17 @@ async fn the_dashboard_shows_every_agent_live_queries_and_a_tile_turning_open() 
         .expect("the WebSocket feed is up");
 
     // A running query appears with its progress bar, and ends completed.
-    let accepted = send(
-        "POST",
-        &gw.url("/api/query"),
-        &[
-            ("content-type", "application/json"),
-            ("prefer", "respond-async"),
-        ],
-        r#"{"query":"show sales by region"}"#,
-    )
-    .await;
+    let accepted = gw
+        .call(
+            "POST",
+            "/api/query",
+            &[
+                ("content-type", "application/json"),
+                ("prefer", "respond-async"),
+            ],
+            r#"{"query":"show sales by region"}"#,
+        )
+        .await;
     assert_eq!(accepted.status, StatusCode::ACCEPTED);
     let id = accepted.json()["query_id"].as_str().unwrap().to_owned();
     let row = format!(r#"#live tr[data-query="{id}"]"#);
@@ -204,7 +206,7 @@ async fn the_dashboard_shows_every_agent_live_queries_and_a_tile_turning_open() 
     })
     .unwrap();
     for _ in 0..3 {
-        let res = post_json(&gw.url("/agents/nlp/process"), &json!({"q": 1})).await;
+        let res = gw.post_json("/agents/nlp/process", &json!({"q": 1})).await;
         assert_eq!(res.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
     let tile = wait_for_tile(&browser, "nlp", "open").await;
@@ -216,15 +218,10 @@ async fn the_dashboard_shows_every_agent_live_queries_and_a_tile_turning_open() 
         let (before, _) = text.split_once(" s left")?;
         before.rsplit(' ').next()?.parse().ok()
     };
-    let mut first = None;
-    for _ in 0..200 {
-        first = left(tile.text().await.unwrap());
-        if first.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let first = first.expect("the tile says how long is left");
+    let first = eventually("the tile says how long is left", || async {
+        left(tile.text().await.unwrap())
+    })
+    .await;
     assert!(first > 0.0 && first <= 30.0, "{first}");
     let log = browser
         .find(Locator::Css("#transitions"))
@@ -250,7 +247,7 @@ async fn the_dashboard_shows_every_agent_live_queries_and_a_tile_turning_open() 
 async fn the_page_is_self_contained_and_served_where_the_admin_routes_are() {
     let nlp = mock("nlp", |_| {}).await;
     let gw = gateway(&nlp, &nlp, &nlp).await;
-    let page = send("GET", &gw.admin_url("/dashboard"), &[], "").await;
+    let page = gw.call_admin("GET", "/dashboard", &[], "").await;
     assert_eq!(page.status, StatusCode::OK);
     assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
     let csp = page.headers["content-security-policy"].to_str().unwrap();
@@ -267,7 +264,7 @@ async fn the_page_is_self_contained_and_served_where_the_admin_routes_are() {
         assert!(!html.contains(external), "page loads {external}…");
     }
     // With an admin listener, the public listener has no dashboard.
-    let public = send("GET", &gw.url("/dashboard"), &[], "").await;
+    let public = gw.call("GET", "/dashboard", &[], "").await;
     assert_eq!(public.status, StatusCode::NOT_FOUND);
 
     // Admin routes on the public listener: the page is there too; its feed needs the token.
@@ -277,7 +274,7 @@ async fn the_page_is_self_contained_and_served_where_the_admin_routes_are() {
         nlp.url()
     ))
     .await;
-    let page = send("GET", &shared.url("/dashboard"), &[], "").await;
+    let page = shared.call("GET", "/dashboard", &[], "").await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(String::from_utf8_lossy(&page.body).contains("subscribe_metrics"));
 }
