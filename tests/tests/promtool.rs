@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use agentgate_e2e::{base_config, mock, post_json, send, Gateway};
+use agentgate_e2e::{base_config, mock, Gateway};
 use http::StatusCode;
 use serde_json::json;
 
@@ -46,16 +46,16 @@ async fn the_live_exposition_passes_promtool() {
     // Exercise every family: queries, attempts (some failing, retried), a fallback-free
     // skip, a forced-open breaker and its rejections, WebSocket gauges.
     for _ in 0..10 {
-        post_json(&gw.url("/api/query"), &json!({"query": "q"})).await;
+        gw.post_json("/api/query", &json!({"query": "q"})).await;
     }
     gw.state.agent("data").unwrap().breaker().force_open(None);
     assert_eq!(
-        post_json(&gw.url("/api/query"), &json!({"query": "q"}))
+        gw.post_json("/api/query", &json!({"query": "q"}))
             .await
             .status,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    let metrics = send("GET", &gw.admin_url("/metrics"), &[], "").await;
+    let metrics = gw.call_admin("GET", "/metrics", &[], "").await;
     assert_eq!(metrics.status, StatusCode::OK);
     let text = String::from_utf8(metrics.body.to_vec()).unwrap();
     for family in [
