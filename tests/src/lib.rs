@@ -284,9 +284,8 @@ impl Gateway {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Answer {
-        let req = in_memory(request(method, path, headers, body.into()), self.addr);
-        let Ok(res) = self.public_app.clone().oneshot(req).await;
-        answer(res).await
+        let req = request(method, path, headers, body.into());
+        oneshot(&self.public_app, self.addr, req).await
     }
 
     /// [`Gateway::call`] on the admin routes (those of [`Gateway::admin_url`]).
@@ -297,9 +296,8 @@ impl Gateway {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Answer {
-        let req = in_memory(request(method, path, headers, body.into()), self.admin);
-        let Ok(res) = self.admin_app.clone().oneshot(req).await;
-        answer(res).await
+        let req = request(method, path, headers, body.into());
+        oneshot(&self.admin_app, self.admin, req).await
     }
 
     /// `POST path` with a JSON body, through the public routes in memory.
@@ -311,6 +309,27 @@ impl Gateway {
             body.to_string(),
         )
         .await
+    }
+
+    /// Submits `query` (a `POST /api/query` body) with `Prefer: respond-async`, in
+    /// memory; checks the 202 `accepted` answer and returns the query's id.
+    pub async fn submit_async(&self, query: &serde_json::Value) -> String {
+        let headers = [
+            ("content-type", "application/json"),
+            ("prefer", "respond-async"),
+        ];
+        let res = self
+            .call("POST", "/api/query", &headers, query.to_string())
+            .await;
+        assert_eq!(
+            res.status,
+            StatusCode::ACCEPTED,
+            "{}",
+            String::from_utf8_lossy(&res.body)
+        );
+        let body = res.json();
+        assert_eq!(body["status"], "accepted", "{body}");
+        body["query_id"].as_str().expect("a query_id").to_owned()
     }
 
     /// Begins shutdown; returns the serving task to await.
@@ -339,10 +358,15 @@ fn request(method: &str, uri: &str, headers: &[(&str, &str)], body: Bytes) -> Re
     req.body(Full::new(body)).expect("valid request")
 }
 
-/// What hyper's client and the gateway's accept loop add to a request on its way to
-/// the router: `host` and `content-length` as the client sends them, and the peer's
-/// address as [`ConnectInfo`] (the proxy's `x-forwarded-for`, the admin audit log).
-fn in_memory(mut req: Request<Full<Bytes>>, listener: SocketAddr) -> Request<Full<Bytes>> {
+/// Has `app`, the router of `listener`, answer `req`, with what hyper's client and the
+/// gateway's accept loop would add on its way there: `host` and `content-length` as the
+/// client sends them, and the peer's address as [`ConnectInfo`] (the proxy's
+/// `x-forwarded-for`, the admin audit log).
+async fn oneshot(
+    app: &axum::Router,
+    listener: SocketAddr,
+    mut req: Request<Full<Bytes>>,
+) -> Answer {
     use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
     use http_body::Body as _;
     let length = req.body().size_hint().exact().unwrap_or(0);
@@ -356,7 +380,8 @@ fn in_memory(mut req: Request<Full<Bytes>>, listener: SocketAddr) -> Request<Ful
     }
     req.extensions_mut()
         .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40_000))));
-    req
+    let Ok(res) = app.clone().oneshot(req).await;
+    answer(res).await
 }
 
 /// Reads the whole answer.

@@ -170,19 +170,9 @@ async fn the_dashboard_shows_every_agent_live_queries_and_a_tile_turning_open() 
         .expect("the WebSocket feed is up");
 
     // A running query appears with its progress bar, and ends completed.
-    let accepted = gw
-        .call(
-            "POST",
-            "/api/query",
-            &[
-                ("content-type", "application/json"),
-                ("prefer", "respond-async"),
-            ],
-            r#"{"query":"show sales by region"}"#,
-        )
+    let id = gw
+        .submit_async(&json!({"query": "show sales by region"}))
         .await;
-    assert_eq!(accepted.status, StatusCode::ACCEPTED);
-    let id = accepted.json()["query_id"].as_str().unwrap().to_owned();
     let row = format!(r#"#live tr[data-query="{id}"]"#);
     browser
         .wait()

@@ -84,6 +84,16 @@ async fn gateway(a: &Agents, deadline: &str) -> Gateway {
     .await
 }
 
+/// A gateway with one agent, `name`, served by `echo`, and no pipeline: for the proxy.
+async fn proxy_to(name: &str, echo: &EchoServer) -> Gateway {
+    Gateway::start(&format!(
+        "{}\n[agents.{name}]\nurl = \"{}\"\n",
+        defaults(),
+        echo.url()
+    ))
+    .await
+}
+
 fn stage<'a>(answer: &'a Value, name: &str) -> &'a Value {
     answer["stages"]
         .as_array()
@@ -329,20 +339,7 @@ async fn async_queries_can_be_read_and_cancelled() {
         "60s",
     ))
     .await;
-    let res = gw
-        .call(
-            "POST",
-            "/api/query",
-            &[
-                ("content-type", "application/json"),
-                ("prefer", "respond-async"),
-            ],
-            r#"{"query":"q"}"#,
-        )
-        .await;
-    assert_eq!(res.status, StatusCode::ACCEPTED);
-    let id = res.json()["query_id"].as_str().unwrap().to_owned();
-    assert_eq!(res.json()["status"], "accepted");
+    let id = gw.submit_async(&json!({"query": "q"})).await;
 
     // Running, with the stage it has finished, while the data agent holds it.
     data.until_hits(1).await;
@@ -442,12 +439,7 @@ async fn the_proxy_forwards_streams_and_strips_hop_by_hop_headers() {
 #[tokio::test]
 async fn the_proxy_refuses_unknown_agents_and_dot_segments() {
     let echo = EchoServer::start(|_| StatusCode::OK).await;
-    let gw = Gateway::start(&format!(
-        "{}\n[agents.echo]\nurl = \"{}\"\n",
-        defaults(),
-        echo.url()
-    ))
-    .await;
+    let gw = proxy_to("echo", &echo).await;
     let res = gw.call("GET", "/agents/nope/x", &[], "").await;
     assert_eq!(res.status, StatusCode::NOT_FOUND);
     assert_eq!(res.json()["error"]["kind"], "unknown_agent");
@@ -459,12 +451,7 @@ async fn the_proxy_refuses_unknown_agents_and_dot_segments() {
 #[tokio::test]
 async fn the_proxy_refuses_an_upload_before_reading_it_and_caps_a_streamed_one() {
     let echo = EchoServer::start(|_| StatusCode::OK).await;
-    let gw = Gateway::start(&format!(
-        "{}\n[agents.echo]\nurl = \"{}\"\n",
-        defaults(),
-        echo.url()
-    ))
-    .await;
+    let gw = proxy_to("echo", &echo).await;
     let breaker = gw.state.agent("echo").unwrap().breaker().clone();
 
     // An open breaker answers while the client is still uploading: nothing is read.
@@ -518,12 +505,7 @@ async fn the_proxy_retries_get_but_not_post() {
         }
     })
     .await;
-    let gw = Gateway::start(&format!(
-        "{}\n[agents.flaky]\nurl = \"{}\"\n",
-        defaults(),
-        flaky.url()
-    ))
-    .await;
+    let gw = proxy_to("flaky", &flaky).await;
     let res = send("GET", &gw.url("/agents/flaky/x"), &[], "").await;
     assert_eq!(
         (

@@ -80,22 +80,6 @@ async fn wait_redis(gw: &Gateway, want: &str) -> Value {
     .await
 }
 
-async fn submit_async(gw: &Gateway) -> String {
-    let res = gw
-        .call(
-            "POST",
-            "/api/query",
-            &[
-                ("content-type", "application/json"),
-                ("prefer", "respond-async"),
-            ],
-            r#"{"query":"sales by region"}"#,
-        )
-        .await;
-    assert_eq!(res.status, StatusCode::ACCEPTED);
-    res.json()["query_id"].as_str().unwrap().to_owned()
-}
-
 async fn connect(addr: SocketAddr, path: &str) -> Ws {
     let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
         .await
@@ -147,7 +131,7 @@ async fn replicas_serve_each_others_records_and_event_streams() {
     let two = replica(&redis.url(), &a).await;
 
     // A query runs on replica one; replica two follows it live, from the start.
-    let id = submit_async(&one).await;
+    let id = one.submit_async(&json!({"query": "sales by region"})).await;
     let mut on_one = connect(one.addr, &format!("/ws?query_id={id}&after_seq=0")).await;
     let mut on_two = connect(two.addr, "/ws").await;
     on_two
@@ -246,7 +230,7 @@ async fn a_query_is_cancelled_from_any_replica() {
     let two = replica(&redis.url(), &a).await;
 
     // Over HTTP: DELETE on replica two cancels the query running on replica one.
-    let id = submit_async(&one).await;
+    let id = one.submit_async(&json!({"query": "sales by region"})).await;
     wait_running_elsewhere(&two, &id).await;
     let res = two
         .call("DELETE", &format!("/api/query/{id}"), &[], "")
@@ -264,7 +248,7 @@ async fn a_query_is_cancelled_from_any_replica() {
     }
 
     // Over WebSocket: `cancel` on replica two; its subscribers get the terminal event.
-    let id = submit_async(&one).await;
+    let id = one.submit_async(&json!({"query": "sales by region"})).await;
     wait_running_elsewhere(&two, &id).await;
     let mut ws = connect(two.addr, &format!("/ws?query_id={id}&after_seq=0")).await;
     ws.send(Message::text(

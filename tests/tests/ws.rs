@@ -250,23 +250,6 @@ async fn run_query(ws: &mut Ws, request_id: &str) -> (String, Vec<Value>) {
     (query_id, events)
 }
 
-/// Submits a query over HTTP without waiting for it.
-async fn submit_async(gw: &Gateway, body: &Value) -> String {
-    let res = gw
-        .call(
-            "POST",
-            "/api/query",
-            &[
-                ("content-type", "application/json"),
-                ("prefer", "respond-async"),
-            ],
-            body.to_string(),
-        )
-        .await;
-    assert_eq!(res.status, StatusCode::ACCEPTED);
-    res.json()["query_id"].as_str().unwrap().to_owned()
-}
-
 // === tests ===
 
 #[tokio::test]
@@ -454,7 +437,7 @@ async fn bad_frames_get_error_frames_and_the_connection_stays_open() {
         (&refused["code"], &refused["request_id"]),
         (&json!("too_many_subscriptions"), &json!("c"))
     );
-    let other = submit_async(&gw, &json!({"query": "q"})).await;
+    let other = gw.submit_async(&json!({"query": "q"})).await;
     send_json(&mut ws, json!({"type": "subscribe", "query_id": other})).await;
     assert_eq!(error_code(&mut ws).await, "too_many_subscriptions");
     // Subscribing again to a query already watched replaces it: allowed.
@@ -723,7 +706,7 @@ async fn a_slow_reader_gets_lagged_while_others_and_the_queries_go_on() {
     let mut finished = 0;
     for _ in 0..3 {
         for _ in 0..10 {
-            let id = submit_async(&gw, &json!({"query": text})).await;
+            let id = gw.submit_async(&json!({"query": text})).await;
             let sub = json!({"type": "subscribe", "query_id": id});
             slow.send(Message::text(sub.to_string())).await.unwrap();
             normal_tx
