@@ -125,11 +125,16 @@ fn proxied_status(kind: ErrorKind) -> StatusCode {
 }
 
 /// The status of a failed query (SPEC §3): 503 when an agent refused (a breaker was
-/// open), 504 when the deadline ran out, 500 when the engine itself broke, else 502 (an
-/// agent failed, even by timing out: the query's own clock is the deadline).
+/// open) or the replica running the query was lost (SPEC §9: nothing is wrong with the
+/// query; another replica takes it if sent again, as Envoy answers 503 when an upstream
+/// connection is torn down), 504 when the deadline ran out, 500 when the engine itself
+/// broke, else 502 (an agent failed, even by timing out: the query's own clock is the
+/// deadline).
 fn query_status(kind: ErrorKind) -> StatusCode {
     match kind {
-        ErrorKind::CircuitOpen | ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::CircuitOpen | ErrorKind::Overloaded | ErrorKind::ReplicaLost => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         ErrorKind::Deadline => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_GATEWAY,
@@ -269,6 +274,7 @@ mod tests {
         for (kind, status) in [
             (CircuitOpen, 503),
             (Overloaded, 503),
+            (ReplicaLost, 503),
             (Deadline, 504),
             (Internal, 500),
             (Timeout, 502),

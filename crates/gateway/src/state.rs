@@ -63,8 +63,8 @@ impl AppState {
     }
 
     /// The agent called `name`.
-    pub fn agent(&self, name: &str) -> Option<&AgentClient> {
-        self.inner.engine.agents().get(name)
+    pub fn agent(&self, name: &str) -> Option<AgentClient> {
+        self.inner.engine.agents().get(name).cloned()
     }
 
     /// The Prometheus exposition.

@@ -11,19 +11,24 @@
 //! [`Inner::finish`], which moves the record out of `running` under the records lock.
 //! Only the one that succeeds publishes the terminal event, updates the figures and
 //! wakes [`Submitted::finished`], so each of those happens exactly once.
+//!
+//! The pipelines and agents are one [`Catalog`], swapped whole by
+//! [`Engine::reconfigure`] (a config reload): a query takes the catalog current at
+//! submit and keeps its plan and agents to the end, whatever is swapped meanwhile.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use agentgate_agent_client::AgentClient;
 use agentgate_progress::{
-    Backend, BackendError, ErrorInfo, EventKind, QueryControl, QueryPublisher, SubscribeError,
-    Subscription,
+    Backend, BackendError, Ending, ErrorInfo, EventKind, LostQuery, QueryControl, QueryPublisher,
+    SubscribeError, Subscription,
 };
 use agentgate_retry::RetryAllowance;
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -102,8 +107,8 @@ pub struct Submitted {
 }
 
 struct Inner {
-    pipelines: BTreeMap<String, Arc<Plan>>,
-    agents: Arc<BTreeMap<String, AgentClient>>,
+    /// What new queries start with.
+    catalog: ArcSwap<Catalog>,
     backend: Arc<dyn Backend>,
     /// Whether records go to the backend (other replicas read them there).
     share_records: bool,
@@ -115,8 +120,16 @@ struct Inner {
     running: watch::Sender<u64>,
 }
 
+/// The pipelines and agents queries start with, as one unit.
+#[derive(Debug)]
+struct Catalog {
+    pipelines: BTreeMap<String, Arc<Plan>>,
+    agents: Arc<BTreeMap<String, AgentClient>>,
+}
+
 /// The engine as its backend sees it: cancels a query of this replica that another
-/// replica was asked to cancel. Does not keep the engine alive.
+/// replica was asked to cancel, and says how a lost replica's query ends. Does not keep
+/// the engine alive.
 #[derive(Debug)]
 struct Control(Weak<Inner>);
 
@@ -155,13 +168,8 @@ impl Engine {
         backend: Arc<dyn Backend>,
         settings: EngineSettings,
     ) -> Self {
-        let pipelines = pipelines
-            .into_iter()
-            .map(|(name, config)| (name.clone(), Arc::new(Plan::new(name, config))))
-            .collect();
         let inner = Arc::new(Inner {
-            pipelines,
-            agents: Arc::new(agents),
+            catalog: ArcSwap::from_pointee(Catalog::new(pipelines, agents)),
             share_records: backend.is_shared(),
             backend,
             records: Mutex::new(Records::new(settings.retention, settings.max_records)),
@@ -189,7 +197,8 @@ impl Engine {
             .pipeline
             .clone()
             .unwrap_or_else(|| inner.settings.default_pipeline.clone());
-        let plan = inner
+        let catalog = inner.catalog.load();
+        let plan = catalog
             .pipelines
             .get(&name)
             .ok_or(SubmitError::UnknownPipeline(name))?
@@ -209,6 +218,7 @@ impl Engine {
                     publisher: publisher.clone(),
                     done: done_tx,
                     abort: None,
+                    plan: plan.clone(),
                 })),
             },
         );
@@ -225,7 +235,7 @@ impl Engine {
                 .unwrap_or_else(|| started + FAR_FUTURE),
             allowance: RetryAllowance::new(plan.config.retry_allowance),
             traceparent: traceparent_value(input.traceparent.as_deref()),
-            agents: inner.agents.clone(),
+            agents: catalog.agents.clone(),
             plan,
             publisher,
             high_water: 0,
@@ -314,26 +324,23 @@ impl Engine {
         // (clone strings for) just the `limit` returned.
         let mut running: Vec<_> = records
             .iter()
-            .filter_map(|e| Some((e.running.as_ref()?.started, e)))
+            .filter_map(|e| Some((e.running.as_ref()?, e)))
             .collect();
-        running.sort_unstable_by_key(|(started, _)| *started);
+        running.sort_unstable_by_key(|(r, _)| r.started);
         running
             .into_iter()
             .take(limit)
-            .map(|(started, e)| {
-                let plan = self.inner.pipelines.get(&e.record.pipeline);
+            .map(|(r, e)| {
+                // The query's own plan: a reload since it started does not move it.
+                let (plan, started) = (&r.plan, r.started);
                 let done = e.record.stages.len();
                 LiveQuery {
                     query_id: e.record.query_id.clone(),
                     pipeline: e.record.pipeline.clone(),
-                    stage: plan
-                        .and_then(|p| p.config.stages.get(done))
-                        .map(|s| s.name.clone()),
+                    stage: plan.config.stages.get(done).map(|s| s.name.clone()),
                     stages_done: done,
-                    stages_total: plan.map_or(done, |p| p.config.stages.len()),
-                    progress: plan
-                        .and_then(|p| p.bounds.get(done).map(|b| b.0))
-                        .unwrap_or(100),
+                    stages_total: plan.config.stages.len(),
+                    progress: plan.bounds.get(done).map_or(100, |b| b.0),
                     elapsed_ms: millis(now.saturating_duration_since(started)),
                 }
             })
@@ -350,14 +357,40 @@ impl Engine {
         &self.inner.backend
     }
 
-    /// The agents, by name.
-    pub fn agents(&self) -> &BTreeMap<String, AgentClient> {
-        &self.inner.agents
+    /// The agents new queries use, by name (running queries keep those they started
+    /// with).
+    pub fn agents(&self) -> Arc<BTreeMap<String, AgentClient>> {
+        self.inner.catalog.load().agents.clone()
     }
 
     /// The configured pipelines' names, sorted.
     pub fn pipeline_names(&self) -> Vec<String> {
-        self.inner.pipelines.keys().cloned().collect()
+        self.inner
+            .catalog
+            .load()
+            .pipelines
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Replaces the pipelines and agents, as one unit, for queries submitted from now
+    /// on (a config reload). Running queries finish with the plan and agents they
+    /// started with. Returns the agents now in use (the map [`Engine::agents`] hands
+    /// out).
+    ///
+    /// Validate first, as for [`Engine::new`]. An agent kept across the swap is the
+    /// caller's choice: pass the same [`AgentClient`] (a clone) to keep its breaker,
+    /// budget and pool.
+    pub fn reconfigure(
+        &self,
+        pipelines: BTreeMap<String, PipelineConfig>,
+        agents: BTreeMap<String, AgentClient>,
+    ) -> Arc<BTreeMap<String, AgentClient>> {
+        let catalog = Catalog::new(pipelines, agents);
+        let agents = catalog.agents.clone();
+        self.inner.catalog.store(Arc::new(catalog));
+        agents
     }
 
     /// Refuses new queries from now on ([`SubmitError::ShuttingDown`]). Running ones go on.
@@ -440,12 +473,10 @@ impl Engine {
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let catalog = self.inner.catalog.load();
         f.debug_struct("Engine")
-            .field(
-                "pipelines",
-                &self.inner.pipelines.keys().collect::<Vec<_>>(),
-            )
-            .field("agents", &self.inner.agents.keys().collect::<Vec<_>>())
+            .field("pipelines", &catalog.pipelines.keys().collect::<Vec<_>>())
+            .field("agents", &catalog.agents.keys().collect::<Vec<_>>())
             .field("settings", &self.inner.settings)
             .field("running", &*self.inner.running.borrow())
             .field("closed", &self.is_closed())
@@ -548,26 +579,14 @@ impl Inner {
             publisher,
             done,
             abort,
+            plan,
             ..
         } = *running;
         // Stop the task first, so a cancelled query sends nothing more to its agents.
         if let (true, Some(abort)) = (cancelled, abort) {
             abort.abort();
         }
-        let terminal = match (&record.status, &record.error, &record.result) {
-            (QueryStatus::Completed, _, Some(result)) => EventKind::Completed {
-                result: result.clone(),
-                duration_ms: millis(duration),
-            },
-            (QueryStatus::Failed, Some(e), _) => EventKind::Failed {
-                error: ErrorInfo {
-                    stage: Some(e.stage.clone()),
-                    kind: e.kind.as_str().to_owned(),
-                    message: e.message.clone(),
-                },
-            },
-            _ => EventKind::Cancelled {},
-        };
+        let terminal = terminal_event(&record);
         // The final record goes out before the terminal event, so whoever sees that
         // event elsewhere can read the record.
         self.share(&record);
@@ -577,9 +596,7 @@ impl Inner {
             .and_then(|event| event.completed_result());
         drop(publisher);
 
-        if let Some(plan) = self.pipelines.get(&record.pipeline) {
-            plan.metrics.finished(record.status, duration);
-        }
+        plan.metrics.finished(record.status, duration);
         self.stats.finished(record.status, duration);
         tracing::debug!(
             query_id,
@@ -606,6 +623,42 @@ impl Inner {
     }
 }
 
+/// The terminal event of a finished record (`cancelled` for one that is not).
+fn terminal_event(record: &QueryRecord) -> EventKind {
+    match (&record.status, &record.error, &record.result) {
+        (QueryStatus::Completed, _, Some(result)) => EventKind::Completed {
+            result: result.clone(),
+            duration_ms: record.duration_ms.unwrap_or(0),
+        },
+        (QueryStatus::Failed, Some(e), _) => EventKind::Failed {
+            error: ErrorInfo {
+                stage: Some(e.stage.clone()),
+                kind: e.kind.as_str().to_owned(),
+                message: e.message.clone(),
+            },
+        },
+        _ => EventKind::Cancelled {},
+    }
+}
+
+// === impl Catalog ===
+
+impl Catalog {
+    fn new(
+        pipelines: BTreeMap<String, PipelineConfig>,
+        agents: BTreeMap<String, AgentClient>,
+    ) -> Self {
+        let pipelines = pipelines
+            .into_iter()
+            .map(|(name, config)| (name.clone(), Arc::new(Plan::new(name, config))))
+            .collect();
+        Self {
+            pipelines,
+            agents: Arc::new(agents),
+        }
+    }
+}
+
 // === impl Control ===
 
 impl QueryControl for Control {
@@ -613,6 +666,45 @@ impl QueryControl for Control {
         if let Some(inner) = self.0.upgrade() {
             // Only the replica running the query has it; the others find nothing.
             inner.finish(query_id, End::Cancelled);
+        }
+    }
+
+    fn end_lost(&self, lost: &LostQuery<'_>) -> Ending {
+        let record = lost.record.and_then(|json| {
+            serde_json::from_str::<QueryRecord>(json)
+                .inspect_err(|e| tracing::warn!(query_id = lost.query_id, error = %e, "lost query's record is unreadable"))
+                .ok()
+        });
+        let Some(mut record) = record else {
+            return Ending::replica_lost(None);
+        };
+        if record.status.is_finished() {
+            // It ended on its replica, but its terminal event never reached the others.
+            return Ending {
+                event: terminal_event(&record),
+                record: None,
+            };
+        }
+        // The stage it was in, as this replica's pipeline of that name has it (the
+        // same config, unless a reload came in between).
+        let stage = self.0.upgrade().and_then(|inner| {
+            let catalog = inner.catalog.load();
+            let plan = catalog.pipelines.get(&record.pipeline)?;
+            Some(plan.config.stages.get(record.stages.len())?.name.clone())
+        });
+        record.status = QueryStatus::Failed;
+        record.error = Some(QueryError {
+            stage: stage.clone().unwrap_or_default(),
+            kind: ErrorKind::ReplicaLost,
+            message: Ending::LOST_MESSAGE.to_owned(),
+        });
+        record.duration_ms = lost
+            .started
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .map(millis);
+        Ending {
+            record: serde_json::to_string(&record).ok(),
+            ..Ending::replica_lost(stage)
         }
     }
 }
@@ -628,7 +720,7 @@ impl Drop for FinishOnDrop {
             let stage = {
                 let records = self.inner.lock();
                 records.get(&self.query_id).and_then(|e| {
-                    let plan = self.inner.pipelines.get(&e.record.pipeline)?;
+                    let plan = &e.running.as_ref()?.plan;
                     let stage = plan.config.stages.get(e.record.stages.len())?;
                     Some(stage.name.clone())
                 })

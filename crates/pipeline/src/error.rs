@@ -41,6 +41,9 @@ pub enum ErrorKind {
     Cancelled,
     /// The engine itself broke.
     Internal,
+    /// The replica running the query was lost (its lease in the shared backend expired,
+    /// SPEC §9): another replica ended the query.
+    ReplicaLost,
 }
 
 // === impl ErrorKind ===
@@ -60,6 +63,7 @@ impl ErrorKind {
             ErrorKind::Config => "config",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Internal => "internal",
+            ErrorKind::ReplicaLost => "replica_lost",
         }
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use agentgate_classify::AttemptRecord;
 use agentgate_progress::{JsonText, QueryPublisher};
 
+use crate::plan::Plan;
 use crate::ErrorKind;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -157,6 +158,8 @@ pub(crate) struct Running {
     pub(crate) done: watch::Sender<Option<QueryRecord>>,
     /// Stops the query's task, once it is spawned.
     pub(crate) abort: Option<AbortHandle>,
+    /// The plan it runs (kept across a reload that changes its pipeline).
+    pub(crate) plan: Arc<Plan>,
 }
 
 // === impl QueryStatus ===
@@ -388,6 +391,8 @@ mod tests {
     fn entry(id: &str, status: QueryStatus) -> Entry {
         use agentgate_progress::{HubConfig, MemoryHub};
         let hub = MemoryHub::new(HubConfig::default());
+        let config =
+            toml::from_str("[[stages]]\nname = \"s\"\nagent = \"a\"\npath = \"/\"\n").unwrap();
         let mut record = QueryRecord::running(id.into(), "p".into());
         record.status = status;
         Entry {
@@ -397,6 +402,7 @@ mod tests {
                 publisher: hub.open(id).unwrap(),
                 done: watch::channel(None).0,
                 abort: None,
+                plan: Arc::new(Plan::new("p".into(), config)),
             })),
         }
     }

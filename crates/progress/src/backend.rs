@@ -13,8 +13,11 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use crate::{HubStats, OpenError, QueryPublisher, SubscribeError, Subscription};
+use crate::{
+    ErrorInfo, EventKind, HubStats, OpenError, QueryPublisher, SubscribeError, Subscription,
+};
 
 /// A boxed future, so that [`Backend`]'s async methods keep the trait dyn-compatible.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -75,16 +78,99 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Graceful shutdown: sends what is queued for other replicas, then stops the
     /// backend's background work. Queries published later stay local.
     fn close(&self) -> BoxFuture<'_, ()>;
+
+    /// This replica's name among the others (in logs, notifications and Redis), when
+    /// the backend is shared; `None` in one process.
+    fn replica(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// What a backend asks of the replica that runs queries (the engine).
-///
-/// Replica leases (SPEC §9) add a method here: ending a query whose replica was lost,
-/// called by the one surviving replica that takes the lost query over.
 pub trait QueryControl: Send + Sync + fmt::Debug {
     /// Another replica asks to cancel `query_id`: cancel it if it runs here, else do
     /// nothing (every replica hears the request).
     fn cancel(&self, query_id: &str);
+
+    /// The replica that ran a query was lost (its lease expired, SPEC §9), and this
+    /// replica is the one survivor that ends the query: how it ends. Called at most
+    /// once per query across all replicas.
+    ///
+    /// The default ends it with `failed`, `error.kind = "replica_lost"`, and leaves the
+    /// record as it is; the engine also marks the record failed.
+    fn end_lost(&self, lost: &LostQuery<'_>) -> Ending {
+        let _ = lost;
+        Ending::replica_lost(None)
+    }
+}
+
+/// A query whose replica was lost, as the survivor that ends it knows it.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct LostQuery<'a> {
+    /// The query.
+    pub query_id: &'a str,
+    /// The replica that ran it.
+    pub replica: &'a str,
+    /// Its last shared record (JSON), if any replica can still read it.
+    pub record: Option<&'a str>,
+    /// When its first event was published, if that event is still retained.
+    pub started: Option<SystemTime>,
+}
+
+/// How a lost query ends: its terminal event, and its final record (JSON) when the
+/// record changes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ending {
+    /// The terminal event (the backend stamps `seq`, continuing the query's stream).
+    pub event: EventKind,
+    /// The final record, to share in place of the last one.
+    pub record: Option<String>,
+}
+
+// === impl LostQuery ===
+
+impl<'a> LostQuery<'a> {
+    /// The lost query `query_id` of `replica`, with what is known of it.
+    pub fn new(
+        query_id: &'a str,
+        replica: &'a str,
+        record: Option<&'a str>,
+        started: Option<SystemTime>,
+    ) -> Self {
+        Self {
+            query_id,
+            replica,
+            record,
+            started,
+        }
+    }
+}
+
+// === impl Ending ===
+
+impl Ending {
+    /// The `error.kind` of a query whose replica was lost.
+    pub const REPLICA_LOST: &'static str = "replica_lost";
+
+    /// The message of a query whose replica was lost.
+    pub const LOST_MESSAGE: &'static str =
+        "the replica running this query stopped answering; submit the query again";
+
+    /// `failed` with `error.kind = "replica_lost"` at `stage` (the stage that was
+    /// running, when known), and no change to the record.
+    pub fn replica_lost(stage: Option<String>) -> Self {
+        Self {
+            event: EventKind::Failed {
+                error: ErrorInfo {
+                    stage,
+                    kind: Self::REPLICA_LOST.to_owned(),
+                    message: Self::LOST_MESSAGE.to_owned(),
+                },
+            },
+            record: None,
+        }
+    }
 }
 
 /// How a backend is doing.

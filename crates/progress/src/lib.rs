@@ -7,9 +7,10 @@
 //! - [`Backend`]: everything that differs between one process and several replicas —
 //!   open a query's stream, subscribe with replay (a query of another replica is loaded
 //!   on demand), share and read query records (as JSON text), cancel a query wherever it
-//!   runs ([`QueryControl`] is the replica's side of that), health for `/readyz`, stats,
-//!   close. The engine, routes and WebSocket code hold an `Arc<dyn Backend>` and never
-//!   name an implementation.
+//!   runs ([`QueryControl`] is the replica's side of that, and also ends the queries of
+//!   a lost replica: [`QueryControl::end_lost`]), health for `/readyz`, stats, close.
+//!   The engine, routes and WebSocket code hold an `Arc<dyn Backend>` and never name an
+//!   implementation.
 //! - [`MemoryHub`]: per-query streams, and the one-process backend. Each query has a
 //!   gap-free `seq` from 1, a bounded replay buffer (`replay_events`), any number of
 //!   subscribers, and exactly one terminal event. Subscribing with `after_seq` replays
@@ -51,7 +52,9 @@ mod hub;
 mod layer;
 mod memory;
 
-pub use backend::{Backend, BackendError, BackendHealth, BoxFuture, QueryControl};
+pub use backend::{
+    Backend, BackendError, BackendHealth, BoxFuture, Ending, LostQuery, QueryControl,
+};
 pub use event::{ErrorInfo, EventKind, JsonText, ProgressEvent, Published, StageStatus};
 pub use hub::{
     HubStats, Mirrored, OpenError, PublishError, PublishHook, QueryPublisher, SubscribeError,

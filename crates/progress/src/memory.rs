@@ -165,6 +165,14 @@ impl MemoryHub {
         lock(&self.inner.queries).contains_key(query_id)
     }
 
+    /// Where the stream of `query_id` stands: the `seq` its next event gets, and
+    /// whether it is still running (no terminal event yet). `None` when the hub does not
+    /// hold it.
+    pub fn position(&self, query_id: &str) -> Option<(u64, bool)> {
+        let stream = lock(&self.inner.queries).get(query_id).cloned()?;
+        Some((stream.next_seq(), stream.is_running()))
+    }
+
     /// Mirrored queries still running, with the `seq` each expects next (to catch up
     /// after missing messages).
     pub fn mirrored_running(&self) -> Vec<(Arc<str>, u64)> {

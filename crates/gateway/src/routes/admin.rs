@@ -50,7 +50,7 @@ pub(crate) async fn metrics_json(State(state): State<AppState>) -> Json<Value> {
 pub fn metrics_value(state: &AppState) -> Value {
     let q = state.engine().stats();
     let mut agents = Map::new();
-    for (name, agent) in state.engine().agents() {
+    for (name, agent) in state.engine().agents().iter() {
         let s = agent.stats();
         agents.insert(
             name.clone(),
@@ -136,7 +136,7 @@ pub fn health(state: &AppState) -> (u8, &'static str, Vec<String>) {
     let mut reasons = Vec::new();
     let mut weight = 0.0;
     let mut open = std::collections::BTreeSet::new();
-    for (name, agent) in agents {
+    for (name, agent) in agents.iter() {
         match agent.breaker().snapshot().state {
             BreakerState::Open | BreakerState::ForcedOpen => {
                 weight += 1.0;
@@ -221,7 +221,7 @@ pub(crate) async fn health_json(State(state): State<AppState>) -> Json<Value> {
 /// `GET /api/orchestration/circuit-breakers`.
 pub(crate) async fn breakers(State(state): State<AppState>) -> Json<Value> {
     let mut out = Map::new();
-    for (name, agent) in state.engine().agents() {
+    for (name, agent) in state.engine().agents().iter() {
         let cfg = agent.breaker().config();
         let mut v = breaker_json(&agent.breaker().snapshot());
         v["window"] = json!({
@@ -282,10 +282,10 @@ fn answer(change: &ManualChange) -> Value {
     json!({ "agent": &*change.agent, "from": change.from.as_str(), "to": change.to.as_str() })
 }
 
-fn find<'a>(state: &'a AppState, agent: &str) -> Result<&'a CircuitBreakerHandle, ApiError> {
+fn find(state: &AppState, agent: &str) -> Result<CircuitBreakerHandle, ApiError> {
     state
         .agent(agent)
-        .map(|a| a.breaker())
+        .map(|a| a.breaker().clone())
         .ok_or_else(|| ApiError::unknown_agent(agent))
 }
 
