@@ -335,7 +335,11 @@ impl Document {
         if !value || entry.kind == "a table" || text.is_empty() || text.contains('\n') {
             return entry.path.clone();
         }
-        if entry.string.as_ref().is_some_and(|s| self.secrets.contains(s)) {
+        if entry
+            .string
+            .as_ref()
+            .is_some_and(|s| self.secrets.contains(s))
+        {
             return format!("{} = \"***\"", entry.path);
         }
         match text.char_indices().nth(57) {
@@ -604,7 +608,10 @@ mod tests {
             doc.first_error().expect("an error").message
         };
         assert_eq!(
-            told("[hook]\ntoken = \"Bearer ${AGENTGATE_DOC_TEST_UNSET}\"\n", false),
+            told(
+                "[hook]\ntoken = \"Bearer ${AGENTGATE_DOC_TEST_UNSET}\"\n",
+                false
+            ),
             "hook.token = \"***\": environment variable `AGENTGATE_DOC_TEST_UNSET` is not set"
         );
         assert_eq!(

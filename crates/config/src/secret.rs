@@ -160,8 +160,14 @@ mod tests {
     #[test]
     fn errors_name_the_variable_never_a_value() {
         let cases = [
-            ("Bearer ${MISSING}", "environment variable `MISSING` is not set"),
-            ("${KEY", "unterminated `${` (write `$${` for a literal `${`)"),
+            (
+                "Bearer ${MISSING}",
+                "environment variable `MISSING` is not set",
+            ),
+            (
+                "${KEY",
+                "unterminated `${` (write `$${` for a literal `${`)",
+            ),
             (
                 "${1X}",
                 "`${1X}` must name an environment variable (ASCII letters, digits and `_`)",
@@ -179,7 +185,10 @@ mod tests {
     #[test]
     fn never_shown() {
         let s = Secret::new("s3cr3t".to_owned());
-        assert_eq!(format!("{s:?} {s} {:?}", Some(&s)), "\"***\" *** Some(\"***\")");
+        assert_eq!(
+            format!("{s:?} {s} {:?}", Some(&s)),
+            "\"***\" *** Some(\"***\")"
+        );
         assert_eq!(s.expose(), "s3cr3t");
     }
 }
