@@ -1,6 +1,7 @@
 //! [`RedisBackend`]: the replica's local hub, its background tasks, and the
 //! [`Backend`] methods that reach other replicas.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -14,8 +15,8 @@ use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot, OnceCell};
 use tokio::task::JoinHandle;
 
-use crate::settings::{InvalidUrl, Keys, RedisSettings};
-use crate::{reader, writer};
+use crate::settings::{redact, InvalidUrl, Keys, RedisSettings};
+use crate::{lease, reader, writer};
 
 /// Connecting to Redis, and each answer from it, may take this long at most.
 pub(crate) const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -44,7 +45,8 @@ pub struct RedisBackend {
 struct Inner {
     settings: RedisSettings,
     keys: Keys,
-    /// This replica's id (a UUID drawn at startup): its own messages are skipped.
+    /// This replica's id (`{name}-{random}`, drawn at startup): its own messages are
+    /// skipped, and its lease and running set are named by it.
     replica: Arc<str>,
     client: redis::Client,
     /// This replica's streams: its own queries, and the other replicas' it mirrors.
@@ -58,6 +60,14 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Acts on this replica's queries when another replica asks.
     control: RwLock<Option<Arc<dyn QueryControl>>>,
+    /// The last record of each query running here, to share again should Redis lose it
+    /// (a restart): the lease task finds its lease gone and queues them anew. Records
+    /// are queued for the writer under this lock, so the queue's order agrees with it.
+    running: Mutex<HashMap<Arc<str>, Arc<str>>>,
+    /// Which replica runs each mirrored query that is still running, as its messages
+    /// said: when Redis has lost a replica's running set, this is how the others still
+    /// know which queries to end when that replica is lost.
+    owners: Mutex<HashMap<Arc<str>, Arc<str>>>,
 }
 
 /// What the writer sends, in order.
@@ -69,8 +79,11 @@ pub(crate) enum Out {
     },
     Record {
         query_id: Arc<str>,
-        json: String,
+        json: Arc<str>,
         finished: bool,
+        /// Only when Redis has no record of the query (sharing a running record again
+        /// must not undo the final record another replica wrote).
+        if_absent: bool,
     },
     /// Flush what is queued, then stop.
     Close(oneshot::Sender<()>),
@@ -90,15 +103,16 @@ impl RedisBackend {
     /// cancel requests, in). Connecting happens in the background, so this fails only
     /// on a bad URL. Must be called within a tokio runtime.
     pub fn start(settings: RedisSettings) -> Result<Self, InvalidUrl> {
-        let client = redis::Client::open(settings.url.as_str()).map_err(InvalidUrl)?;
+        let client = client(&settings).map_err(InvalidUrl)?;
         let (tx, rx) = mpsc::channel(settings.queue.max(1));
         let hook = Arc::new(Hook { tx: tx.clone() });
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..12];
         let backend = Self {
             inner: Arc::new(Inner {
                 keys: Keys::new(&settings.prefix),
                 hub: MemoryHub::with_hook(settings.hub.clone(), hook),
+                replica: format!("{}-{suffix}", settings.name).into(),
                 settings,
-                replica: uuid::Uuid::new_v4().simple().to_string().into(),
                 client,
                 tx,
                 reads: OnceCell::new(),
@@ -106,14 +120,29 @@ impl RedisBackend {
                 reader_up: AtomicBool::new(false),
                 tasks: Mutex::new(Vec::new()),
                 control: RwLock::new(None),
+                running: Mutex::default(),
+                owners: Mutex::default(),
             }),
         };
-        // Replica leases (SPEC §9) are a third task here: renewing this replica's lease
-        // and ending the queries of replicas whose lease expired.
-        let writer = tokio::spawn(writer::run(backend.clone(), rx));
-        let reader = tokio::spawn(reader::run(backend.clone()));
-        lock(&backend.inner.tasks).extend([writer, reader]);
+        let tasks = [
+            tokio::spawn(writer::run(backend.clone(), rx)),
+            tokio::spawn(reader::run(backend.clone())),
+            // SPEC §9: this replica's lease, and ending the queries of lost replicas.
+            tokio::spawn(lease::renew(backend.clone())),
+            tokio::spawn(lease::watch(backend.clone())),
+        ];
+        lock(&backend.inner.tasks).extend(tasks);
         Ok(backend)
+    }
+
+    /// Stops the background tasks at once, as a replica that crashes would: nothing
+    /// more is sent, the lease is not given back (other replicas end this one's queries
+    /// once it expires). For tests of replica loss.
+    #[cfg(feature = "test-util")]
+    pub fn crash(&self) {
+        for task in lock(&self.inner.tasks).drain(..) {
+            task.abort();
+        }
     }
 
     /// This replica's id in Redis messages.
@@ -161,6 +190,9 @@ impl RedisBackend {
         for task in lock(&self.inner.tasks).drain(..) {
             task.abort();
         }
+        // Nothing of this replica's runs any more: give the lease back, so that no other
+        // replica waits for it to expire.
+        let _ = tokio::time::timeout(REDIS_TIMEOUT, lease::release(self)).await;
         self.set_writer_up(false);
         self.set_reader_up(false);
     }
@@ -228,17 +260,64 @@ impl RedisBackend {
 
     /// Another replica asks to cancel `query_id`: hands it to the control, if any.
     pub(crate) fn cancel_requested(&self, query_id: &str) {
-        let control = self
-            .inner
-            .control
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(control) = control {
+        if let Some(control) = self.control() {
             control.cancel(query_id);
         }
     }
 
+    /// What acts on this replica's queries (the engine), once set.
+    pub(crate) fn control(&self) -> Option<Arc<dyn QueryControl>> {
+        self.inner
+            .control
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Notes that `replica` runs `query_id` (from its message about `event`), until the
+    /// query's terminal event.
+    pub(crate) fn note_owner(&self, replica: &str, query_id: &Arc<str>, terminal: bool) {
+        let mut owners = lock(&self.inner.owners);
+        if terminal {
+            owners.remove(query_id);
+        } else if !owners.contains_key(query_id) {
+            owners.insert(query_id.clone(), replica.into());
+        }
+    }
+
+    /// The mirrored queries still running here, by the replica that runs them (as its
+    /// messages said). Forgets the owners of queries that ended meanwhile.
+    pub(crate) fn owners(&self) -> HashMap<Arc<str>, Vec<Arc<str>>> {
+        let running = self.inner.hub.mirrored_running();
+        let mut owners = lock(&self.inner.owners);
+        let still: std::collections::HashSet<&Arc<str>> =
+            running.iter().map(|(id, _)| id).collect();
+        owners.retain(|id, _| still.contains(id));
+        let mut by_replica: HashMap<Arc<str>, Vec<Arc<str>>> = HashMap::new();
+        for (id, replica) in owners.iter() {
+            by_replica
+                .entry(replica.clone())
+                .or_default()
+                .push(id.clone());
+        }
+        by_replica
+    }
+
+    /// Queues the records of this replica's running queries again, each only where Redis
+    /// has none (after Redis lost them), and their place in this replica's running set.
+    pub(crate) fn share_running_again(&self) -> usize {
+        let running = lock(&self.inner.running);
+        for (query_id, json) in running.iter() {
+            let out = Out::Record {
+                query_id: query_id.clone(),
+                json: json.clone(),
+                finished: false,
+                if_absent: true,
+            };
+            enqueue(&self.inner.tx, out);
+        }
+        running.len()
+    }
     pub(crate) fn keys(&self) -> &Keys {
         &self.inner.keys
     }
@@ -302,11 +381,20 @@ impl Backend for RedisBackend {
     }
 
     fn put_record(&self, query_id: &str, json: String, finished: bool) {
+        let (query_id, json): (Arc<str>, Arc<str>) = (query_id.into(), json.into());
+        let mut running = lock(&self.inner.running);
+        if finished {
+            running.remove(&query_id);
+        } else {
+            running.insert(query_id.clone(), json.clone());
+        }
         let out = Out::Record {
-            query_id: query_id.into(),
+            query_id,
             json,
             finished,
+            if_absent: false,
         };
+        // Under the lock: see `Inner::running`.
         enqueue(&self.inner.tx, out);
     }
 
@@ -360,6 +448,10 @@ impl Backend for RedisBackend {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.shut_down())
     }
+
+    fn replica(&self) -> Option<&str> {
+        Some(&self.inner.replica)
+    }
 }
 
 // === impl Debug for RedisBackend ===
@@ -367,7 +459,7 @@ impl Backend for RedisBackend {
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBackend")
-            .field("url", &self.inner.settings.url)
+            .field("url", &redact(&self.inner.settings.url))
             .field("replica", &self.inner.replica)
             .field("connected", &self.is_connected())
             .finish_non_exhaustive()
@@ -394,6 +486,21 @@ fn enqueue(tx: &mpsc::Sender<Out>, out: Out) {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// The client for `settings`: `redis://` or `rediss://`, the latter trusting
+/// `ca_pem` when given (else the system's roots).
+fn client(settings: &RedisSettings) -> Result<redis::Client, redis::RedisError> {
+    match &settings.ca_pem {
+        Some(ca) => redis::Client::build_with_tls(
+            settings.url.as_str(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            },
+        ),
+        None => redis::Client::open(settings.url.as_str()),
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -51,7 +51,7 @@ impl FailureLog {
         metrics::counter!("agentgate_progress_redis_errors_total").increment(1);
         if self.last.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
             self.last = Some(Instant::now());
-            tracing::warn!(url = %backend.settings().url, error = %e, "progress backend: {}", self.what);
+            tracing::warn!(url = %crate::redact(&backend.settings().url), error = %e, "progress backend: {}", self.what);
         }
     }
 }

@@ -33,9 +33,17 @@
 //!   `cancel|<id>` on `{prefix}:control`; every replica hands it to its engine (the
 //!   [`QueryControl`](agentgate_progress::QueryControl)), and the one running the query
 //!   cancels it.
-//! - **Replica leases** (SPEC §9, to come) are one more background task started with
-//!   the other two in [`RedisBackend::start`], ending a lost replica's queries through a
-//!   new `QueryControl` method.
+//! - **Replica leases** (SPEC §9): each replica renews a lease in Redis every third of
+//!   [`RedisSettings::lease`] and watches the others'. When one's lease expires, each of
+//!   its queries without a terminal event is ended by exactly one survivor (`SET NX` on a
+//!   per-query key): its record is updated through the survivor's
+//!   [`QueryControl::end_lost`](agentgate_progress::QueryControl::end_lost) (`failed`,
+//!   kind `replica_lost`), then a `failed` event continues its stream, so every
+//!   replica's subscribers get a terminal event within `lease` and a second or two
+//!   (`lease` module docs: how, and what survives a Redis restart).
+//! - **Connections**: `redis_url` may carry a password (`redis://:pw@host`, `AUTH`) and
+//!   use TLS (`rediss://`, rustls, with the system's roots or
+//!   [`RedisSettings::ca_pem`]). The password is never logged nor shown ([`redact`]).
 //!
 //! Every replica therefore holds the events of every replica's recent queries, bounded by
 //! the hub's own `replay_events`, `retention` and `max_finished` caps. Breakers stay per
@@ -70,6 +78,7 @@
 
 mod backend;
 mod failures;
+mod lease;
 mod reader;
 mod settings;
 #[cfg(feature = "test-util")]
@@ -77,7 +86,7 @@ pub mod test_util;
 mod writer;
 
 pub use backend::RedisBackend;
-pub use settings::{InvalidUrl, RedisSettings};
+pub use settings::{redact, InvalidUrl, RedisSettings};
 
 /// Describes this crate's Prometheus series.
 pub fn describe_metrics() {
@@ -92,5 +101,9 @@ pub fn describe_metrics() {
     metrics::describe_gauge!(
         "agentgate_progress_redis_connected",
         "1 while the progress backend's Redis connection is up, by direction (out, in)"
+    );
+    metrics::describe_counter!(
+        "agentgate_replica_lost_queries_total",
+        "Queries of lost replicas (expired lease) that this replica ended with replica_lost"
     );
 }

@@ -33,7 +33,7 @@ async fn listen(backend: &RedisBackend, backoff: &mut Backoff) -> Result<(), red
             redis::RedisError::from((redis::ErrorKind::Io, "connecting to redis timed out"))
         })??;
     let events = backend.keys().channel();
-    pubsub.subscribe(&events).await?;
+    pubsub.subscribe(events).await?;
     pubsub.subscribe(backend.keys().control()).await?;
     backend.set_reader_up(true);
     backoff.reset();
@@ -63,6 +63,7 @@ async fn listen(backend: &RedisBackend, backoff: &mut Backoff) -> Result<(), red
             tracing::debug!("progress backend: skipped a malformed message");
             continue;
         };
+        backend.note_owner(replica, &query_id, event.is_terminal());
         if let Mirrored::Gap { next_seq } = backend.apply((query_id.clone(), event), false) {
             fill(backend, &query_id, next_seq).await?;
         }

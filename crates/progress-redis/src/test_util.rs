@@ -20,6 +20,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// Its port on 127.0.0.1.
     pub port: u16,
+    /// More `redis-server` arguments (a password, a TLS port), kept for restarts.
+    args: Vec<String>,
 }
 
 impl RedisServer {
@@ -31,7 +33,19 @@ impl RedisServer {
     /// Starts one on `port` (to bring a stopped server back on the same address; it
     /// starts empty).
     pub async fn start_on(port: u16) -> Self {
-        let mut server = Self { child: None, port };
+        Self::start_with(port, &[]).await
+    }
+
+    /// Starts one on `port` with more `redis-server` arguments, e.g. `--requirepass pw`
+    /// or `--tls-port N --tls-cert-file …` (the plain `port` still serves, to tell when
+    /// the server is up).
+    pub async fn start_with(port: u16, args: &[&str]) -> Self {
+        let args = args.iter().map(|a| (*a).to_owned()).collect();
+        let mut server = Self {
+            child: None,
+            port,
+            args,
+        };
         server.restart().await;
         server
     }
@@ -57,6 +71,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -74,7 +89,8 @@ impl RedisServer {
         }
     }
 
-    /// Whether the server answers `PING` with `+PONG` (inline command, RESP reply).
+    /// Whether the server answers `PING` with `+PONG`, or `-NOAUTH` when it wants a
+    /// password (inline command, RESP reply).
     async fn answers_ping(&self) -> bool {
         let Ok(mut conn) = TcpStream::connect(("127.0.0.1", self.port)).await else {
             return false;
@@ -84,7 +100,7 @@ impl RedisServer {
         }
         let mut reply = [0u8; 7];
         let read = tokio::time::timeout(Duration::from_secs(1), conn.read_exact(&mut reply));
-        matches!(read.await, Ok(Ok(_))) && &reply == b"+PONG\r\n"
+        matches!(read.await, Ok(Ok(_))) && (&reply == b"+PONG\r\n" || &reply == b"-NOAUTH")
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use agentgate_progress::Published;
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -105,47 +106,36 @@ async fn send(
 fn pipeline(backend: &RedisBackend, batch: &[Out]) -> redis::Pipeline {
     let settings = backend.settings();
     let keys = backend.keys();
-    let channel = keys.channel();
     let retention = millis(settings.hub.retention);
     let running = millis(settings.running_ttl);
+    let running_set = keys.running(backend.replica());
     let mut pipe = redis::pipe();
     for out in batch {
         match out {
-            Out::Event { query_id, event } => {
-                let key = keys.events(query_id);
-                pipe.cmd("XADD")
-                    .arg(&key)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(settings.hub.replay_events.max(1))
-                    .arg("*")
-                    .arg("e")
-                    .arg(&*event.json)
-                    .ignore();
-                pipe.cmd("PEXPIRE")
-                    .arg(&key)
-                    .arg(if event.is_terminal() {
-                        retention
-                    } else {
-                        running
-                    })
-                    .ignore();
-                pipe.cmd("PUBLISH")
-                    .arg(&channel)
-                    .arg(format!("{}|{}", backend.replica(), event.json))
-                    .ignore();
-            }
+            Out::Event { query_id, event } => add_event(&mut pipe, backend, query_id, event),
             Out::Record {
                 query_id,
                 json,
                 finished,
+                if_absent,
             } => {
-                pipe.cmd("SET")
+                let set = pipe
+                    .cmd("SET")
                     .arg(keys.record(query_id))
-                    .arg(json)
+                    .arg(&**json)
                     .arg("PX")
-                    .arg(if *finished { retention } else { running })
-                    .ignore();
+                    .arg(if *finished { retention } else { running });
+                if *if_absent {
+                    set.arg("NX");
+                }
+                set.ignore();
+                // The queries this replica runs, for whoever ends them if it is lost.
+                if *finished {
+                    pipe.cmd("SREM").arg(&running_set).arg(&**query_id).ignore();
+                } else {
+                    pipe.cmd("SADD").arg(&running_set).arg(&**query_id).ignore();
+                    pipe.cmd("PEXPIRE").arg(&running_set).arg(running).ignore();
+                }
             }
             Out::Close(_) => {}
         }
@@ -153,6 +143,37 @@ fn pipeline(backend: &RedisBackend, batch: &[Out]) -> redis::Pipeline {
     pipe
 }
 
-fn millis(d: Duration) -> u64 {
+/// Adds to `pipe` what shares one event of `query_id` with the other replicas, as this
+/// replica: the stream entry (its expiry: `running_ttl` while the query runs,
+/// `retention` after its terminal event) and the message.
+pub(crate) fn add_event(
+    pipe: &mut redis::Pipeline,
+    backend: &RedisBackend,
+    query_id: &str,
+    event: &Published,
+) {
+    let settings = backend.settings();
+    let key = backend.keys().events(query_id);
+    pipe.cmd("XADD")
+        .arg(&key)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(settings.hub.replay_events.max(1))
+        .arg("*")
+        .arg("e")
+        .arg(&*event.json)
+        .ignore();
+    let ttl = match event.is_terminal() {
+        true => settings.hub.retention,
+        false => settings.running_ttl,
+    };
+    pipe.cmd("PEXPIRE").arg(&key).arg(millis(ttl)).ignore();
+    pipe.cmd("PUBLISH")
+        .arg(backend.keys().channel())
+        .arg(format!("{}|{}", backend.replica(), event.json))
+        .ignore();
+}
+
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }

@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentgate_progress::{
-    Backend, EventKind, QueryControl, QueryPublisher, StageStatus, SubscribeError, Subscription,
-    SubscriptionItem,
+    Backend, Ending, EventKind, LostQuery, QueryControl, QueryPublisher, StageStatus,
+    SubscribeError, Subscription, SubscriptionItem,
 };
-use agentgate_progress_redis::test_util::RedisServer;
+use agentgate_progress_redis::test_util::{self, RedisServer};
 use agentgate_progress_redis::{RedisBackend, RedisSettings};
 use serde_json::json;
 use tokio::time::Instant;
@@ -355,4 +355,332 @@ async fn messages_missed_on_the_channel_are_filled_from_the_stream() {
         .unwrap();
     let missed = peer_event(&mut conn, 4, false).await;
     assert_eq!(next(&mut sub).await, Some(missed));
+}
+
+// === replica leases (SPEC §9) ===
+
+/// The lease of the replicas in the lease tests: short, so that a lost replica is
+/// noticed within a second or two.
+const LEASE: Duration = Duration::from_secs(1);
+
+/// A replica with a short [`LEASE`], once connected.
+async fn leased(redis: &RedisServer) -> RedisBackend {
+    let settings = RedisSettings {
+        lease: LEASE,
+        ..RedisSettings::new(redis.url())
+    };
+    let backend = RedisBackend::start(settings).expect("valid url");
+    until("the replica connects", || backend.health().connected).await;
+    backend
+}
+
+/// A survivor's engine, as far as lost queries go: counts them, and marks each record
+/// failed as the engine does.
+#[derive(Debug, Default)]
+struct Survivor {
+    ended: Mutex<Vec<String>>,
+}
+
+impl QueryControl for Survivor {
+    fn cancel(&self, _query_id: &str) {}
+
+    fn end_lost(&self, lost: &LostQuery<'_>) -> Ending {
+        self.ended.lock().unwrap().push(lost.query_id.to_owned());
+        let record = json!({"query_id": lost.query_id, "status": "failed",
+            "was": lost.record.map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap())});
+        Ending {
+            record: Some(record.to_string()),
+            ..Ending::replica_lost(Some("s2".to_owned()))
+        }
+    }
+}
+
+/// Members of a Redis set.
+async fn members(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<String> {
+    redis::cmd("SMEMBERS")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_replicas_unfinished_queries_end_once_with_replica_lost() {
+    let redis = RedisServer::start().await;
+    let (a, b, c) = (
+        leased(&redis).await,
+        leased(&redis).await,
+        leased(&redis).await,
+    );
+    let (on_a, on_b) = (Arc::new(Survivor::default()), Arc::new(Survivor::default()));
+    a.set_control(on_a.clone());
+    b.set_control(on_b.clone());
+    let mut conn = raw(&redis).await;
+    eventually("the three replicas hold leases", || {
+        let mut conn = conn.clone();
+        async move { (members(&mut conn, "agentgate:replicas").await.len() == 3).then_some(()) }
+    })
+    .await;
+
+    // C runs two queries: one still running, one that completed before C was lost.
+    let running = c.open("running").unwrap();
+    c.put_record(
+        "running",
+        r#"{"query_id":"running","status":"running"}"#.into(),
+        false,
+    );
+    let texts = [publish(&running, started(1)), publish(&running, started(2))];
+    let done = c.open("done").unwrap();
+    c.put_record(
+        "done",
+        r#"{"query_id":"done","status":"running"}"#.into(),
+        false,
+    );
+    publish(&done, started(1));
+    c.put_record(
+        "done",
+        r#"{"query_id":"done","status":"completed"}"#.into(),
+        true,
+    );
+    let done_last = publish(&done, completed());
+    let mut on_a_sub = subscribe_when_known(&a, "running", 0).await;
+    let mut on_b_sub = subscribe_when_known(&b, "running", 0).await;
+    for sub in [&mut on_a_sub, &mut on_b_sub] {
+        assert_eq!(next(sub).await.as_ref(), Some(&texts[0]));
+        assert_eq!(next(sub).await.as_ref(), Some(&texts[1]));
+    }
+    let mut done_on_a = subscribe_when_known(&a, "done", 1).await;
+    assert_eq!(next(&mut done_on_a).await, Some(done_last));
+    // A third one, which another survivor has claimed already (its `ended` key is
+    // taken): no one here may end it. Sorted before "running", so whoever ends that one
+    // has passed this one by then.
+    let claimed = c.open("claimed").unwrap();
+    c.put_record(
+        "claimed",
+        r#"{"query_id":"claimed","status":"running"}"#.into(),
+        false,
+    );
+    publish(&claimed, started(1));
+    redis::cmd("SET")
+        .arg("agentgate:q:claimed:ended")
+        .arg("elsewhere")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let c_running = format!("agentgate:replica:{}:running", c.replica());
+    eventually("C's running set holds its running query", || {
+        let (mut conn, key) = (conn.clone(), c_running.clone());
+        async move { (members(&mut conn, &key).await.len() == 2).then_some(()) }
+    })
+    .await;
+
+    // C crashes: no more renewals. Within the lease and a look, one survivor ends the
+    // running query; every subscriber gets one terminal event, `seq` continuing.
+    let lost_at = Instant::now();
+    c.crash();
+    let (rest_a, rest_b) = tokio::join!(rest(on_a_sub), rest(on_b_sub));
+    let took = lost_at.elapsed();
+    assert_eq!(rest_a, rest_b, "the same terminal event everywhere");
+    assert_eq!(rest_a.len(), 1, "{rest_a:?}");
+    let end: serde_json::Value = serde_json::from_str(&rest_a[0]).unwrap();
+    assert_eq!(end["type"], "failed");
+    assert_eq!(end["seq"], 3);
+    assert_eq!(end["error"]["kind"], "replica_lost");
+    assert_eq!(end["error"]["stage"], "s2");
+    assert!(took < LEASE + Duration::from_secs(5), "took {took:?}");
+    // Exactly one survivor ended it; the finished query and the claimed one were left
+    // alone.
+    let ended: Vec<String> = [&on_a, &on_b]
+        .iter()
+        .flat_map(|s| s.ended.lock().unwrap().clone())
+        .collect();
+    assert_eq!(ended, ["running"]);
+    // The record says how it ended (the survivor's control had the last one to go on).
+    let record: serde_json::Value =
+        serde_json::from_str(&b.record("running").await.unwrap().unwrap()).unwrap();
+    assert_eq!(
+        record,
+        json!({"query_id": "running", "status": "failed",
+            "was": {"query_id": "running", "status": "running"}})
+    );
+    assert_eq!(a.hub().position("claimed"), Some((2, true)));
+    // Nothing of C is left to end.
+    eventually("C is forgotten", || {
+        let (mut conn, key) = (conn.clone(), c_running.clone());
+        async move {
+            let replicas = members(&mut conn, "agentgate:replicas").await;
+            (replicas.len() == 2 && members(&mut conn, &key).await.is_empty()).then_some(())
+        }
+    })
+    .await;
+    assert!(!members(&mut conn, "agentgate:replicas")
+        .await
+        .contains(&c.replica().to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_closes_gives_its_lease_back_and_loses_nothing() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (leased(&redis).await, leased(&redis).await);
+    let on_a = Arc::new(Survivor::default());
+    a.set_control(on_a.clone());
+    let mut conn = raw(&redis).await;
+    let lease = format!("agentgate:replica:{}:lease", b.replica());
+    eventually("B holds its lease", || {
+        let (mut conn, lease) = (conn.clone(), lease.clone());
+        async move {
+            let ttl = pttl(&mut conn, &lease).await;
+            (1..=LEASE.as_millis() as i64).contains(&ttl).then_some(())
+        }
+    })
+    .await;
+    b.close().await;
+    // Gone from the replicas' set with its lease, in one step: no replica takes B for
+    // lost (only replicas in the set, or whose running queries one follows, are
+    // watched, and B's queries all ended before it closed).
+    assert!(pttl(&mut conn, &lease).await < 0, "the lease is gone");
+    assert_eq!(
+        members(&mut conn, "agentgate:replicas").await,
+        [a.replica()]
+    );
+    assert!(on_a.ended.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_lost_across_a_redis_restart_is_still_ended() {
+    let mut redis = RedisServer::start().await;
+    let (a, c) = (leased(&redis).await, leased(&redis).await);
+    let on_a = Arc::new(Survivor::default());
+    a.set_control(on_a.clone());
+    let before = c.open("before").unwrap();
+    c.put_record(
+        "before",
+        r#"{"query_id":"before","status":"running"}"#.into(),
+        false,
+    );
+    publish(&before, started(1));
+    let mut watching = subscribe_when_known(&a, "before", 0).await;
+    next(&mut watching).await.expect("the first event");
+
+    // Redis restarts empty: C shares its running record again once it finds its lease
+    // gone, and A still knows that C runs the query (from C's messages).
+    redis.restart().await;
+    until("both reconnect", || {
+        a.health().connected && c.health().connected
+    })
+    .await;
+    eventually("C shared its running record again", || async {
+        a.record("before").await.ok().flatten()
+    })
+    .await;
+    c.crash();
+    let rest = rest(watching).await;
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert!(rest[0].contains(r#""kind":"replica_lost""#), "{rest:?}");
+    assert!(rest[0].contains(r#""seq":2"#), "{rest:?}");
+    let record = a.record("before").await.unwrap().unwrap();
+    assert!(record.contains(r#""status":"failed""#), "{record}");
+
+    // C is lost before a restart that forgets it altogether: A still ends its query,
+    // from what it followed, once C's lease has been missing for a whole lease.
+    let c = leased(&redis).await;
+    let after = c.open("after").unwrap();
+    publish(&after, started(1));
+    let mut watching = subscribe_when_known(&a, "after", 0).await;
+    next(&mut watching).await.expect("the first event");
+    c.crash();
+    redis.restart().await;
+    let rest = self::rest(watching).await;
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert!(rest[0].contains(r#""kind":"replica_lost""#), "{rest:?}");
+    assert_eq!(*on_a.ended.lock().unwrap(), ["before", "after"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_is_used_and_never_shown() {
+    let redis = RedisServer::start_with(test_util::free_port(), &["--requirepass", "s3cret"]).await;
+    let url = format!("redis://:s3cret@127.0.0.1:{}", redis.port);
+    let backend = RedisBackend::start(RedisSettings::new(&url)).unwrap();
+    until("it connects with the password", || {
+        backend.health().connected
+    })
+    .await;
+    let shown = format!("{backend:?}");
+    assert!(
+        !shown.contains("s3cret") && shown.contains(":***@"),
+        "{shown}"
+    );
+}
+
+/// A private CA and a certificate for `localhost` signed by it, as PEM files in a
+/// fresh directory: `(dir, ca.pem)`.
+fn private_ca() -> (std::path::PathBuf, Vec<u8>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "agentgate-redis-tls-{}-{}",
+        std::process::id(),
+        test_util::free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, pem) in [
+        ("ca.pem", ca.pem()),
+        ("server.pem", cert.pem()),
+        ("server.key", key.serialize_pem()),
+    ] {
+        std::fs::write(dir.join(name), pem).unwrap();
+    }
+    (dir, ca.pem().into_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_connects_with_tls_and_a_password() {
+    let (dir, ca) = private_ca();
+    let file = |name: &str| dir.join(name).display().to_string();
+    let tls_port = test_util::free_port().to_string();
+    let (cert, key, ca_file) = (file("server.pem"), file("server.key"), file("ca.pem"));
+    let redis = RedisServer::start_with(
+        test_util::free_port(),
+        &[
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca_file,
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            "s3cret",
+        ],
+    )
+    .await;
+    let settings = RedisSettings {
+        ca_pem: Some(ca),
+        ..RedisSettings::new(format!("rediss://:s3cret@localhost:{tls_port}"))
+    };
+    let (a, b) = (
+        RedisBackend::start(settings.clone()).unwrap(),
+        RedisBackend::start(settings).unwrap(),
+    );
+    until("both connect over TLS", || {
+        a.health().connected && b.health().connected
+    })
+    .await;
+    let publisher = a.open("q").unwrap();
+    let first = publish(&publisher, started(1));
+    let mut on_b = subscribe_when_known(&b, "q", 0).await;
+    assert_eq!(next(&mut on_b).await, Some(first));
+    drop(redis);
+    let _ = std::fs::remove_dir_all(dir);
 }
