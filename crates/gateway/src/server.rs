@@ -52,6 +52,9 @@ pub enum GatewayError {
     /// The Redis progress backend could not be set up.
     #[error("progress.redis_url: {0}")]
     Redis(#[from] agentgate_progress_redis::InvalidUrl),
+    /// `progress.redis_ca_file` could not be read.
+    #[error("progress.redis_ca_file: {0}")]
+    RedisCaFile(String),
     /// Listening failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -112,10 +115,23 @@ pub fn build_state(config: Config) -> Result<AppState, GatewayError> {
     // in the background.
     let backend: Arc<dyn Backend> = match config.progress.backend {
         ProgressBackend::Memory => Arc::new(MemoryHub::new(hub_config)),
-        ProgressBackend::Redis => Arc::new(RedisBackend::start(RedisSettings {
-            hub: hub_config,
-            ..RedisSettings::new(config.progress.redis_url.clone())
-        })?),
+        ProgressBackend::Redis => {
+            let progress = &config.progress;
+            let ca_pem = match &progress.redis_ca_file {
+                Some(file) => {
+                    Some(crate::config::read_pem_certificates(file).map_err(|e| {
+                        GatewayError::RedisCaFile(format!("{}: {e}", file.display()))
+                    })?)
+                }
+                None => None,
+            };
+            Arc::new(RedisBackend::start(RedisSettings {
+                hub: hub_config,
+                lease: progress.lease,
+                ca_pem,
+                ..RedisSettings::new(progress.redis_url.expose().clone())
+            })?)
+        }
     };
     let engine = Engine::new(
         config.pipelines.clone(),

@@ -80,8 +80,9 @@ fn spec_example_gives_the_spec_values() {
     );
     assert_eq!(c.admin.token_env, "AGENTGATE_ADMIN_TOKEN");
     assert_eq!(c.progress.backend, ProgressBackend::Memory);
-    assert_eq!(c.progress.redis_url, "redis://127.0.0.1:6379");
+    assert_eq!(c.progress.redis_url.expose(), "redis://127.0.0.1:6379");
     assert_eq!(c.progress.replay_events, 256);
+    assert_eq!(c.progress.lease, Duration::from_secs(10));
 
     assert_eq!(c.agents.len(), 2);
     let nlp = &c.agents["nlp"];
@@ -252,8 +253,9 @@ token_env = "MY_TOKEN"
 
 [progress]
 backend = "redis"
-redis_url = "redis://redis:6379/0"
+redis_url = "redis://agentgate:s3cret@redis:6379/0"
 replay_events = 16
+lease = "2s"
 
 [agents.a]
 url = "http://a:7001"
@@ -273,8 +275,12 @@ agent = "a"
     assert_eq!(c.server.query_retention, Duration::from_secs(3600));
     assert_eq!(c.admin.token_env, "MY_TOKEN");
     assert_eq!(c.progress.backend, ProgressBackend::Redis);
-    assert_eq!(c.progress.redis_url, "redis://redis:6379/0");
+    assert_eq!(
+        c.progress.redis_url.expose(),
+        "redis://agentgate:s3cret@redis:6379/0"
+    );
     assert_eq!(c.progress.replay_events, 16);
+    assert_eq!(c.progress.lease, Duration::from_secs(2));
     let stage = &c.pipelines["fast"].stages[0];
     assert_eq!(
         (stage.path.as_str(), stage.weight, stage.optional),
@@ -286,8 +292,10 @@ agent = "a"
         c.summary(),
         "ok: 1 agent (a), 1 pipeline (fast: 1 stage; none named \"default\", so queries \
          must name their pipeline), listen 0.0.0.0:80, admin [::1]:9091, progress redis \
-         redis://redis:6379/0"
+         redis://agentgate:***@redis:6379/0"
     );
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("s3cret"), "{shown}");
 }
 
 #[test]
@@ -932,7 +940,20 @@ url = "http://a"
 "#,
         3,
         13,
-        "progress.redis_url = \"127.0.0.1:6379\": progress.backend = \"redis\" needs a redis:// URL in progress.redis_url, e.g. \"redis://127.0.0.1:6379\"",
+        "progress.redis_url = \"***\": progress.backend = \"redis\" needs a redis:// or rediss:// URL with a host in progress.redis_url, e.g. \"redis://127.0.0.1:6379\"",
+    );
+    // A password never shows, even in an error about the URL.
+    fails(
+        r#"
+[progress]
+backend = "redis"
+redis_url = "http://:s3cret@redis:6379"
+[agents.a]
+url = "http://a"
+"#,
+        3,
+        13,
+        "progress.redis_url = \"***\": progress.backend = \"redis\" needs a redis:// or rediss:// URL with a host in progress.redis_url, e.g. \"redis://127.0.0.1:6379\"",
     );
     // The memory backend ignores redis_url.
     ok(r#"
@@ -942,6 +963,97 @@ redis_url = "whatever"
 [agents.a]
 url = "http://a"
 "#);
+}
+
+#[test]
+fn redis_passwords_come_from_the_environment_and_tls_takes_a_ca() {
+    std::env::set_var("AGENTGATE_CONFIG_TEST_REDIS_PW", "pw-from-env");
+    let c = ok(r#"
+[progress]
+backend = "redis"
+redis_url = "rediss://:${AGENTGATE_CONFIG_TEST_REDIS_PW}@redis:6380"
+[agents.a]
+url = "http://a"
+"#);
+    assert_eq!(
+        c.progress.redis_url.expose(),
+        "rediss://:pw-from-env@redis:6380"
+    );
+    assert!(c.progress.redis_tls());
+    assert!(
+        c.summary()
+            .ends_with("progress redis rediss://:***@redis:6380"),
+        "{}",
+        c.summary()
+    );
+
+    fails(
+        r#"
+[progress]
+backend = "redis"
+redis_url = "redis://:${AGENTGATE_CONFIG_TEST_UNSET_PW}@redis"
+[agents.a]
+url = "http://a"
+"#,
+        3,
+        13,
+        "progress.redis_url = \"***\": environment variable `AGENTGATE_CONFIG_TEST_UNSET_PW` is not set",
+    );
+
+    let dir = std::env::temp_dir().join(format!("agentgate-config-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, junk) = (dir.join("ca.pem"), dir.join("junk.pem"));
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let with_ca = |url: &str, file: &std::path::Path| {
+        format!(
+            "[progress]\nbackend = \"redis\"\nredis_url = \"{url}\"\nredis_ca_file = \"{}\"\n[agents.a]\nurl = \"http://a\"\n",
+            file.display()
+        )
+    };
+    let c = ok(&with_ca("rediss://redis:6380", &ca));
+    assert_eq!(c.progress.redis_ca_file.as_deref(), Some(ca.as_path()));
+    let err = Config::from_toml(&with_ca("redis://redis:6379", &ca), "t.toml").unwrap_err();
+    assert_eq!(
+        (err.line, err.col, err.message),
+        (
+            4,
+            17,
+            format!(
+                "progress.redis_ca_file = {:?}: only applies to a rediss:// redis_url (TLS)",
+                ca.display().to_string()
+            )
+        )
+    );
+    let err = Config::from_toml(&with_ca("rediss://redis:6380", &junk), "t.toml").unwrap_err();
+    assert!(
+        err.message
+            .ends_with("holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+        "{err}"
+    );
+    let missing = dir.join("missing.pem");
+    let err = Config::from_toml(&with_ca("rediss://redis:6380", &missing), "t.toml").unwrap_err();
+    assert!(err.message.contains("cannot be read"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_lease_is_at_least_a_second() {
+    fails(
+        r#"
+[progress]
+lease = "500ms"
+[agents.a]
+url = "http://a"
+"#,
+        2,
+        9,
+        "progress.lease = \"500ms\": must be at least 1s (renewed every third of it)",
+    );
 }
 
 // === errors: pipelines and cross-references ===

@@ -24,11 +24,11 @@ mod read;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agentgate_agent_client::AgentConfig;
-use agentgate_config::{Invalid, Validate};
+use agentgate_config::{Invalid, Secret, Validate};
 use agentgate_pipeline::PipelineConfig;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
@@ -107,10 +107,18 @@ pub enum ProgressBackend {
 pub struct ProgressConfig {
     /// `"memory"` (default) or `"redis"`.
     pub backend: ProgressBackend,
-    /// Used when `backend = "redis"`; a `redis://` URL. Default `redis://127.0.0.1:6379`.
-    pub redis_url: String,
+    /// Used when `backend = "redis"`: `redis://[:password@]host:port[/db]`, or
+    /// `rediss://…` for TLS. A secret (it may hold a password): never shown, and
+    /// `${VAR}` in it is read from the environment. Default `redis://127.0.0.1:6379`.
+    pub redis_url: Secret<String>,
+    /// Trust roots (PEM) for a `rediss://` Redis, in place of the system's. Default none.
+    pub redis_ca_file: Option<PathBuf>,
     /// Events kept per query for resuming subscribers (≥ 1). Default 256.
     pub replay_events: usize,
+    /// Each replica's lease in Redis (SPEC §9), renewed every third of it; a replica
+    /// whose lease expires is lost, and its unfinished queries are ended. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
 }
 
 /// A config that cannot be used, and where: `file:line:col: message`.
@@ -179,7 +187,8 @@ impl Config {
             self.server.listen
         );
         if self.progress.backend == ProgressBackend::Redis {
-            out.push_str(&format!(", progress redis {}", self.progress.redis_url));
+            let url = agentgate_progress_redis::redact(self.progress.redis_url.expose());
+            out.push_str(&format!(", progress redis {url}"));
         }
         out
     }
@@ -286,9 +295,22 @@ impl Default for ProgressConfig {
     fn default() -> Self {
         Self {
             backend: ProgressBackend::Memory,
-            redis_url: "redis://127.0.0.1:6379".to_owned(),
+            redis_url: Secret::new("redis://127.0.0.1:6379".to_owned()),
+            redis_ca_file: None,
             replay_events: 256,
+            lease: Duration::from_secs(10),
         }
+    }
+}
+
+impl ProgressConfig {
+    /// The shortest `lease`: below it, a replica's renewals (every third) would race
+    /// the round trips to Redis, and a short pause would pass for a lost replica.
+    pub const MIN_LEASE: Duration = Duration::from_secs(1);
+
+    /// Whether `redis_url` asks for TLS (`rediss://`).
+    pub fn redis_tls(&self) -> bool {
+        self.redis_url.expose().starts_with("rediss://")
     }
 }
 
@@ -298,16 +320,50 @@ impl Validate for ProgressConfig {
         if self.replay_events == 0 {
             out.push(Invalid::new("replay_events", 0, "must be at least 1"));
         }
-        let redis_ok =
-            matches!(self.redis_url.strip_prefix("redis://"), Some(rest) if !rest.is_empty());
-        if self.backend == ProgressBackend::Redis && !redis_ok {
-            let reason = "progress.backend = \"redis\" needs a redis:// URL in progress.redis_url, e.g. \"redis://127.0.0.1:6379\"";
-            let url = format!("{:?}", self.redis_url);
+        if self.lease < Self::MIN_LEASE {
+            let reason = "must be at least 1s (renewed every third of it)";
+            out.push(Invalid::new(
+                "lease",
+                humantime::format_duration(self.lease),
+                reason,
+            ));
+        }
+        if self.backend != ProgressBackend::Redis {
+            return out;
+        }
+        let url = self.redis_url.expose();
+        let host = ["redis://", "rediss://"]
+            .iter()
+            .find_map(|scheme| url.strip_prefix(scheme))
+            .map(|rest| rest.rsplit_once('@').map_or(rest, |(_, host)| host));
+        if !matches!(host, Some(host) if !host.is_empty() && !host.starts_with('/')) {
+            let reason = "progress.backend = \"redis\" needs a redis:// or rediss:// URL with a host in progress.redis_url, e.g. \"redis://127.0.0.1:6379\"";
             let backend = Invalid::new("backend", "\"redis\"", reason);
-            out.push(Invalid::new("redis_url", url, reason).or(backend));
+            out.push(Invalid::new("redis_url", "\"***\"", reason).or(backend));
+        }
+        if let Some(file) = &self.redis_ca_file {
+            let shown = format!("{:?}", file.display().to_string());
+            if !self.redis_tls() {
+                let reason = "only applies to a rediss:// redis_url (TLS)";
+                out.push(Invalid::new("redis_ca_file", shown, reason));
+            } else if let Err(reason) = read_pem_certificates(file) {
+                out.push(Invalid::new("redis_ca_file", shown, reason));
+            }
         }
         out
     }
+}
+
+/// Reads a PEM file that must hold at least one certificate.
+pub fn read_pem_certificates(path: &Path) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot be read: {e}"))?;
+    if !pem
+        .windows(b"-----BEGIN CERTIFICATE-----".len())
+        .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+    {
+        return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_owned());
+    }
+    Ok(pem)
 }
 
 // === impl ConfigError ===
