@@ -78,6 +78,17 @@ struct Inner {
     json: Stack<JsonBody<Transport>>,
     breaker: CircuitBreakerHandle,
     metrics: Arc<AgentMetrics>,
+    /// What [`AgentClient::reconfigured`] may keep.
+    kept: Kept,
+}
+
+/// The parts of a client that a new config may leave as they are: the breaker (its
+/// state and window), the transport (its pool of connections) and the metrics.
+#[derive(Clone)]
+struct Kept {
+    breaker: CircuitBreakerLayer,
+    transport: Transport,
+    metrics: Arc<AgentMetrics>,
 }
 
 /// What sits under the stacks: the pooled hyper-util client, or the caller's own
@@ -101,14 +112,45 @@ impl AgentClient {
     /// Builds the client of agent `name`. Validates the whole config first.
     pub fn new(name: &str, config: AgentConfig) -> Result<Self, AgentConfigError> {
         config.validate()?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout.min(config.timeout)));
-        let client: HttpClient = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .build(connector);
-        Self::build(name, config, Transport::Hyper(SharedClient::new(client)))
+        let transport = Transport::hyper(&config);
+        Self::build(name, config, transport, None)
+    }
+
+    /// This agent's client for `config`, the agent's new configuration (a reload): the
+    /// same client when nothing changed; otherwise a new one that keeps, where the keys
+    /// they depend on are unchanged, this one's circuit breaker (its state, window and
+    /// open period: `url` and `circuit_breaker.*` the same) and pool of connections
+    /// (`url`, `timeout`, `connect_timeout` and `pool_*` the same), and always its
+    /// metrics. Calls in flight finish on this client.
+    pub fn reconfigured(&self, config: AgentConfig) -> Result<Self, AgentConfigError> {
+        let old = &self.inner.config;
+        if config == *old {
+            return Ok(self.clone());
+        }
+        config.validate()?;
+        let same_url = config.url == old.url;
+        let same_pool = same_url
+            && (config.timeout, config.connect_timeout) == (old.timeout, old.connect_timeout)
+            && (config.pool_idle_timeout, config.pool_max_idle_per_host)
+                == (old.pool_idle_timeout, old.pool_max_idle_per_host);
+        let kept = &self.inner.kept;
+        let transport = match &kept.transport {
+            // The caller's own transport is not ours to replace.
+            Transport::Hyper(_) if !same_pool => Transport::hyper(&config),
+            transport => transport.clone(),
+        };
+        let breaker = (same_url && config.circuit_breaker == old.circuit_breaker)
+            .then(|| kept.breaker.clone());
+        let reuse = Reuse {
+            breaker,
+            metrics: kept.metrics.clone(),
+        };
+        Self::build(&self.inner.name, config, transport, Some(reuse))
+    }
+
+    /// Whether `other` shares this client's circuit breaker (one state for both).
+    pub fn shares_breaker(&self, other: &AgentClient) -> bool {
+        self.inner.breaker.same_as(&other.inner.breaker)
     }
 
     /// Builds the client over a transport of the caller's (tests, benches, other
@@ -128,18 +170,26 @@ impl AgentClient {
         S::Future: Send + 'static,
     {
         let transport = BoxCloneSyncService::new(transport.map_err(Into::into));
-        Self::build(name, config, Transport::Custom(transport))
+        Self::build(name, config, Transport::Custom(transport), None)
     }
 
     fn build(
         name: &str,
         config: AgentConfig,
         transport: Transport,
+        reuse: Option<Reuse>,
     ) -> Result<Self, AgentConfigError> {
         config.validate()?;
-        let breaker = CircuitBreakerLayer::try_new(name, config.circuit_breaker.clone())?;
+        let (breaker, metrics) = match reuse {
+            Some(Reuse { breaker, metrics }) => (breaker, Some(metrics)),
+            None => (None, None),
+        };
+        let breaker = match breaker {
+            Some(breaker) => breaker,
+            None => CircuitBreakerLayer::try_new(name, config.circuit_breaker.clone())?,
+        };
         let parts = StackParts {
-            metrics: Arc::new(AgentMetrics::new(name)),
+            metrics: metrics.unwrap_or_else(|| Arc::new(AgentMetrics::new(name))),
             retry: RetryPolicy::try_new(name, config.retry.clone())?,
             breaker,
             timeout: config.timeout,
@@ -154,6 +204,11 @@ impl AgentClient {
             attempt_header: AttemptHeader::Retries,
             ..parts.clone()
         };
+        let kept = Kept {
+            breaker: parts.breaker.clone(),
+            transport: transport.clone(),
+            metrics: parts.metrics.clone(),
+        };
         let streaming = layered(&proxied, transport);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -165,6 +220,7 @@ impl AgentClient {
                 config,
                 streaming,
                 json,
+                kept,
             }),
         })
     }
@@ -254,7 +310,27 @@ impl fmt::Debug for AgentClient {
     }
 }
 
+/// What a rebuilt client takes over from the one it replaces.
+struct Reuse {
+    breaker: Option<CircuitBreakerLayer>,
+    metrics: Arc<AgentMetrics>,
+}
+
 // === impl Transport ===
+
+impl Transport {
+    /// A new pooled hyper-util client for `config`.
+    fn hyper(config: &AgentConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout.min(config.timeout)));
+        let client: HttpClient = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .build(connector);
+        Transport::Hyper(SharedClient::new(client))
+    }
+}
 
 impl tower_service::Service<Request<TransportBody>> for Transport {
     type Response = Response<Incoming>;

@@ -355,3 +355,65 @@ async fn a_transport_of_the_callers_gets_the_same_stack() {
     assert_eq!(ledger.attempts(), 2);
     assert_eq!((client.stats().requests, client.stats().retries), (2, 1));
 }
+
+#[tokio::test]
+async fn a_new_config_keeps_the_breaker_and_pool_it_does_not_change() {
+    let agent = ScriptedAgent::start(vec![Step::Json(r#"{"ok":true}"#)]).await;
+    let old = AgentClient::new("kept", config(agent.url())).unwrap();
+    old.send(get("/").0).await.unwrap();
+    assert_eq!(agent.connections(), 1);
+    old.breaker().force_open(None);
+
+    // Unchanged: the very same client.
+    let same = old.reconfigured(old.config().clone()).unwrap();
+    assert!(same.shares_breaker(&old));
+
+    // A new per-attempt timeout and retry policy: the breaker (forced open) and the
+    // pool (its idle connection) stay.
+    let retuned = AgentConfig {
+        retry: RetryConfig {
+            max_attempts: 1,
+            ..old.config().retry.clone()
+        },
+        ..old.config().clone()
+    };
+    let new = old.reconfigured(retuned).unwrap();
+    assert!(new.shares_breaker(&old));
+    assert_eq!(new.config().retry.max_attempts, 1);
+    assert_eq!(new.breaker().snapshot().state, State::ForcedOpen);
+    new.breaker().reset();
+    new.send(get("/").0).await.unwrap();
+    assert_eq!(agent.connections(), 1, "the pooled connection was reused");
+
+    // A breaker key changes: a new breaker, closed; the pool still stays.
+    let mut retripped = new.config().clone();
+    retripped.circuit_breaker.consecutive_failures = 2;
+    new.breaker().force_open(None);
+    let fresh = new.reconfigured(retripped).unwrap();
+    assert!(!fresh.shares_breaker(&new));
+    assert_eq!(fresh.breaker().snapshot().state, State::Closed);
+    fresh.send(get("/").0).await.unwrap();
+    assert_eq!(agent.connections(), 1);
+
+    // A pool key changes: a new pool (a new connection), the breaker stays.
+    let repooled = AgentConfig {
+        pool_idle_timeout: Duration::from_secs(5),
+        ..fresh.config().clone()
+    };
+    let repooled = fresh.reconfigured(repooled).unwrap();
+    assert!(repooled.shares_breaker(&fresh));
+    repooled.send(get("/").0).await.unwrap();
+    assert_eq!(agent.connections(), 2);
+
+    // Another URL: nothing of the old agent is kept but its metrics.
+    let elsewhere = ScriptedAgent::start(vec![Step::Json(r#"{"ok":true}"#)]).await;
+    let moved = repooled.reconfigured(config(elsewhere.url())).unwrap();
+    assert!(!moved.shares_breaker(&repooled));
+    let before = repooled.stats().requests;
+    moved.send(get("/").0).await.unwrap();
+    assert_eq!(
+        moved.stats().requests,
+        before + 1,
+        "one set of figures per agent"
+    );
+}

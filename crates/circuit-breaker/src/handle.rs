@@ -98,6 +98,11 @@ impl CircuitBreakerHandle {
         self.breaker.name()
     }
 
+    /// Whether `other` is a handle of this same breaker (one state for both).
+    pub fn same_as(&self, other: &CircuitBreakerHandle) -> bool {
+        Arc::ptr_eq(&self.breaker, &other.breaker)
+    }
+
     /// The configuration the breaker was built with.
     pub fn config(&self) -> &CircuitBreakerConfig {
         self.breaker.config()
