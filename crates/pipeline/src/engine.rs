@@ -675,19 +675,22 @@ impl QueryControl for Control {
                 .inspect_err(|e| tracing::warn!(query_id = lost.query_id, error = %e, "lost query's record is unreadable"))
                 .ok()
         });
-        let Some(mut record) = record else {
-            return Ending::replica_lost(None);
-        };
-        if record.status.is_finished() {
+        if let Some(record) = record.as_ref().filter(|r| r.status.is_finished()) {
             // It ended on its replica, but its terminal event never reached the others.
             return Ending {
-                event: terminal_event(&record),
+                event: terminal_event(record),
                 record: None,
             };
         }
-        // The stage it was in, as this replica's pipeline of that name has it (the
-        // same config, unless a reload came in between).
-        let stage = self.0.upgrade().and_then(|inner| {
+        // Without a record (Redis lost it), one that says how it ended all the same;
+        // its pipeline is unknown.
+        let mut record =
+            record.unwrap_or_else(|| QueryRecord::running(lost.query_id.to_owned(), String::new()));
+        // The stage it was in: its last event's, else the first not done as this
+        // replica's pipeline of that name has it (the records of running queries are
+        // shared before their first stage ends).
+        let stage = lost.stage.map(str::to_owned).or_else(|| {
+            let inner = self.0.upgrade()?;
             let catalog = inner.catalog.load();
             let plan = catalog.pipelines.get(&record.pipeline)?;
             Some(plan.config.stages.get(record.stages.len())?.name.clone())

@@ -112,7 +112,8 @@ async fn a_running_record_is_marked_failed_at_the_running_stage() {
             "attempts": [{"attempt": 1, "status": 200, "duration_ms": 5}], "duration_ms": 5}]})
     .to_string();
     let started = SystemTime::now() - Duration::from_secs(3);
-    let ending = backend.end_lost(&LostQuery::new("q", "lost-1", Some(&record), Some(started)));
+    let lost = LostQuery::new("q", "lost-1", Some(&record), Some(started), None);
+    let ending = backend.end_lost(&lost);
 
     assert_eq!(
         ending,
@@ -139,6 +140,25 @@ async fn a_running_record_is_marked_failed_at_the_running_stage() {
         (3000..60_000).contains(&took),
         "from its first event: {took}"
     );
+
+    // Its last event names the stage it was in: that one, whatever the record says.
+    let running = record_json();
+    let lost = LostQuery::new("q", "lost-1", Some(&running), None, Some("understand"));
+    let ending = backend.end_lost(&lost);
+    assert_eq!(
+        ending.event,
+        Ending::replica_lost(Some("understand".to_owned())).event
+    );
+    let record: QueryRecord = serde_json::from_str(ending.record.as_deref().unwrap()).unwrap();
+    assert_eq!(record.error.unwrap().stage, "understand");
+    assert_eq!(
+        record.duration_ms, None,
+        "its first event is no longer known"
+    );
+}
+
+fn record_json() -> String {
+    json!({"query_id": "q", "status": "running", "pipeline": "default", "stages": []}).to_string()
 }
 
 #[tokio::test]
@@ -148,7 +168,7 @@ async fn a_record_that_had_ended_gives_its_own_terminal_event() {
         "error": {"stage": "understand", "kind": "timeout", "message": "too slow"},
         "stages": [], "duration_ms": 9})
     .to_string();
-    let ending = backend.end_lost(&LostQuery::new("q", "lost-1", Some(&record), None));
+    let ending = backend.end_lost(&LostQuery::new("q", "lost-1", Some(&record), None, None));
     assert_eq!(
         ending,
         Ending {
@@ -165,10 +185,20 @@ async fn a_record_that_had_ended_gives_its_own_terminal_event() {
 }
 
 #[tokio::test]
-async fn without_a_readable_record_the_query_still_ends() {
+async fn without_a_readable_record_the_query_still_ends_and_gets_one() {
     let (_engine, backend) = survivor();
     for record in [None, Some("{not json")] {
-        let ending = backend.end_lost(&LostQuery::new("q", "lost-1", record, None));
-        assert_eq!(ending, Ending::replica_lost(None), "{record:?}");
+        let lost = LostQuery::new("q", "lost-1", record, None, Some("answer"));
+        let ending = backend.end_lost(&lost);
+        assert_eq!(
+            ending.event,
+            Ending::replica_lost(Some("answer".to_owned())).event
+        );
+        let record: QueryRecord = serde_json::from_str(ending.record.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            (record.status, record.pipeline.as_str()),
+            (QueryStatus::Failed, "")
+        );
+        assert_eq!(record.failure(), Some(ErrorKind::ReplicaLost));
     }
 }

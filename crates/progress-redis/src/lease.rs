@@ -273,14 +273,16 @@ async fn publish_ending(
     let keys = backend.keys();
     let hub = backend.hub();
     let retention = millis(backend.settings().hub.retention);
-    let events = backend.range(query_id, 0).await?;
-    let started = events
-        .iter()
-        .find(|(_, e)| e.seq() == 1)
-        .map(|(_, e)| e.event().ts);
-    for event in events {
+    for event in backend.range(query_id, 0).await? {
         backend.apply(event, true);
     }
+    // When it started and the stage it was in, from what is retained of its events.
+    let (first, last) = match hub.retained_ends(query_id) {
+        Some((first, last)) => (Some(first.event()), Some(last.event())),
+        None => (None, None),
+    };
+    let started = first.filter(|e| e.seq == 1).map(|e| e.ts);
+    let stage = last.as_ref().and_then(|e| e.kind.stage());
     let next_seq = match hub.position(query_id) {
         Some((_, false)) => return Ok(false), // it had ended after all
         Some((next_seq, true)) => next_seq,
@@ -293,10 +295,10 @@ async fn publish_ending(
     if next_seq == 1 && record.is_none() {
         return Ok(false); // nothing of it is left anywhere: no one can be watching it
     }
-    let lost = LostQuery::new(query_id, replica, record.as_deref(), started);
+    let lost = LostQuery::new(query_id, replica, record.as_deref(), started, stage);
     let ending = match backend.control() {
         Some(control) => control.end_lost(&lost),
-        None => Ending::replica_lost(None),
+        None => Ending::replica_lost(stage.map(str::to_owned)),
     };
     let event = Published::new(ProgressEvent {
         kind: ending.event,

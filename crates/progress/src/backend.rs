@@ -99,8 +99,7 @@ pub trait QueryControl: Send + Sync + fmt::Debug {
     /// The default ends it with `failed`, `error.kind = "replica_lost"`, and leaves the
     /// record as it is; the engine also marks the record failed.
     fn end_lost(&self, lost: &LostQuery<'_>) -> Ending {
-        let _ = lost;
-        Ending::replica_lost(None)
+        Ending::replica_lost(lost.stage.map(str::to_owned))
     }
 }
 
@@ -112,10 +111,13 @@ pub struct LostQuery<'a> {
     pub query_id: &'a str,
     /// The replica that ran it.
     pub replica: &'a str,
-    /// Its last shared record (JSON), if any replica can still read it.
+    /// Its last shared record (JSON), if any replica can still read it. Records are
+    /// shared when a query starts and ends, so a running one's lists no stage yet.
     pub record: Option<&'a str>,
     /// When its first event was published, if that event is still retained.
     pub started: Option<SystemTime>,
+    /// The stage its last retained event was about: the one it was in.
+    pub stage: Option<&'a str>,
 }
 
 /// How a lost query ends: its terminal event, and its final record (JSON) when the
@@ -137,12 +139,14 @@ impl<'a> LostQuery<'a> {
         replica: &'a str,
         record: Option<&'a str>,
         started: Option<SystemTime>,
+        stage: Option<&'a str>,
     ) -> Self {
         Self {
             query_id,
             replica,
             record,
             started,
+            stage,
         }
     }
 }

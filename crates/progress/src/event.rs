@@ -227,6 +227,14 @@ impl EventKind {
         )
     }
 
+    /// The stage a `progress` or `error` event is about.
+    pub fn stage(&self) -> Option<&str> {
+        match self {
+            EventKind::Progress { stage, .. } | EventKind::Error { stage, .. } => Some(stage),
+            _ => None,
+        }
+    }
+
     /// The `type` field's value.
     pub fn type_name(&self) -> &'static str {
         match self {

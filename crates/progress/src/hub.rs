@@ -221,6 +221,12 @@ impl QueryStream {
         Mirrored::Applied
     }
 
+    /// The first and the last event still retained.
+    pub(crate) fn retained_ends(&self) -> Option<(Arc<Published>, Arc<Published>)> {
+        let state = lock(&self.state);
+        Some((state.buffer.front()?.clone(), state.buffer.back()?.clone()))
+    }
+
     pub(crate) fn is_running(&self) -> bool {
         !lock(&self.state).ended
     }

@@ -173,6 +173,13 @@ impl MemoryHub {
         Some((stream.next_seq(), stream.is_running()))
     }
 
+    /// The first and the last event of `query_id` still retained (for a replica that
+    /// ends another's query: when it started, which stage it was in).
+    pub fn retained_ends(&self, query_id: &str) -> Option<(Arc<Published>, Arc<Published>)> {
+        let stream = lock(&self.inner.queries).get(query_id).cloned()?;
+        stream.retained_ends()
+    }
+
     /// Mirrored queries still running, with the `seq` each expects next (to catch up
     /// after missing messages).
     pub fn mirrored_running(&self) -> Vec<(Arc<str>, u64)> {
