@@ -237,6 +237,17 @@ impl Gateway {
     pub async fn start(toml: &str) -> Self {
         let config =
             agentgate_gateway::Config::from_toml(toml, "test.toml").expect("valid test config");
+        Self::serve(config).await
+    }
+
+    /// Loads the config file at `path` (its listen addresses are ignored) and serves it:
+    /// a reload reads that file again.
+    pub async fn start_file(path: &std::path::Path) -> Self {
+        let config = agentgate_gateway::Config::load(path).expect("valid test config");
+        Self::serve(config).await
+    }
+
+    async fn serve(config: agentgate_gateway::Config) -> Self {
         let state = agentgate_gateway::build_state(config).expect("gateway state");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -184,7 +184,12 @@ async fn every_series_on_metrics_is_documented_with_its_type_and_labels() {
     let res = gw.post_json("/api/query", &json!({"query": "q"})).await;
     assert_eq!(res.status, StatusCode::OK, "{:?}", res.body);
     gw.call("GET", "/agents/echo/x", &[], "").await;
-    let breaker = gw.state.agent("echo").expect("agent echo").breaker();
+    let breaker = gw
+        .state
+        .agent("echo")
+        .expect("agent echo")
+        .breaker()
+        .clone();
     breaker.force_open(None);
     breaker.reset();
 

@@ -1,12 +1,13 @@
-//! The `agentgate` command line: CLI parsing, tracing and signals. Everything else
-//! lives in the crates (`agentgate_gateway::run`, `agentgate_mock_agent::serve`).
+//! The `agentgate` command line: CLI parsing, tracing and signals (SIGINT and SIGTERM
+//! shut down, SIGHUP reloads the config). Everything else lives in the crates
+//! (`agentgate_gateway::serve`, `agentgate_mock_agent::serve`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use agentgate_gateway::demo::Demo;
-use agentgate_gateway::Config;
+use agentgate_gateway::{AppState, Config};
 use agentgate_mock_agent::MockAgentArgs;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
@@ -99,6 +100,30 @@ async fn shutdown_signal() {
     tracing::info!("signal received");
 }
 
+/// Reloads the configuration on every SIGHUP (SPEC §9). The reload logs and counts its
+/// outcome; an invalid file leaves the running configuration as it is.
+async fn reload_on_hangup(state: AppState) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: reload through the admin API");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            let state = state.clone();
+            // Reading and checking the file is blocking work, if short.
+            let _ = tokio::task::spawn_blocking(move || state.reload()).await;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = state;
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
     TcpListener::bind(addr)
         .await
@@ -124,9 +149,11 @@ async fn serve_on(
         admin = ?admin.as_ref().and_then(|a| a.local_addr().ok()),
         "agentgate listening"
     );
-    agentgate_gateway::run(listener, admin, config, shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    let state = agentgate_gateway::build_state(config).map_err(|e| e.to_string())?;
+    let hangups = tokio::spawn(reload_on_hangup(state.clone()));
+    let served = agentgate_gateway::serve(state, listener, admin, shutdown_signal()).await;
+    hangups.abort();
+    served.map_err(|e| e.to_string())
 }
 
 async fn demo(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), String> {

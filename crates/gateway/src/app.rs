@@ -25,7 +25,7 @@ pub fn public_app(state: AppState) -> Router {
         .route("/agents/{agent}/{*path}", any(proxy::proxy))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
-    if state.config().server.admin_listen.is_none() {
+    if state.runtime().config().server.admin_listen.is_none() {
         router = router
             .merge(
                 admin_routes()
@@ -60,6 +60,7 @@ fn admin_routes() -> Router<AppState> {
             "/api/orchestration/circuit-breakers/{agent}/{action}",
             post(admin::act),
         )
+        .route("/api/orchestration/reload", post(admin::reload))
 }
 
 fn finish(router: Router<AppState>, state: AppState) -> Router {

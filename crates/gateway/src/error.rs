@@ -33,6 +33,10 @@ pub enum Problem {
     MethodNotAllowed,
     /// 409: the query to cancel has already finished.
     AlreadyFinished,
+    /// 400: a reload found the config file invalid (the running config stays).
+    InvalidConfig,
+    /// 409: a reload was asked of a gateway started without a config file.
+    ReloadUnavailable,
     /// 413: the body is larger than `max_body_bytes`.
     PayloadTooLarge,
     /// 415: the body must be JSON.
@@ -70,13 +74,13 @@ impl Problem {
     /// The HTTP status that answers it.
     pub fn status(self) -> StatusCode {
         match self {
-            Problem::BadRequest => StatusCode::BAD_REQUEST,
+            Problem::BadRequest | Problem::InvalidConfig => StatusCode::BAD_REQUEST,
             Problem::NotFound
             | Problem::UnknownPipeline
             | Problem::UnknownQuery
             | Problem::UnknownAgent => StatusCode::NOT_FOUND,
             Problem::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Problem::AlreadyFinished => StatusCode::CONFLICT,
+            Problem::AlreadyFinished | Problem::ReloadUnavailable => StatusCode::CONFLICT,
             Problem::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Problem::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Problem::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
@@ -99,6 +103,8 @@ impl Problem {
             Problem::UnknownAgent => "unknown_agent",
             Problem::MethodNotAllowed => "method_not_allowed",
             Problem::AlreadyFinished => "already_finished",
+            Problem::InvalidConfig => "invalid_config",
+            Problem::ReloadUnavailable => "reload_unavailable",
             Problem::PayloadTooLarge => "payload_too_large",
             Problem::UnsupportedMediaType => "unsupported_media_type",
             Problem::UpgradeRequired => "upgrade_required",
@@ -183,6 +189,17 @@ impl ApiError {
     /// 404 for an agent that is not configured.
     pub fn unknown_agent(name: &str) -> Self {
         Self::new(Problem::UnknownAgent, format!("no agent named `{name}`"))
+    }
+
+    /// A reload that changed nothing: 400 `invalid_config` with `file:line:col: message`
+    /// for a config that cannot be used, 409 `reload_unavailable` without a file.
+    pub fn from_reload_error(err: &crate::reload::ReloadError) -> Self {
+        use crate::reload::ReloadError;
+        let problem = match err {
+            ReloadError::NoFile => Problem::ReloadUnavailable,
+            ReloadError::Invalid(_) | ReloadError::Build(_) => Problem::InvalidConfig,
+        };
+        Self::new(problem, err.to_string())
     }
 
     /// 503 while the gateway shuts down.

@@ -7,15 +7,23 @@
 //! - [`ws`]: `GET /ws` — queries, live progress, replay and metrics over a WebSocket.
 //! - [`server`]: [`run`]`(listener, admin_listener, config, shutdown)` — what the binary
 //!   calls and what tests start in-process on `127.0.0.1:0`.
+//! - [`runtime`], [`reload`]: the running configuration, read once per request through
+//!   [`AppState::runtime`], and swapped whole by a reload (SIGHUP,
+//!   `POST /api/orchestration/reload`) while requests in flight keep theirs.
+//! - [`transitions`]: every breaker's transitions in one feed (the log, WebSocket
+//!   metrics subscribers, notifications).
 //! - [`demo`]: `agentgate demo`: its mock agents, its embedded config, what it prints.
 
 pub mod app;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod reload;
 pub mod routes;
+pub mod runtime;
 pub mod server;
 mod state;
+pub mod transitions;
 pub mod ws;
 
 pub use config::{Config, ConfigError};

@@ -1,13 +1,10 @@
 //! Serving: listeners, connections, graceful shutdown (SPEC §5).
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use agentgate_agent_client::AgentClient;
-use agentgate_circuit_breaker::State as BreakerState;
 use agentgate_pipeline::{Engine, EngineSettings};
 use agentgate_progress::{Backend, HubConfig, MemoryHub};
 use agentgate_progress_redis::{RedisBackend, RedisSettings};
@@ -24,6 +21,7 @@ use tower::ServiceExt;
 
 use crate::app::{admin_app, public_app};
 use crate::config::{Config, ProgressBackend};
+use crate::runtime::build_agents;
 use crate::AppState;
 
 /// How long a client may take to send a request's head.
@@ -89,6 +87,7 @@ fn describe_metrics() {
     agentgate_retry::describe_metrics();
     agentgate_pipeline::describe_metrics();
     agentgate_progress_redis::describe_metrics();
+    crate::reload::describe_metrics();
     metrics::describe_gauge!("agentgate_health_score", "Health score 0..100");
 }
 
@@ -96,15 +95,7 @@ fn describe_metrics() {
 /// backend, the query engine. This is the one place that picks (and names) a backend.
 pub fn build_state(config: Config) -> Result<AppState, GatewayError> {
     let prometheus = prometheus();
-    let mut agents = BTreeMap::new();
-    for (name, agent) in &config.agents {
-        let client =
-            AgentClient::new(name, agent.clone()).map_err(|source| GatewayError::Agent {
-                agent: name.clone(),
-                source,
-            })?;
-        agents.insert(name.clone(), client);
-    }
+    let (agents, _) = build_agents(&config, None)?;
     let hub_config = HubConfig {
         replay_events: config.progress.replay_events,
         retention: config.server.query_retention,
@@ -166,7 +157,8 @@ pub async fn serve(
     admin_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), GatewayError> {
-    let loggers = spawn_transition_logs(&state);
+    // Every breaker transition is logged and followed from now on.
+    state.transitions().start();
     let (stop_tx, stop_rx) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
     let mut accept = vec![tokio::spawn(accept_loop(
@@ -186,7 +178,7 @@ pub async fn serve(
 
     shutdown.await;
     let began = tokio::time::Instant::now();
-    let grace = state.config().server.shutdown_grace;
+    let grace = state.runtime().config().server.shutdown_grace;
     tracing::info!(grace = ?grace, "shutting down: draining running queries");
     state.start_draining();
     state.engine().drain(grace).await;
@@ -201,9 +193,7 @@ pub async fn serve(
     for task in accept {
         let _ = task.await;
     }
-    for task in loggers {
-        task.abort();
-    }
+    state.transitions().stop();
     // What other replicas should still get of this one's last queries goes out now.
     state.engine().backend().close().await;
     // Connections finish their current request and close; give them a moment.
@@ -257,36 +247,4 @@ async fn accept_loop(
             }
         });
     }
-}
-
-/// Logs every breaker transition: `warn` when a breaker opens, `info` otherwise.
-fn spawn_transition_logs(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
-    state
-        .engine()
-        .agents()
-        .values()
-        .map(|agent| {
-            let mut events = agent.breaker().subscribe();
-            tokio::spawn(async move {
-                loop {
-                    match events.recv().await {
-                        Ok(t) => {
-                            if matches!(t.to, BreakerState::Open | BreakerState::ForcedOpen) {
-                                tracing::warn!(agent = %t.agent, from = %t.from, to = %t.to, reason = %t.reason,
-                                    calls_in_window = t.calls_in_window, failure_rate = t.failure_rate,
-                                    consecutive_failures = t.consecutive_failures, "circuit breaker opened");
-                            } else {
-                                tracing::info!(agent = %t.agent, from = %t.from, to = %t.to, reason = %t.reason,
-                                    "circuit breaker transition");
-                            }
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                            tracing::warn!(skipped = n, "breaker transition log fell behind");
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                    }
-                }
-            })
-        })
-        .collect()
 }

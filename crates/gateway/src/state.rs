@@ -1,15 +1,17 @@
 //! What every handler shares.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use agentgate_agent_client::AgentClient;
 use agentgate_pipeline::Engine;
+use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::runtime::Runtime;
+use crate::transitions::TransitionLog;
 use crate::ws::WsRegistry;
 
 /// Shared gateway state. Cheap to clone.
@@ -20,7 +22,10 @@ pub struct AppState {
 
 #[derive(Debug)]
 struct Inner {
-    config: Config,
+    /// The configuration and what is built from it, swapped whole by a reload.
+    runtime: ArcSwap<Runtime>,
+    /// One reload at a time.
+    reloading: Mutex<()>,
     engine: Engine,
     prometheus: PrometheusHandle,
     /// Read on every request, hence an atomic (`began_draining` wakes those waiting).
@@ -28,43 +33,61 @@ struct Inner {
     /// Told once draining has begun, for [`AppState::draining`].
     began_draining: Notify,
     started: Instant,
-    admin_token: Option<String>,
     ws: WsRegistry,
+    transitions: TransitionLog,
 }
 
 impl AppState {
-    /// State for a gateway running `config` on `engine` (whose progress backend decides
-    /// what is shared with other replicas).
+    /// State for a gateway running `config` on `engine` (whose agents are the config's,
+    /// and whose progress backend decides what is shared with other replicas).
     pub fn new(config: Config, engine: Engine, prometheus: PrometheusHandle) -> Self {
-        let admin_token = config.admin.token();
         let ws = WsRegistry::new(config.server.max_ws_connections);
+        let agents = engine.agents();
+        let transitions = TransitionLog::new(agents.values().map(|a| a.breaker()));
         Self {
             inner: Arc::new(Inner {
-                config,
+                runtime: ArcSwap::from_pointee(Runtime::new(config, agents)),
+                reloading: Mutex::new(()),
                 engine,
                 prometheus,
                 draining: AtomicBool::new(false),
                 began_draining: Notify::new(),
                 started: Instant::now(),
-                admin_token,
                 ws,
+                transitions,
             }),
         }
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &Config {
-        &self.inner.config
+    /// The running configuration, its agents and admin token, as one unit: read it once
+    /// per request, and use what it holds for the whole request. A reload swaps it for
+    /// new requests only.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.inner.runtime.load_full()
+    }
+
+    /// The agent called `name` in the running configuration (a clone of its client:
+    /// for callers outside a request, such as tests and embedders).
+    pub fn agent(&self, name: &str) -> Option<agentgate_agent_client::AgentClient> {
+        self.runtime().agent(name).cloned()
+    }
+
+    /// Installs `runtime` for new requests (a reload).
+    pub(crate) fn install(&self, runtime: Runtime) {
+        self.inner.runtime.store(Arc::new(runtime));
+    }
+
+    /// Held while a reload runs, so that two never interleave.
+    pub(crate) fn reload_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner
+            .reloading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The query engine.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
-    }
-
-    /// The agent called `name`.
-    pub fn agent(&self, name: &str) -> Option<AgentClient> {
-        self.inner.engine.agents().get(name).cloned()
     }
 
     /// The Prometheus exposition.
@@ -108,8 +131,8 @@ impl AppState {
         &self.inner.ws
     }
 
-    /// The admin bearer token, if configured.
-    pub fn admin_token(&self) -> Option<&str> {
-        self.inner.admin_token.as_deref()
+    /// Every breaker's transitions (the agents of every reload's).
+    pub fn transitions(&self) -> &TransitionLog {
+        &self.inner.transitions
     }
 }

@@ -51,6 +51,9 @@ pub struct Config {
     pub agents: BTreeMap<String, AgentConfig>,
     /// `[pipelines.P]`, by name; every stage and fallback names a defined agent.
     pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// The file it was read from ([`Config::load`]), which a reload reads again.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 /// The `[server]` section.
@@ -145,7 +148,10 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         match std::fs::read_to_string(path) {
-            Ok(src) => Config::from_toml(&src, &file),
+            Ok(src) => Config::from_toml(&src, &file).map(|config| Config {
+                file: Some(path.to_owned()),
+                ..config
+            }),
             Err(e) => Err(ConfigError {
                 file,
                 line: 0,

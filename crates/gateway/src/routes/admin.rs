@@ -35,7 +35,7 @@ pub(crate) async fn prometheus(State(state): State<AppState>) -> Response {
 /// Applies time-driven breaker changes (open → half_open) so gauges are current, and
 /// updates the health gauge.
 fn refresh(state: &AppState) {
-    for agent in state.engine().agents().values() {
+    for agent in state.runtime().agents().values() {
         agent.breaker().snapshot();
     }
     metrics::gauge!("agentgate_health_score").set(f64::from(health(state).0));
@@ -50,7 +50,7 @@ pub(crate) async fn metrics_json(State(state): State<AppState>) -> Json<Value> {
 pub fn metrics_value(state: &AppState) -> Value {
     let q = state.engine().stats();
     let mut agents = Map::new();
-    for (name, agent) in state.engine().agents().iter() {
+    for (name, agent) in state.runtime().agents() {
         let s = agent.stats();
         agents.insert(
             name.clone(),
@@ -132,11 +132,12 @@ pub fn breaker_json(s: &Snapshot) -> Value {
 /// score is below 90, any breaker is not closed or the progress backend cannot reach
 /// the other replicas, else `healthy`.
 pub fn health(state: &AppState) -> (u8, &'static str, Vec<String>) {
-    let agents = state.engine().agents();
+    let runtime = state.runtime();
+    let agents = runtime.agents();
     let mut reasons = Vec::new();
     let mut weight = 0.0;
     let mut open = std::collections::BTreeSet::new();
-    for (name, agent) in agents.iter() {
+    for (name, agent) in agents {
         match agent.breaker().snapshot().state {
             BreakerState::Open | BreakerState::ForcedOpen => {
                 weight += 1.0;
@@ -175,7 +176,7 @@ pub fn health(state: &AppState) -> (u8, &'static str, Vec<String>) {
         .round() as u8;
 
     let mut unhealthy = false;
-    for (pipeline, config) in &state.config().pipelines {
+    for (pipeline, config) in &runtime.config().pipelines {
         for stage in config.stages.iter().filter(|s| !s.optional) {
             let has_static = stage
                 .fallback
@@ -221,7 +222,7 @@ pub(crate) async fn health_json(State(state): State<AppState>) -> Json<Value> {
 /// `GET /api/orchestration/circuit-breakers`.
 pub(crate) async fn breakers(State(state): State<AppState>) -> Json<Value> {
     let mut out = Map::new();
-    for (name, agent) in state.engine().agents().iter() {
+    for (name, agent) in state.runtime().agents() {
         let cfg = agent.breaker().config();
         let mut v = breaker_json(&agent.breaker().snapshot());
         v["window"] = json!({
@@ -245,12 +246,13 @@ struct ForceOpen {
 /// Checks `Authorization: Bearer <token>` in constant time: 403 when no token is
 /// configured, 401 when it is missing or wrong.
 pub(crate) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = state.admin_token() else {
+    let runtime = state.runtime();
+    let Some(expected) = runtime.admin_token() else {
         return Err(ApiError::new(
             Problem::Forbidden,
             format!(
                 "admin actions are disabled: set the `{}` environment variable",
-                state.config().admin.token_env
+                runtime.config().admin.token_env
             ),
         ));
     };
@@ -284,6 +286,7 @@ fn answer(change: &ManualChange) -> Value {
 
 fn find(state: &AppState, agent: &str) -> Result<CircuitBreakerHandle, ApiError> {
     state
+        .runtime()
         .agent(agent)
         .map(|a| a.breaker().clone())
         .ok_or_else(|| ApiError::unknown_agent(agent))
@@ -299,7 +302,7 @@ pub(crate) async fn reset_all(
         return e.into_response();
     }
     let changes: Vec<Value> = state
-        .engine()
+        .runtime()
         .agents()
         .values()
         .map(|a| {
@@ -309,6 +312,35 @@ pub(crate) async fn reset_all(
         })
         .collect();
     Json(Value::Array(changes)).into_response()
+}
+
+/// `POST /api/orchestration/reload`: re-reads the config file (SPEC §9). 200 with what
+/// changed; an invalid file keeps the running config and answers 400 with
+/// `file:line:col: message`.
+pub(crate) async fn reload(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authorize(&state, &headers) {
+        return e.into_response();
+    }
+    tracing::info!(caller = %peer, "configuration reload asked by admin");
+    // Reading and checking the file is blocking work, if short.
+    let reloaded = tokio::task::spawn_blocking(move || state.reload()).await;
+    match reloaded {
+        Ok(Ok(reloaded)) => {
+            let mut body = serde_json::to_value(&reloaded).unwrap_or_default();
+            body["status"] = json!("reloaded");
+            Json(body).into_response()
+        }
+        Ok(Err(e)) => ApiError::from_reload_error(&e).into_response(),
+        Err(_) => ApiError::new(
+            Problem::Agent(agentgate_pipeline::ErrorKind::Internal),
+            "the reload broke off; the running configuration stays",
+        )
+        .into_response(),
+    }
 }
 
 /// `POST /api/orchestration/circuit-breakers/{agent}/{action}`: reset, force-open, disable.

@@ -47,11 +47,12 @@ async fn forward(state: &AppState, req: Request) -> Result<Response, ApiError> {
     let target = AgentTarget::of(&uri);
     let agent_name = target.agent()?;
     let agent_name: &str = &agent_name;
-    let Some(agent) = state.agent(agent_name) else {
+    let runtime = state.runtime();
+    let Some(agent) = runtime.agent(agent_name) else {
         return Err(ApiError::unknown_agent(agent_name));
     };
     let path_and_query = target.path_and_query()?;
-    let limit = state.config().server.max_body_bytes;
+    let limit = runtime.config().server.max_body_bytes;
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)

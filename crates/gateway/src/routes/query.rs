@@ -42,7 +42,12 @@ async fn submit_inner(state: AppState, req: Request) -> Result<Response, ApiErro
         return Err(ApiError::draining());
     }
     let (parts, body) = req.into_parts();
-    let body = read_json_body(&parts.headers, body, state.config().server.max_body_bytes).await?;
+    let body = read_json_body(
+        &parts.headers,
+        body,
+        state.runtime().config().server.max_body_bytes,
+    )
+    .await?;
     let input = parse_query(&body)?;
     let traceparent = parts
         .headers

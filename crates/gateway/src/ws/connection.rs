@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use agentgate_circuit_breaker::Transition;
 use agentgate_pipeline::{CancelError, SubmitError};
 use agentgate_progress::{Published, Subscription, SubscriptionItem};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -189,7 +188,7 @@ pub(crate) async fn serve(socket: WebSocket, setup: Setup) {
     )));
     let mut phase = ws.phase();
     let mut conn = Connection {
-        max_subscriptions: state.config().server.ws_max_subscriptions,
+        max_subscriptions: state.runtime().config().server.ws_max_subscriptions,
         state,
         ws,
         out,
@@ -919,12 +918,8 @@ fn text(json: Bytes) -> Utf8Bytes {
 /// `subscribe_metrics`: a `metrics` frame every `every` (the first at once), and every
 /// breaker transition as a `circuit_breaker` event.
 async fn metrics(state: AppState, out: mpsc::Sender<Outgoing>, every: Duration) {
-    let mut breakers: Vec<broadcast::Receiver<Transition>> = state
-        .engine()
-        .agents()
-        .values()
-        .map(|a| a.breaker().subscribe())
-        .collect();
+    // Every breaker's, those a reload adds included.
+    let mut transitions = state.transitions().follow();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
@@ -936,35 +931,19 @@ async fn metrics(state: AppState, out: mpsc::Sender<Outgoing>, every: Duration) 
                     return;
                 }
             }
-            t = next_transition(&mut breakers) => {
+            t = transitions.recv() => {
+                let t = match t {
+                    Ok(t) => t,
+                    // Transitions missed by falling behind are skipped; metrics frames
+                    // carry the state.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
                 match out.try_send(Outgoing::Notice(protocol::circuit_breaker(&t))) {
                     Ok(()) => {}
                     Err(TrySendError::Full(_)) => state.ws().dropped(1),
                     Err(TrySendError::Closed(_)) => return,
                 }
-            }
-        }
-    }
-}
-
-/// The next transition of any breaker (cancel-safe: broadcast receivers keep their place).
-async fn next_transition(breakers: &mut Vec<broadcast::Receiver<Transition>>) -> Transition {
-    loop {
-        if breakers.is_empty() {
-            return std::future::pending().await;
-        }
-        let (result, index) = {
-            let (result, index, _) =
-                futures_util::future::select_all(breakers.iter_mut().map(|b| Box::pin(b.recv())))
-                    .await;
-            (result, index)
-        };
-        match result {
-            Ok(t) => return t,
-            // Transitions missed by falling behind are skipped; metrics frames carry state.
-            Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(broadcast::error::RecvError::Closed) => {
-                breakers.swap_remove(index);
             }
         }
     }

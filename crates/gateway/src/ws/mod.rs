@@ -134,7 +134,7 @@ fn accept(
         guard,
         state,
     };
-    let limit = setup.state.config().server.ws_max_message_bytes;
+    let limit = setup.state.runtime().config().server.ws_max_message_bytes;
     upgrade
         .max_message_size(limit)
         .max_frame_size(limit)
@@ -178,10 +178,11 @@ fn metrics_rights(
     if listener == Listener::Admin {
         return Ok(());
     }
-    if state.config().server.admin_listen.is_some() {
+    let runtime = state.runtime();
+    if runtime.config().server.admin_listen.is_some() {
         return Err("metrics are served on the admin listener: connect to its /ws");
     }
-    if state.admin_token().is_none() {
+    if runtime.admin_token().is_none() {
         return Err("metrics need the admin token, and none is configured");
     }
     let shown = |value: Option<HeaderValue>| {

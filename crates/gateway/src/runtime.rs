@@ -1,0 +1,104 @@
+//! The running configuration: what a reload (SPEC §9) swaps as one unit for new
+//! requests, while requests and queries in flight keep the one they started with.
+//!
+//! Handlers read it through [`AppState::runtime`](crate::AppState::runtime), once per
+//! request: the config, the agents' clients and the admin token then all come from the
+//! same reload. What a reload cannot change (the listeners, `[progress]`, limits fixed
+//! at startup) keeps its running value in the new runtime: see [`crate::reload`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use agentgate_agent_client::AgentClient;
+
+use crate::config::Config;
+use crate::server::GatewayError;
+
+/// One configuration and what is built from it. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct Runtime {
+    config: Config,
+    agents: Arc<BTreeMap<String, AgentClient>>,
+    admin_token: Option<String>,
+}
+
+/// How each agent of a new runtime relates to the previous one's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AgentChanges {
+    /// New agents.
+    pub added: Vec<String>,
+    /// Agents gone (running queries that use them finish first).
+    pub removed: Vec<String>,
+    /// Agents that keep their circuit breaker (url and breaker keys unchanged).
+    pub kept: Vec<String>,
+    /// Agents with a new circuit breaker (url or a breaker key changed).
+    pub rebuilt: Vec<String>,
+}
+
+// === impl Runtime ===
+
+impl Runtime {
+    /// The runtime of `config`, whose agents' clients are `agents` (the map the engine
+    /// hands out). The admin token is read from the environment now.
+    pub(crate) fn new(config: Config, agents: Arc<BTreeMap<String, AgentClient>>) -> Self {
+        Self {
+            admin_token: config.admin.token(),
+            config,
+            agents,
+        }
+    }
+
+    /// The configuration in effect.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The agents' clients, by name.
+    pub fn agents(&self) -> &BTreeMap<String, AgentClient> {
+        &self.agents
+    }
+
+    /// The agent called `name`.
+    pub fn agent(&self, name: &str) -> Option<&AgentClient> {
+        self.agents.get(name)
+    }
+
+    /// The admin bearer token, if configured.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin_token.as_deref()
+    }
+}
+
+/// The clients of `config`'s agents: new ones, or when `previous` has the agent, that
+/// client [reconfigured](AgentClient::reconfigured) (keeping its breaker and pool
+/// where the config allows).
+pub(crate) fn build_agents(
+    config: &Config,
+    previous: Option<&BTreeMap<String, AgentClient>>,
+) -> Result<(BTreeMap<String, AgentClient>, AgentChanges), GatewayError> {
+    let mut agents = BTreeMap::new();
+    let mut changes = AgentChanges::default();
+    for (name, agent) in &config.agents {
+        let old = previous.and_then(|p| p.get(name));
+        let built = match old {
+            Some(old) => old.reconfigured(agent.clone()),
+            None => AgentClient::new(name, agent.clone()),
+        };
+        let client = built.map_err(|source| GatewayError::Agent {
+            agent: name.clone(),
+            source,
+        })?;
+        let list = match old {
+            None => &mut changes.added,
+            Some(old) if old.shares_breaker(&client) => &mut changes.kept,
+            Some(_) => &mut changes.rebuilt,
+        };
+        list.push(name.clone());
+        agents.insert(name.clone(), client);
+    }
+    if let Some(previous) = previous {
+        let gone = previous.keys().filter(|name| !agents.contains_key(*name));
+        changes.removed = gone.cloned().collect();
+    }
+    Ok((agents, changes))
+}

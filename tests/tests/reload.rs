@@ -1,0 +1,219 @@
+//! Reloading the configuration (SPEC §9) end to end: the gateway started from a file,
+//! the file rewritten, `POST /api/orchestration/reload`. A WebSocket client stays
+//! connected and subscribed throughout, a running query finishes on the pipeline it
+//! started with, breakers of unchanged agents keep their state, and an invalid file
+//! changes nothing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agentgate_e2e::{base_config, EchoServer, Gateway};
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const TOKEN_ENV: &str = "AGENTGATE_TEST_RELOAD_TOKEN";
+const TOKEN: &str = "reload-secret";
+
+/// A config file of its own for each test.
+fn config_file(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("agentgate-reload-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join("agentgate.toml")
+}
+
+/// Agents `held` (answers once released), `steady` and `tuned`; `stages` of the default
+/// pipeline as `(name, agent)`; `tuned`'s breaker trips after `tuned_trip` failures.
+fn config(agents: &[(&str, &EchoServer)], stages: &[(&str, &str)], tuned_trip: u32) -> String {
+    let mut out = base_config(r#"admin_listen = "127.0.0.1:1""#, "10s");
+    out.push_str(&format!("\n[admin]\ntoken_env = \"{TOKEN_ENV}\"\n"));
+    for (name, server) in agents {
+        out.push_str(&format!("\n[agents.{name}]\nurl = \"{}\"\n", server.url()));
+        if *name == "tuned" {
+            out.push_str(&format!(
+                "[agents.tuned.circuit_breaker]\nconsecutive_failures = {tuned_trip}\n"
+            ));
+        }
+    }
+    out.push_str("\n[pipelines.default]\ndeadline = \"30s\"\n");
+    for (name, agent) in stages {
+        out.push_str(&format!(
+            "[[pipelines.default.stages]]\nname = \"{name}\"\nagent = \"{agent}\"\npath = \"/{name}\"\n"
+        ));
+    }
+    out
+}
+
+async fn admin(gw: &Gateway, path: &str) -> (StatusCode, Value) {
+    let auth = format!("Bearer {TOKEN}");
+    let res = gw
+        .call_admin("POST", path, &[("authorization", &auth)], "")
+        .await;
+    (res.status, res.json())
+}
+
+async fn breaker_state(gw: &Gateway, agent: &str) -> Value {
+    let res = gw
+        .call_admin("GET", "/api/orchestration/circuit-breakers", &[], "")
+        .await;
+    res.json()[agent]["state"].clone()
+}
+
+async fn send_json(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.expect("send");
+}
+
+/// The next text frame as JSON (pings and pongs skipped), within 10 s.
+async fn recv(ws: &mut Ws) -> Value {
+    let frame = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str::<Value>(&t).unwrap(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    })
+    .await;
+    frame.expect("a frame within 10 s")
+}
+
+/// Frames until the query's terminal event, which is returned.
+async fn terminal(ws: &mut Ws, query_id: &str) -> Value {
+    loop {
+        let v = recv(ws).await;
+        if v["query_id"] == query_id
+            && ["completed", "failed", "cancelled"].contains(&v["type"].as_str().unwrap_or(""))
+        {
+            return v;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_swaps_the_config_and_keeps_connections_queries_and_breakers() {
+    std::env::set_var(TOKEN_ENV, TOKEN);
+    let (held, steady, tuned, added) = (
+        EchoServer::held().await,
+        EchoServer::start(|_| StatusCode::OK).await,
+        EchoServer::start(|_| StatusCode::OK).await,
+        EchoServer::start(|_| StatusCode::OK).await,
+    );
+    let file = config_file("swap");
+    let v1 = [("held", &held), ("steady", &steady), ("tuned", &tuned)];
+    std::fs::write(&file, config(&v1, &[("first", "held")], 5)).unwrap();
+    let gw = Gateway::start_file(&file).await;
+
+    // A client submits a query over the WebSocket; it waits in `held`.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr))
+        .await
+        .expect("upgrade");
+    send_json(
+        &mut ws,
+        json!({"type": "query", "query": "q1", "request_id": "r1"}),
+    )
+    .await;
+    let accepted = recv(&mut ws).await;
+    assert_eq!(accepted["type"], "accepted", "{accepted}");
+    let running = accepted["query_id"].as_str().unwrap().to_owned();
+    held.until_hits(1).await;
+    // Operators forced two breakers open.
+    for agent in ["steady", "tuned"] {
+        let (status, _) = admin(
+            &gw,
+            &format!("/api/orchestration/circuit-breakers/{agent}/force-open"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    // The new file: another pipeline, `tuned` with another breaker key, `added` new.
+    let v2 = [
+        ("held", &held),
+        ("steady", &steady),
+        ("tuned", &tuned),
+        ("added", &added),
+    ];
+    std::fs::write(&file, config(&v2, &[("second", "added")], 3)).unwrap();
+    let (status, body) = admin(&gw, "/api/orchestration/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "reloaded");
+    assert_eq!(body["file"], file.display().to_string());
+    assert_eq!(
+        body["agents"],
+        json!({"added": ["added"], "removed": [], "kept": ["held", "steady"], "rebuilt": ["tuned"]})
+    );
+    assert_eq!(body["restart_required"], json!([]));
+
+    // Unchanged agents keep their breaker state; a changed breaker starts closed.
+    assert_eq!(breaker_state(&gw, "steady").await, "forced_open");
+    assert_eq!(breaker_state(&gw, "tuned").await, "closed");
+    assert_eq!(breaker_state(&gw, "added").await, "closed");
+
+    // New queries run the new pipeline.
+    let res = gw.post_json("/api/query", &json!({"query": "q2"})).await;
+    assert_eq!(res.status, StatusCode::OK, "{:?}", res.body);
+    assert_eq!(res.json()["stages"][0]["name"], "second");
+
+    // The connection is as it was: it answers, and the running query finishes on its
+    // own pipeline, its events reaching the same client.
+    send_json(&mut ws, json!({"type": "ping"})).await;
+    loop {
+        let v = recv(&mut ws).await;
+        if v["type"] == "pong" {
+            break;
+        }
+    }
+    held.release(1);
+    let end = terminal(&mut ws, &running).await;
+    assert_eq!(end["type"], "completed", "{end}");
+    assert!(end["result"].get("first").is_some(), "{end}");
+
+    // An invalid file: 400 with where, and nothing changes.
+    std::fs::write(&file, "[agents.broken]\nurl = 7\n").unwrap();
+    let (status, body) = admin(&gw, "/api/orchestration/reload").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["kind"], "invalid_config");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!("{}:2:7: agents.broken.url", file.display())),
+        "{message}"
+    );
+    assert_eq!(breaker_state(&gw, "added").await, "closed");
+    let res = gw.post_json("/api/query", &json!({"query": "q3"})).await;
+    assert_eq!(res.json()["stages"][0]["name"], "second");
+
+    let metrics = gw.call_admin("GET", "/metrics", &[], "").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for result in ["ok", "error"] {
+        let series = format!("agentgate_config_reloads_total{{result=\"{result}\"}}");
+        assert!(text.contains(&series), "{series} missing from\n{text}");
+    }
+    drop(ws);
+    let _ = std::fs::remove_dir_all(file.parent().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_needs_the_admin_token_and_a_file() {
+    std::env::set_var(TOKEN_ENV, TOKEN);
+    let echo = EchoServer::start(|_| StatusCode::OK).await;
+    let toml = config(&[("held", &echo)], &[("first", "held")], 5);
+    let gw = Gateway::start(&toml).await;
+    let res = gw
+        .call_admin("POST", "/api/orchestration/reload", &[], "")
+        .await;
+    assert_eq!(res.status, StatusCode::UNAUTHORIZED);
+    let res = gw
+        .call_admin("GET", "/api/orchestration/reload", &[], "")
+        .await;
+    assert_eq!(res.status, StatusCode::METHOD_NOT_ALLOWED);
+    // Started from a config in memory: nothing to re-read.
+    let (status, body) = admin(&gw, "/api/orchestration/reload").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["kind"], "reload_unavailable");
+}
