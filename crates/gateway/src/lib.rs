@@ -12,12 +12,14 @@
 //!   `POST /api/orchestration/reload`) while requests in flight keep theirs.
 //! - [`transitions`]: every breaker's transitions in one feed (the log, WebSocket
 //!   metrics subscribers, notifications).
+//! - [`notify`]: `[[notify]]` webhooks told of breaker and health transitions.
 //! - [`demo`]: `agentgate demo`: its mock agents, its embedded config, what it prints.
 
 pub mod app;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod notify;
 pub mod reload;
 pub mod routes;
 pub mod runtime;

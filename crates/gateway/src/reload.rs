@@ -20,6 +20,7 @@
 use std::path::PathBuf;
 
 use crate::config::{Config, ConfigError};
+use crate::notify::Notifier;
 use crate::runtime::{build_agents, AgentChanges, Runtime};
 use crate::server::GatewayError;
 use crate::AppState;
@@ -91,6 +92,7 @@ impl AppState {
         for name in changes.added.iter().chain(&changes.rebuilt) {
             self.transitions().watch(agents[name].breaker());
         }
+        let notifier = Notifier::build(&config.notify, Some(old.notifier()))?;
         let agents = self.engine().reconfigure(config.pipelines.clone(), agents);
         let reloaded = Reloaded {
             file: shown(&config.file),
@@ -98,7 +100,7 @@ impl AppState {
             pipelines: config.pipelines.keys().cloned().collect(),
             restart_required,
         };
-        self.install(Runtime::new(config, agents));
+        self.install(Runtime::new(config, agents, notifier));
         Ok(reloaded)
     }
 }

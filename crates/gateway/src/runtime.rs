@@ -12,6 +12,7 @@ use std::sync::Arc;
 use agentgate_agent_client::AgentClient;
 
 use crate::config::Config;
+use crate::notify::Notifier;
 use crate::server::GatewayError;
 
 /// One configuration and what is built from it. Cheap to share (`Arc`).
@@ -20,6 +21,7 @@ pub struct Runtime {
     config: Config,
     agents: Arc<BTreeMap<String, AgentClient>>,
     admin_token: Option<String>,
+    notifier: Notifier,
 }
 
 /// How each agent of a new runtime relates to the previous one's.
@@ -39,12 +41,18 @@ pub struct AgentChanges {
 
 impl Runtime {
     /// The runtime of `config`, whose agents' clients are `agents` (the map the engine
-    /// hands out). The admin token is read from the environment now.
-    pub(crate) fn new(config: Config, agents: Arc<BTreeMap<String, AgentClient>>) -> Self {
+    /// hands out) and whose hooks are `notifier`. The admin token is read from the
+    /// environment now.
+    pub(crate) fn new(
+        config: Config,
+        agents: Arc<BTreeMap<String, AgentClient>>,
+        notifier: Notifier,
+    ) -> Self {
         Self {
             admin_token: config.admin.token(),
             config,
             agents,
+            notifier,
         }
     }
 
@@ -66,6 +74,11 @@ impl Runtime {
     /// The admin bearer token, if configured.
     pub fn admin_token(&self) -> Option<&str> {
         self.admin_token.as_deref()
+    }
+
+    /// The `[[notify]]` hooks.
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
     }
 }
 

@@ -88,6 +88,7 @@ fn describe_metrics() {
     agentgate_pipeline::describe_metrics();
     agentgate_progress_redis::describe_metrics();
     crate::reload::describe_metrics();
+    crate::notify::describe_metrics();
     metrics::describe_gauge!("agentgate_health_score", "Health score 0..100");
 }
 
@@ -133,7 +134,7 @@ pub fn build_state(config: Config) -> Result<AppState, GatewayError> {
             ..EngineSettings::default()
         },
     );
-    Ok(AppState::new(config, engine, prometheus))
+    AppState::new(config, engine, prometheus)
 }
 
 /// Runs the gateway on `listener` (public routes) and `admin_listener` (admin routes;
@@ -157,8 +158,11 @@ pub async fn serve(
     admin_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), GatewayError> {
-    // Every breaker transition is logged and followed from now on.
+    // Every breaker transition is logged and followed from now on (those since the
+    // state was built included), and the hooks are told what they asked for.
+    let sources = crate::notify::Sources::new(&state);
     state.transitions().start();
+    let notifications = tokio::spawn(sources.run(state.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
     let mut accept = vec![tokio::spawn(accept_loop(
@@ -194,6 +198,7 @@ pub async fn serve(
         let _ = task.await;
     }
     state.transitions().stop();
+    notifications.abort();
     // What other replicas should still get of this one's last queries goes out now.
     state.engine().backend().close().await;
     // Connections finish their current request and close; give them a moment.

@@ -10,7 +10,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::notify::Notifier;
 use crate::runtime::Runtime;
+use crate::server::GatewayError;
 use crate::transitions::TransitionLog;
 use crate::ws::WsRegistry;
 
@@ -40,13 +42,21 @@ struct Inner {
 impl AppState {
     /// State for a gateway running `config` on `engine` (whose agents are the config's,
     /// and whose progress backend decides what is shared with other replicas).
-    pub fn new(config: Config, engine: Engine, prometheus: PrometheusHandle) -> Self {
+    ///
+    /// Starts the delivery tasks of `config`'s `[[notify]]` hooks: call it within a
+    /// tokio runtime when it has any.
+    pub fn new(
+        config: Config,
+        engine: Engine,
+        prometheus: PrometheusHandle,
+    ) -> Result<Self, GatewayError> {
         let ws = WsRegistry::new(config.server.max_ws_connections);
         let agents = engine.agents();
         let transitions = TransitionLog::new(agents.values().map(|a| a.breaker()));
-        Self {
+        let notifier = Notifier::build(&config.notify, None)?;
+        Ok(Self {
             inner: Arc::new(Inner {
-                runtime: ArcSwap::from_pointee(Runtime::new(config, agents)),
+                runtime: ArcSwap::from_pointee(Runtime::new(config, agents, notifier)),
                 reloading: Mutex::new(()),
                 engine,
                 prometheus,
@@ -56,7 +66,7 @@ impl AppState {
                 ws,
                 transitions,
             }),
-        }
+        })
     }
 
     /// The running configuration, its agents and admin token, as one unit: read it once

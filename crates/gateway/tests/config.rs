@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use agentgate_circuit_breaker::CircuitBreakerConfig;
 use agentgate_gateway::config::{Config, ConfigError, ProgressBackend, ServerConfig};
+use agentgate_gateway::notify::NotifyEvent;
 use agentgate_pipeline::Fallback;
 use agentgate_retry::{Jitter, RetryConfig, RetryOn};
 use serde_json::json;
@@ -1390,4 +1391,76 @@ fn unknown_keys_get_hints_from_the_struct_that_rejects_them() {
         ),
     ];
     fails_with_an_agent(cases);
+}
+
+#[test]
+fn notify_hooks() {
+    std::env::set_var("AGENTGATE_CONFIG_TEST_HOOK_TOKEN", "hook-s3cret");
+    let c = ok(r#"
+[agents.a]
+url = "http://a"
+
+[[notify]]
+url = "http://hooks.internal:8080/agentgate"
+events = ["breaker_opened"]
+headers = { authorization = "Bearer ${AGENTGATE_CONFIG_TEST_HOOK_TOKEN}" }
+min_interval = "30s"
+[notify.retry]
+max_attempts = 5
+
+[[notify]]
+url = "http://second"
+"#);
+    assert_eq!(c.notify.len(), 2);
+    let (one, two) = (&c.notify[0], &c.notify[1]);
+    assert_eq!(one.url, "http://hooks.internal:8080/agentgate");
+    assert_eq!(one.events, [NotifyEvent::BreakerOpened]);
+    assert_eq!(one.headers["authorization"].expose(), "Bearer hook-s3cret");
+    assert_eq!(one.min_interval, Duration::from_secs(30));
+    assert_eq!(one.client_config().retry.max_attempts, 5);
+    assert_eq!(two.events, NotifyEvent::all());
+    assert_eq!(two.min_interval, Duration::from_secs(60));
+    assert_eq!((two.timeout, two.queue), (Duration::from_secs(10), 1024));
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("hook-s3cret"), "{shown}");
+
+    let hook = |body: &str| {
+        format!("[agents.a]\nurl = \"http://a\"\n[[notify]]\nurl = \"http://h\"\n{body}")
+    };
+    fails(
+        &hook("events = [\"breaker_exploded\"]\n"),
+        5,
+        10,
+        "notify[0].events = [\"breaker_exploded\"]: unknown variant `breaker_exploded`, expected one of `breaker_opened`, `breaker_closed`, `health_changed`",
+    );
+    fails(
+        &hook("events = []\n"),
+        5,
+        10,
+        "notify[0].events = []: name at least one of \"breaker_opened\", \"breaker_closed\", \"health_changed\"",
+    );
+    fails(
+        &hook("headers = { \"bad header\" = \"x\" }\n"),
+        5,
+        11,
+        "notify[0].headers: `bad header` is not a header name",
+    );
+    fails(
+        &hook("headers = { authorization = \"${AGENTGATE_CONFIG_TEST_UNSET_HOOK}\" }\n"),
+        5,
+        29,
+        "notify[0].headers.authorization = \"***\": environment variable `AGENTGATE_CONFIG_TEST_UNSET_HOOK` is not set",
+    );
+    fails(
+        &hook("queue = 0\n"),
+        5,
+        9,
+        "notify[0].queue = 0: must be at least 1",
+    );
+    fails(
+        "[agents.a]\nurl = \"http://a\"\n[[notify]]\nurl = \"ftp://h\"\n",
+        4,
+        7,
+        "notify[0].url = \"ftp://h\": only http:// agents are supported",
+    );
 }

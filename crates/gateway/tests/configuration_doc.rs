@@ -12,6 +12,7 @@ use std::path::Path;
 use agentgate_agent_client::AgentConfig;
 use agentgate_circuit_breaker::CircuitBreakerConfig;
 use agentgate_gateway::config::{AdminConfig, Config, ProgressConfig, ServerConfig};
+use agentgate_gateway::notify::NotifyConfig;
 use agentgate_pipeline::{PipelineConfig, StageConfig};
 use agentgate_retry::RetryConfig;
 use serde::de::DeserializeOwned;
@@ -74,7 +75,7 @@ fn keys_of<T: DeserializeOwned>(required: &str) -> BTreeSet<String> {
 #[test]
 fn every_key_is_documented_and_every_documented_key_exists() {
     let tables = tables(&doc());
-    let sections: [(&str, BTreeSet<String>); 8] = [
+    let sections: [(&str, BTreeSet<String>); 9] = [
         ("`[server]`", keys_of::<ServerConfig>("")),
         ("`[admin]`", keys_of::<AdminConfig>("")),
         ("`[progress]`", keys_of::<ProgressConfig>("")),
@@ -92,6 +93,10 @@ fn every_key_is_documented_and_every_documented_key_exists() {
         ),
         ("`[pipelines.NAME]`", keys_of::<PipelineConfig>("")),
         ("`[[pipelines.NAME.stages]]`", keys_of::<StageConfig>("")),
+        (
+            "`[[notify]]`",
+            keys_of::<NotifyConfig>("url = \"http://h\""),
+        ),
     ];
     assert_eq!(
         tables.keys().map(String::as_str).collect::<BTreeSet<_>>(),
@@ -118,7 +123,8 @@ fn every_documented_default_is_the_default() {
         "[server]\n{}\n[admin]\n{}\n[progress]\n{}\n\
          [defaults]\n{}\n[defaults.circuit_breaker]\n{}\n[defaults.retry]\n{}\n\
          [agents.a]\nurl = \"http://a\"\n\
-         [pipelines.p]\n{}\n[[pipelines.p.stages]]\nname = \"s\"\nagent = \"a\"\n{}",
+         [pipelines.p]\n{}\n[[pipelines.p.stages]]\nname = \"s\"\nagent = \"a\"\n{}\n\
+         [[notify]]\nurl = \"http://h\"\n{}",
         defaults("`[server]`"),
         defaults("`[admin]`"),
         defaults("`[progress]`"),
@@ -127,9 +133,11 @@ fn every_documented_default_is_the_default() {
         defaults("`retry` (of `[defaults]` or `[agents.NAME]`)"),
         defaults("`[pipelines.NAME]`"),
         defaults("`[[pipelines.NAME.stages]]`"),
+        defaults("`[[notify]]`"),
     );
     let implicit = "[agents.a]\nurl = \"http://a\"\n\
-                    [pipelines.p]\n[[pipelines.p.stages]]\nname = \"s\"\nagent = \"a\"\n";
+                    [pipelines.p]\n[[pipelines.p.stages]]\nname = \"s\"\nagent = \"a\"\n\
+                    [[notify]]\nurl = \"http://h\"\n";
     let explicit = Config::from_toml(&explicit, "documented.toml")
         .unwrap_or_else(|e| panic!("the documented defaults do not load: {e}"));
     let implicit = Config::from_toml(implicit, "implicit.toml").unwrap();

@@ -86,7 +86,7 @@ pub mod test_util;
 mod writer;
 
 pub use backend::RedisBackend;
-pub use settings::{redact, InvalidUrl, RedisSettings};
+pub use settings::{host_name, redact, InvalidUrl, RedisSettings};
 
 /// Describes this crate's Prometheus series.
 pub fn describe_metrics() {

@@ -102,8 +102,8 @@ pub fn redact(url: &str) -> String {
 }
 
 /// This machine's name, as `HOSTNAME` (set in containers and by shells) or the kernel
-/// has it; `agentgate` when neither says.
-fn host_name() -> String {
+/// has it; `agentgate` when neither says. The first part of a replica's id.
+pub fn host_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())

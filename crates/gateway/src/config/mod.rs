@@ -30,6 +30,8 @@ use std::time::Duration;
 use agentgate_agent_client::AgentConfig;
 use agentgate_config::{Invalid, Secret, Validate};
 use agentgate_pipeline::PipelineConfig;
+
+use crate::notify::NotifyConfig;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
@@ -51,6 +53,8 @@ pub struct Config {
     pub agents: BTreeMap<String, AgentConfig>,
     /// `[pipelines.P]`, by name; every stage and fallback names a defined agent.
     pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// `[[notify]]`: webhooks told of breaker and health transitions.
+    pub notify: Vec<NotifyConfig>,
     /// The file it was read from ([`Config::load`]), which a reload reads again.
     #[serde(skip)]
     pub file: Option<PathBuf>,

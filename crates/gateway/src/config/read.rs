@@ -102,7 +102,16 @@ fn check(doc: &mut Document, root: Spanned<DeValue<'_>>) -> Option<Config> {
         .pipelines
         .iter()
         .map(|(name, p)| (join("pipelines", name), p.problems()));
-    sections.extend(agent_problems.chain(pipeline_problems));
+    let notify_problems = config
+        .notify
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (format!("notify[{i}]"), n.problems()));
+    sections.extend(
+        agent_problems
+            .chain(pipeline_problems)
+            .chain(notify_problems),
+    );
     for (path, problems) in sections.iter().filter(|(path, _)| !dirty.contains(path)) {
         let inherits = path.starts_with("agents.");
         let layers = if inherits {
@@ -148,6 +157,7 @@ fn names(doc: &mut Document, section: &str, what: &str) -> BTreeSet<String> {
 fn section(path: &[String]) -> String {
     match path {
         [section, name, ..] if section == "agents" || section == "pipelines" => join(section, name),
+        [section, index, ..] if section == "notify" => format!("notify[{index}]"),
         [section, ..] => section.clone(),
         [] => String::new(),
     }
