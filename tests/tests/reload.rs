@@ -64,35 +64,20 @@ async fn breaker_state(gw: &Gateway, agent: &str) -> Value {
     res.json()[agent]["state"].clone()
 }
 
-async fn send_json(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).await.expect("send");
-}
-
-/// The next text frame as JSON (pings and pongs skipped), within 10 s.
-async fn recv(ws: &mut Ws) -> Value {
-    let frame = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) => return serde_json::from_str::<Value>(&t).unwrap(),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                other => panic!("expected a text frame, got {other:?}"),
+/// Reads frames (text ones, as JSON) until one satisfies `wanted`, within 10 s.
+async fn until_frame(ws: &mut Ws, wanted: impl Fn(&Value) -> bool) -> Value {
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(frame) = ws.next().await {
+            if let Message::Text(text) = frame.expect("the connection stays open") {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                if wanted(&v) {
+                    return v;
+                }
             }
         }
-    })
-    .await;
-    frame.expect("a frame within 10 s")
-}
-
-/// Frames until the query's terminal event, which is returned.
-async fn terminal(ws: &mut Ws, query_id: &str) -> Value {
-    loop {
-        let v = recv(ws).await;
-        if v["query_id"] == query_id
-            && ["completed", "failed", "cancelled"].contains(&v["type"].as_str().unwrap_or(""))
-        {
-            return v;
-        }
-    }
+        panic!("the connection closed");
+    });
+    found.await.expect("the frame within 10 s")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,12 +98,9 @@ async fn a_reload_swaps_the_config_and_keeps_connections_queries_and_breakers() 
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr))
         .await
         .expect("upgrade");
-    send_json(
-        &mut ws,
-        json!({"type": "query", "query": "q1", "request_id": "r1"}),
-    )
-    .await;
-    let accepted = recv(&mut ws).await;
+    let query = json!({"type": "query", "query": "q1", "request_id": "r1"});
+    ws.send(Message::text(query.to_string())).await.unwrap();
+    let accepted = until_frame(&mut ws, |v| v.get("seq").is_none()).await;
     assert_eq!(accepted["type"], "accepted", "{accepted}");
     let running = accepted["query_id"].as_str().unwrap().to_owned();
     held.until_hits(1).await;
@@ -162,15 +144,16 @@ async fn a_reload_swaps_the_config_and_keeps_connections_queries_and_breakers() 
 
     // The connection is as it was: it answers, and the running query finishes on its
     // own pipeline, its events reaching the same client.
-    send_json(&mut ws, json!({"type": "ping"})).await;
-    loop {
-        let v = recv(&mut ws).await;
-        if v["type"] == "pong" {
-            break;
-        }
-    }
+    ws.send(Message::text(json!({"type": "ping"}).to_string()))
+        .await
+        .unwrap();
+    until_frame(&mut ws, |v| v["type"] == "pong").await;
     held.release(1);
-    let end = terminal(&mut ws, &running).await;
+    let terminal = ["completed", "failed", "cancelled"];
+    let end = until_frame(&mut ws, |v| {
+        v["query_id"] == running.as_str() && terminal.contains(&v["type"].as_str().unwrap_or(""))
+    })
+    .await;
     assert_eq!(end["type"], "completed", "{end}");
     assert!(end["result"].get("first").is_some(), "{end}");
 

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{free_port, http, wait_until, write, Proc, BIN};
+use support::{free_port, http, run_on_redis, wait_until, write, Proc, BIN};
 
 #[test]
 fn check_accepts_a_good_config_with_a_one_line_summary() {
@@ -149,19 +149,7 @@ async fn two_replicas_share_queries_through_redis() {
                  [pipelines.default]\n[[pipelines.default.stages]]\nname = \"nlp\"\nagent = \"nlp\"\npath = \"/process\"\n"
             ),
         );
-        let child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_until(&format!("{name} connected to redis"), || {
-            let (status, body) = http("GET", port, "/readyz", "", "");
-            status == 200 && body.contains("\"redis\":\"connected\"")
-        })
-        .await;
-        (Proc(child), port)
+        (run_on_redis(name, &config, port).await, port)
     };
     let (mut one, one_port) = replica("one").await;
     let (mut two, two_port) = replica("two").await;

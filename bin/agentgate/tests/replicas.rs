@@ -19,7 +19,7 @@ use agentgate_mock_agent::{Behavior, MockAgent};
 use agentgate_progress_redis::test_util::RedisServer;
 use futures_util::StreamExt;
 use serde_json::Value;
-use support::{free_port, http, wait_until, write, Proc, BIN};
+use support::{free_port, http, run_on_redis, until_redis, wait_until, write, Proc, BIN};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -54,28 +54,15 @@ impl Replica {
                 slow.url(),
             ),
         );
-        let child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let replica = Self {
+        Self {
             name,
-            proc: Proc(child),
+            proc: run_on_redis(name, &config, port).await,
             port,
-        };
-        replica.until_connected().await;
-        replica
+        }
     }
 
     async fn until_connected(&self) {
-        wait_until(&format!("{} connected to redis", self.name), || {
-            let (status, body) = http("GET", self.port, "/readyz", "", "");
-            status == 200 && body.contains("\"redis\":\"connected\"")
-        })
-        .await;
+        until_redis(self.name, self.port).await;
     }
 
     /// Submits a query of `pipeline` (`Prefer: respond-async`); returns its id.

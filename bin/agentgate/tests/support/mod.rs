@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_agentgate");
@@ -64,4 +65,28 @@ pub async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+/// Starts `agentgate run --config config` (logging warnings only, to nowhere) and waits
+/// until its public listener on `port` says it is connected to Redis.
+pub async fn run_on_redis(name: &str, config: &std::path::Path, port: u16) -> Proc {
+    let child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let proc = Proc(child);
+    until_redis(name, port).await;
+    proc
+}
+
+/// Waits until the replica on `port` says it is connected to Redis.
+pub async fn until_redis(name: &str, port: u16) {
+    wait_until(&format!("{name} connected to redis"), || {
+        let (status, body) = http("GET", port, "/readyz", "", "");
+        status == 200 && body.contains("\"redis\":\"connected\"")
+    })
+    .await;
 }
