@@ -16,11 +16,13 @@
 //!
 //! Every `min(lease / 3, 1 s)` each replica looks at the leases of the replicas in
 //! `{prefix}:replicas` and of those whose queries it follows. A replica in the set
-//! without a lease is lost at once. A replica that is not in the set (Redis was
-//! restarted and lost it, along with its running set and records) is lost once its lease
-//! has been missing for a whole `lease`, since a replica that is alive puts its lease
-//! back within a third of that. A replica that finds its own lease gone (Redis lost it)
-//! shares its running queries' records again, where Redis has none.
+//! without a lease is lost at once (once the looking replica has reached Redis for a
+//! whole lease: after an outage, the others are given the time to renew). A replica that
+//! is not in the set (Redis was restarted and lost it, along with its running set and
+//! records) is lost once its lease has been missing for a whole `lease`, since a replica
+//! that is alive puts its lease back within a third of that. A replica that finds its
+//! own lease gone (Redis lost it) shares its running queries' records again, where Redis
+//! has none. (`SET … GET` needs Redis 6.2 or later.)
 //!
 //! Detection takes at most `lease` (the lease expires) plus one look, so subscribers get
 //! the terminal event within `lease` + 1 s and a few round trips (SPEC: `lease` + 5 s);
@@ -128,23 +130,33 @@ pub(crate) async fn watch(backend: RedisBackend) {
     );
     let mut conn: Option<ConnectionManager> = None;
     let mut missing = HashMap::new();
+    // Since when the watch has reached Redis without a failure.
+    let mut reached: Option<Instant> = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = watch_once(&backend, &mut conn, &mut missing).await {
+        let since = *reached.get_or_insert_with(Instant::now);
+        if let Err(e) = watch_once(&backend, &mut conn, &mut missing, since).await {
             conn = None;
+            reached = None;
             log.failed(&backend, &e);
         }
     }
 }
 
 /// One look at the leases. `missing` holds since when each replica that is not in the
-/// replicas' set has been seen without a lease.
+/// replicas' set has been seen without a lease; `reached`, since when this replica has
+/// reached Redis without a failure.
+///
+/// Only a watch that has reached Redis for a whole lease takes a replica in the set
+/// for lost: after an outage (Redis down, or unreachable from here), the others renew
+/// their leases within a third of one, and one that expired meanwhile is not a loss.
 async fn watch_once(
     backend: &RedisBackend,
     conn: &mut Option<ConnectionManager>,
     missing: &mut HashMap<Arc<str>, Instant>,
+    reached: Instant,
 ) -> Result<(), redis::RedisError> {
     let keys = backend.keys();
     let conn = connected(backend, conn).await?;
@@ -168,6 +180,7 @@ async fn watch_once(
     let alive: Vec<bool> = exists.query_async(conn).await?;
     let now = Instant::now();
     let lease = backend.settings().lease;
+    let settled = now.duration_since(reached) >= lease;
     for (replica, alive) in candidates.into_iter().zip(alive) {
         if alive {
             missing.remove(&replica);
@@ -175,7 +188,7 @@ async fn watch_once(
         }
         let since = *missing.entry(replica.clone()).or_insert(now);
         let registered = members.contains(&*replica);
-        if registered || now.duration_since(since) >= lease {
+        if (registered && settled) || now.duration_since(since) >= lease {
             let known = followed.remove(&replica).unwrap_or_default();
             take_over(backend, conn, &replica, known, registered).await?;
             missing.remove(&replica);
