@@ -37,7 +37,7 @@ use redis::aio::ConnectionManager;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::failures::FailureLog;
-use crate::writer::{add_event, millis};
+use crate::writer::{add_event, millis, publish};
 use crate::RedisBackend;
 
 /// The longest pause between two looks at the other replicas' leases.
@@ -335,6 +335,7 @@ async fn publish_ending(
     }
     .ignore();
     add_event(&mut pipe, backend, query_id, &event);
+    publish(&mut pipe, backend, &[&event]);
     pipe.cmd("SREM")
         .arg(keys.running(replica))
         .arg(&**query_id)

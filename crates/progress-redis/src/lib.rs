@@ -13,10 +13,11 @@
 //! - **Out**: every event a replica publishes for its own queries goes, in order, through
 //!   one writer task that pipelines, per event,
 //!   `XADD {prefix}:q:{id}:events MAXLEN ~ N * e <json>` (about the last
-//!   `replay_events` events of each query), `PEXPIRE` on that key (`running_ttl` while
-//!   the query runs, `retention` after its terminal event) and
-//!   `PUBLISH {prefix}:events "<replica>|<json>"`. Query records go the same way
-//!   (`SET {prefix}:q:{id}:record`).
+//!   `replay_events` events of each query) and `PEXPIRE` on that key (`running_ttl`
+//!   while the query runs, `retention` after its terminal event), and per batch one
+//!   `PUBLISH {prefix}:events "<replica>|<json>\n<json>…"` (the writer waits a
+//!   millisecond after the first item for the rest of a burst). Query records go the same
+//!   way (`SET {prefix}:q:{id}:record`, and the replica's running set).
 //!   Publishing never waits for Redis: the hook only puts the event on a bounded queue
 //!   (`queue`); when it is full, the event is dropped for other replicas (counted in
 //!   `agentgate_progress_redis_dropped_total`), never for this replica's own clients.

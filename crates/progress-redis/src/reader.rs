@@ -53,19 +53,22 @@ async fn listen(backend: &RedisBackend, backoff: &mut Backoff) -> Result<(), red
             }
             continue;
         }
-        let Some((replica, json)) = text.split_once('|') else {
+        let Some((replica, events)) = text.split_once('|') else {
             continue;
         };
         if replica == backend.replica() {
             continue;
         }
-        let Ok((query_id, event)) = Published::from_json(json.into()) else {
-            tracing::debug!("progress backend: skipped a malformed message");
-            continue;
-        };
-        backend.note_owner(replica, &query_id, event.is_terminal());
-        if let Mirrored::Gap { next_seq } = backend.apply((query_id.clone(), event), false) {
-            fill(backend, &query_id, next_seq).await?;
+        // One line per event, in the order they were published.
+        for json in events.split('\n') {
+            let Ok((query_id, event)) = Published::from_json(json.into()) else {
+                tracing::debug!("progress backend: skipped a malformed message");
+                continue;
+            };
+            backend.note_owner(replica, &query_id, event.is_terminal());
+            if let Mirrored::Gap { next_seq } = backend.apply((query_id.clone(), event), false) {
+                fill(backend, &query_id, next_seq).await?;
+            }
         }
     }
     Ok(())

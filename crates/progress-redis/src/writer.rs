@@ -18,6 +18,10 @@ const BATCH: usize = 256;
 const GIVE_UP_AFTER: Duration = Duration::from_secs(10);
 /// How often an idle writer checks its connection.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// How long the writer waits for more after the first item of a batch: a query's events
+/// come in bursts, and one pipeline with one message for the burst costs both this
+/// replica and the others less than one per event.
+const LINGER: Duration = Duration::from_millis(1);
 
 pub(crate) async fn run(backend: RedisBackend, mut rx: mpsc::Receiver<Out>) {
     let mut conn: Option<ConnectionManager> = None;
@@ -35,6 +39,7 @@ pub(crate) async fn run(backend: RedisBackend, mut rx: mpsc::Receiver<Out>) {
                 if n == 0 {
                     return; // every sender is gone
                 }
+                linger(&mut rx, &mut batch).await;
             }
             _ = check.tick() => {
                 let ping = redis::pipe().cmd("PING").ignore().clone();
@@ -81,6 +86,21 @@ pub(crate) async fn run(backend: RedisBackend, mut rx: mpsc::Receiver<Out>) {
     }
 }
 
+/// Takes in what comes within [`LINGER`] (up to [`BATCH`] in all), unless the batch is
+/// full or closes the writer.
+async fn linger(rx: &mut mpsc::Receiver<Out>, batch: &mut Vec<Out>) {
+    if batch.iter().any(|o| matches!(o, Out::Close(_))) {
+        return;
+    }
+    let until = Instant::now() + LINGER;
+    while batch.len() < BATCH {
+        let more = tokio::time::timeout_at(until, rx.recv_many(batch, BATCH - batch.len()));
+        if !matches!(more.await, Ok(n) if n > 0) {
+            return;
+        }
+    }
+}
+
 /// Removes a `Close` from the batch (it is always the last thing a closing backend sends).
 fn take_close(batch: &mut Vec<Out>) -> Option<tokio::sync::oneshot::Sender<()>> {
     let at = batch.iter().position(|o| matches!(o, Out::Close(_)))?;
@@ -110,9 +130,13 @@ fn pipeline(backend: &RedisBackend, batch: &[Out]) -> redis::Pipeline {
     let running = millis(settings.running_ttl);
     let running_set = keys.running(backend.replica());
     let mut pipe = redis::pipe();
+    let mut events = Vec::new();
     for out in batch {
         match out {
-            Out::Event { query_id, event } => add_event(&mut pipe, backend, query_id, event),
+            Out::Event { query_id, event } => {
+                add_event(&mut pipe, backend, query_id, event);
+                events.push(&**event);
+            }
             Out::Record {
                 query_id,
                 json,
@@ -140,12 +164,13 @@ fn pipeline(backend: &RedisBackend, batch: &[Out]) -> redis::Pipeline {
             Out::Close(_) => {}
         }
     }
+    publish(&mut pipe, backend, &events);
     pipe
 }
 
-/// Adds to `pipe` what shares one event of `query_id` with the other replicas, as this
-/// replica: the stream entry (its expiry: `running_ttl` while the query runs,
-/// `retention` after its terminal event) and the message.
+/// Adds to `pipe` the stream entry of one event of `query_id` (its expiry:
+/// `running_ttl` while the query runs, `retention` after its terminal event); the
+/// message that announces it is [`publish`]'s.
 pub(crate) fn add_event(
     pipe: &mut redis::Pipeline,
     backend: &RedisBackend,
@@ -168,9 +193,28 @@ pub(crate) fn add_event(
         false => settings.running_ttl,
     };
     pipe.cmd("PEXPIRE").arg(&key).arg(millis(ttl)).ignore();
+}
+
+/// Adds to `pipe` one message announcing `events` to the other replicas, in order:
+/// `<replica>|<json>` with one JSON text per line (JSON text has no raw newline).
+pub(crate) fn publish(pipe: &mut redis::Pipeline, backend: &RedisBackend, events: &[&Published]) {
+    if events.is_empty() {
+        return;
+    }
+    let replica = backend.replica();
+    let size = replica.len() + events.iter().map(|e| e.json.len() + 1).sum::<usize>();
+    let mut message = String::with_capacity(size);
+    message.push_str(replica);
+    message.push('|');
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            message.push('\n');
+        }
+        message.push_str(&event.json);
+    }
     pipe.cmd("PUBLISH")
         .arg(backend.keys().channel())
-        .arg(format!("{}|{}", backend.replica(), event.json))
+        .arg(message)
         .ignore();
 }
 
