@@ -4,8 +4,11 @@
 //!   of `benches/pipeline.sh` ([`pipeline`]);
 //! - `loadgen ws-fanout`: thousands of WebSocket clients subscribed to a steady stream of
 //!   queries, for `benches/ws_fanout.sh` ([`ws_fanout`]);
-//! - `loadgen open-loop`: GET requests at a fixed offered rate, latency measured from
-//!   when each request was due, for `benches/failfast.sh` ([`open_loop`]).
+//! - `loadgen open-loop`: GET (or POST) requests at a fixed offered rate, latency
+//!   measured from when each request was due, for `benches/failfast.sh` and
+//!   `benches/redis_cost.sh` ([`open_loop`]);
+//! - `loadgen replica-loss`: kill -9 of a replica and the time until the others'
+//!   watchers get `replica_lost`, for `benches/replica_loss.sh` ([`replica_loss`]).
 //!
 //! Every mode runs on one current-thread tokio runtime (one OS thread does the work), so
 //! the scripts can pin the client to one CPU and leave the other to the servers.
@@ -18,6 +21,7 @@ mod http;
 mod open_loop;
 mod pipeline;
 mod procfs;
+mod replica_loss;
 mod stats;
 mod ws_fanout;
 
@@ -27,7 +31,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, Parser)]
 #[command(
     name = "loadgen",
-    about = "Load clients for benches/: pipeline latency (default), WebSocket fan-out, open-loop HTTP",
+    about = "Load clients for benches/: pipeline latency (default), WebSocket fan-out, open-loop HTTP, replica loss",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
@@ -46,6 +50,9 @@ enum Mode {
     /// GET one URL at a fixed offered rate over a few keep-alive connections: latency
     /// from when each request was due (no coordinated omission) and from when it was sent.
     OpenLoop(open_loop::Args),
+    /// Three agentgate replicas on one Redis: kill -9 one mid-query, time until the other
+    /// two's WebSocket clients get its `replica_lost` terminal event.
+    ReplicaLoss(replica_loss::Args),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +72,7 @@ fn main() -> ExitCode {
             None => pipeline::run(cli.pipeline).await,
             Some(Mode::WsFanout(args)) => ws_fanout::run(args).await,
             Some(Mode::OpenLoop(args)) => open_loop::run(args).await,
+            Some(Mode::ReplicaLoss(args)) => replica_loss::run(args).await,
         }
     });
     match result {

@@ -1,4 +1,5 @@
-//! `loadgen open-loop`: GET one URL at a fixed offered rate (`benches/failfast.sh`).
+//! `loadgen open-loop`: GET one URL (or POST it a JSON body) at a fixed offered rate
+//! (`benches/failfast.sh`, `benches/redis_cost.sh`).
 //!
 //! Request *i* is due at `start + i / rate`, whatever happened to the earlier ones (an
 //! open loop, like wrk2): a dispatcher hands each due request to an idle keep-alive
@@ -51,6 +52,13 @@ pub(crate) struct Args {
     /// The server's PID, to report the CPU it used while measured.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Another process's PID (e.g. redis-server behind the server), whose CPU is
+    /// reported too, as `other_cpu`.
+    #[arg(long)]
+    other_pid: Option<u32>,
+    /// POST this JSON body instead of a GET.
+    #[arg(long)]
+    body: Option<String>,
 }
 
 /// What a finished request reports back to the dispatcher.
@@ -76,11 +84,12 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
     for _ in 0..args.connections.max(1) {
         idle.push(Conn::open(&uri).await?);
     }
+    let post: Option<bytes::Bytes> = args.body.clone().map(Into::into);
     // One request first: the answer must be the expected one.
-    let (status, body) = idle[0].get(&path).await?;
+    let (status, body) = send(&mut idle[0], &path, post.as_ref()).await?;
     if status != expect {
         return Err(format!(
-            "GET {} answered {status} (expected {expect}): {}",
+            "{} answered {status} (expected {expect}): {}",
             args.url,
             String::from_utf8_lossy(&body)
         )
@@ -150,12 +159,16 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
             let measured = next >= warmup_n;
             if measured && first_due.is_none() {
                 first_due = Some(due(next));
-                cpu_at_start = Some((args.server_pid.and_then(procfs::sched), procfs::sched(0)));
+                cpu_at_start = Some((
+                    args.server_pid.and_then(procfs::sched),
+                    args.other_pid.and_then(procfs::sched),
+                    procfs::sched(0),
+                ));
             }
-            let (tx, path, due_at) = (tx.clone(), path.clone(), due(next));
+            let (tx, path, due_at, post) = (tx.clone(), path.clone(), due(next), post.clone());
             tokio::spawn(async move {
                 let sent = Instant::now();
-                let result = conn.get(&path).await;
+                let result = send(&mut conn, &path, post.as_ref()).await;
                 let finished = Instant::now();
                 let (conn, outcome) = match result {
                     Ok((status, _)) => (Some(conn), Ok(status)),
@@ -182,14 +195,16 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
         }
         tokio::task::yield_now().await;
     }
-    let (server, own) = match cpu_at_start {
-        Some((server, own)) => (
-            server
-                .zip(args.server_pid.and_then(procfs::sched))
-                .map(|(a, b)| b.since(a)),
-            own.zip(procfs::sched(0)).map(|(a, b)| b.since(a)),
+    let since = |at: Option<Sched>, pid: Option<u32>| {
+        at.zip(pid.and_then(procfs::sched)).map(|(a, b)| b.since(a))
+    };
+    let (server, other, own) = match cpu_at_start {
+        Some((server, other, own)) => (
+            since(server, args.server_pid),
+            since(other, args.other_pid),
+            since(own, Some(0)),
         ),
-        None => (None, None),
+        None => (None, None, None),
     };
 
     if errors > 0 || unexpected > 0 {
@@ -208,8 +223,27 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
     let d = summarise(from_due);
     let s = summarise(from_sent);
     let l = summarise(lag);
-    print_result(&args, achieved, (&d, &s, &l), starved, elapsed, server, own);
+    print_result(
+        &args,
+        achieved,
+        (&d, &s, &l),
+        starved,
+        elapsed,
+        [server, other, own],
+    );
     Ok(())
+}
+
+/// One request on `conn`: a POST of `body` when given, else a GET.
+async fn send(
+    conn: &mut Conn,
+    path: &str,
+    body: Option<&bytes::Bytes>,
+) -> Result<(StatusCode, bytes::Bytes), BoxError> {
+    match body {
+        Some(body) => conn.post(path, &[], body.clone()).await,
+        None => conn.get(path).await,
+    }
 }
 
 fn print_result(
@@ -218,14 +252,13 @@ fn print_result(
     (d, s, l): (&Summary, &Summary, &Summary),
     starved: u64,
     elapsed: Duration,
-    server: Option<Sched>,
-    own: Option<Sched>,
+    [server, other, own]: [Option<Sched>; 3],
 ) {
     let cpu = server.map_or("n/a".to_owned(), |c| c.shares(elapsed));
     let wall = elapsed.as_secs_f64().max(1e-9);
     let share = |c: Option<Sched>, f: fn(Sched) -> Duration| {
         c.map_or("nan".to_owned(), |c| {
-            format!("{:.2}", f(c).as_secs_f64() / wall)
+            format!("{:.4}", f(c).as_secs_f64() / wall)
         })
     };
     println!(
@@ -249,7 +282,7 @@ fn print_result(
     );
     // One line for scripts: key=value, latencies in microseconds.
     println!(
-        "RESULT label={} offered={:.0} achieved={achieved:.0} n={} p50_us={:.1} p90_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1} sent_p50_us={:.1} sent_p99_us={:.1} lag_p99_us={:.1} starved={starved} server_cpu={} server_wait={} loadgen_wait={}",
+        "RESULT label={} offered={:.0} achieved={achieved:.0} n={} p50_us={:.1} p90_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1} sent_p50_us={:.1} sent_p99_us={:.1} lag_p99_us={:.1} starved={starved} server_cpu={} server_wait={} other_cpu={} loadgen_wait={}",
         args.label,
         args.rate,
         d.n,
@@ -263,6 +296,7 @@ fn print_result(
         us(l.p99),
         share(server, |c| c.run),
         share(server, |c| c.wait),
+        share(other, |c| c.run),
         share(own, |c| c.wait),
     );
 }
