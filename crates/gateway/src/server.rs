@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use agentgate_agent_client::AgentClient;
+use agentgate_agent_client::{AgentClient, LATENCY_BUCKETS};
 use agentgate_circuit_breaker::State as BreakerState;
 use agentgate_pipeline::{Engine, EngineSettings};
 use agentgate_progress::{Backend, HubConfig, MemoryHub};
@@ -32,11 +32,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// At shutdown, how long WebSocket connections may at least take to deliver the last
 /// terminal events once running queries have ended.
 const WS_FLUSH_MIN: Duration = Duration::from_secs(2);
-
-/// Histogram buckets for agent and query latencies: 1 ms … 60 s.
-const LATENCY_BUCKETS: [f64; 15] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +59,7 @@ pub fn prometheus() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
+                // Agent and query latencies alike: 1 ms … 60 s.
                 .set_buckets_for_metric(
                     Matcher::Suffix("duration_seconds".into()),
                     &LATENCY_BUCKETS,

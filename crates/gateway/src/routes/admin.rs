@@ -62,6 +62,10 @@ pub fn metrics_value(state: &AppState) -> Value {
                 "rejected": s.rejected,
                 "retries": s.retries,
                 "avg_latency_ms": round2(s.avg_latency_ms),
+                "latency_histogram": {
+                    "le_ms": latency_bounds_ms(),
+                    "counts": s.latency_buckets,
+                },
                 "circuit_breaker": breaker_json(&agent.breaker().snapshot()),
             }),
         );
@@ -96,6 +100,15 @@ pub fn metrics_value(state: &AppState) -> Value {
 
 /// How many running queries `live_queries` lists (the oldest first).
 pub(crate) const LIVE_QUERIES: usize = 20;
+
+/// The bounds of `latency_histogram.counts`, in milliseconds (`counts` has one more
+/// entry: every timed attempt, as Prometheus' `+Inf` bucket).
+fn latency_bounds_ms() -> Vec<f64> {
+    agentgate_agent_client::LATENCY_BUCKETS
+        .iter()
+        .map(|s| round2(s * 1000.0))
+        .collect()
+}
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
