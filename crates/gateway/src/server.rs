@@ -7,7 +7,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use agentgate_agent_client::{AgentClient, LATENCY_BUCKETS};
-use agentgate_circuit_breaker::State as BreakerState;
 use agentgate_pipeline::{Engine, EngineSettings};
 use agentgate_progress::{Backend, HubConfig, MemoryHub};
 use agentgate_progress_redis::{RedisBackend, RedisSettings};
@@ -146,7 +145,8 @@ pub async fn serve(
     admin_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), GatewayError> {
-    let loggers = spawn_transition_logs(&state);
+    // Every transition is logged and kept from now on (the dashboard lists them).
+    let recorders = state.transitions().spawn_recorders();
     let (stop_tx, stop_rx) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
     let mut accept = vec![tokio::spawn(accept_loop(
@@ -181,7 +181,7 @@ pub async fn serve(
     for task in accept {
         let _ = task.await;
     }
-    for task in loggers {
+    for task in recorders {
         task.abort();
     }
     // What other replicas should still get of this one's last queries goes out now.
@@ -237,36 +237,4 @@ async fn accept_loop(
             }
         });
     }
-}
-
-/// Logs every breaker transition: `warn` when a breaker opens, `info` otherwise.
-fn spawn_transition_logs(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
-    state
-        .engine()
-        .agents()
-        .values()
-        .map(|agent| {
-            let mut events = agent.breaker().subscribe();
-            tokio::spawn(async move {
-                loop {
-                    match events.recv().await {
-                        Ok(t) => {
-                            if matches!(t.to, BreakerState::Open | BreakerState::ForcedOpen) {
-                                tracing::warn!(agent = %t.agent, from = %t.from, to = %t.to, reason = %t.reason,
-                                    calls_in_window = t.calls_in_window, failure_rate = t.failure_rate,
-                                    consecutive_failures = t.consecutive_failures, "circuit breaker opened");
-                            } else {
-                                tracing::info!(agent = %t.agent, from = %t.from, to = %t.to, reason = %t.reason,
-                                    "circuit breaker transition");
-                            }
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                            tracing::warn!(skipped = n, "breaker transition log fell behind");
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                    }
-                }
-            })
-        })
-        .collect()
 }

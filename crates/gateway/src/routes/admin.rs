@@ -243,6 +243,19 @@ pub(crate) async fn breakers(State(state): State<AppState>) -> Json<Value> {
             "failure_rate_threshold": cfg.failure_rate_threshold,
             "consecutive_failures": cfg.consecutive_failures,
         });
+        v["recent_transitions"] = state
+            .transitions()
+            .recent_of(name)
+            .iter()
+            .map(|t| {
+                json!({
+                    "from": t.from.as_str(),
+                    "to": t.to.as_str(),
+                    "reason": t.reason.as_str(),
+                    "ts": rfc3339(t.wall),
+                })
+            })
+            .collect();
         out.insert(name.clone(), v);
     }
     Json(Value::Object(out))
