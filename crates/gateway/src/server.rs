@@ -82,6 +82,10 @@ fn describe_metrics() {
     agentgate_pipeline::describe_metrics();
     agentgate_progress_redis::describe_metrics();
     metrics::describe_gauge!("agentgate_health_score", "Health score 0..100");
+    metrics::describe_gauge!(
+        "agentgate_health_status",
+        "1 for the current health status (healthy, degraded, unhealthy), else 0"
+    );
 }
 
 /// Builds the gateway's state from `config`: one client per agent, the progress

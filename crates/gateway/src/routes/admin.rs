@@ -33,13 +33,25 @@ pub(crate) async fn prometheus(State(state): State<AppState>) -> Response {
 }
 
 /// Applies time-driven breaker changes (open → half_open) so gauges are current, and
-/// updates the health gauge.
+/// updates the health gauges.
 fn refresh(state: &AppState) {
     for agent in state.engine().agents().values() {
         agent.breaker().snapshot();
     }
-    metrics::gauge!("agentgate_health_score").set(f64::from(health(state).0));
+    let (score, status, _) = health(state);
+    metrics::gauge!("agentgate_health_score").set(f64::from(score));
+    // One-hot, like the breaker state: alerts select a status without knowing scores.
+    for s in HEALTH_STATUSES {
+        metrics::gauge!("agentgate_health_status", "status" => s).set(if s == status {
+            1.0
+        } else {
+            0.0
+        });
+    }
 }
+
+/// The values of `health.status`, worst last.
+const HEALTH_STATUSES: [&str; 3] = ["healthy", "degraded", "unhealthy"];
 
 /// `GET /api/orchestration/metrics`.
 pub(crate) async fn metrics_json(State(state): State<AppState>) -> Json<Value> {
