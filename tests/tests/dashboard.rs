@@ -199,13 +199,25 @@ async fn click(browser: &Client, agent: &str, action: &str) -> String {
         "document.getElementById('notice').textContent !== ''",
     )
     .await;
+    text_of(browser, "#notice").await
+}
+
+/// The text of the first element matching `css`.
+async fn text_of(browser: &Client, css: &str) -> String {
     browser
-        .find(Locator::Css("#notice"))
+        .find(Locator::Css(css))
         .await
         .unwrap()
         .text()
         .await
         .unwrap()
+}
+
+/// Makes `from`'s tile act for agent `to`.
+async fn rename_tile(browser: &Client, from: &str, to: &str) {
+    let js =
+        format!(r#"document.querySelector('.tile[data-agent="{from}"]').dataset.agent = "{to}";"#);
+    browser.execute(&js, vec![]).await.unwrap();
 }
 
 async fn type_token(browser: &Client, token: &str) {
@@ -318,13 +330,7 @@ async fn the_dashboard_plots_agents_shows_breaker_history_and_explains_refusals(
         r#".tile[data-agent="nlp"] svg.timeline rect[data-state="open"]"#,
     )
     .await;
-    let log = browser
-        .find(Locator::Css("#transitions"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = text_of(&browser, "#transitions").await;
     assert!(log.contains("nlp: closed → open (consecutive)"), "{log}");
     // The others stay closed.
     wait_for_tile(&browser, "data", "closed").await;
@@ -340,22 +346,10 @@ async fn the_dashboard_plots_agents_shows_breaker_history_and_explains_refusals(
     wait_for(&browser, "#notice.err").await;
     type_token(&browser, TOKEN).await;
     // A tile whose agent the gateway no longer has (as after a config change).
-    browser
-        .execute(
-            r#"document.querySelector('.tile[data-agent="data"]').dataset.agent = "ghost";"#,
-            vec![],
-        )
-        .await
-        .unwrap();
+    rename_tile(&browser, "data", "ghost").await;
     let said = click(&browser, "ghost", "disable").await;
     assert!(said.contains("refused: unknown agent `ghost`"), "{said}");
-    browser
-        .execute(
-            r#"document.querySelector('.tile[data-agent="ghost"]').dataset.agent = "data";"#,
-            vec![],
-        )
-        .await
-        .unwrap();
+    rename_tile(&browser, "ghost", "data").await;
     // With the right token the action is done, and the breaker follows.
     let said = click(&browser, "viz", "force-open").await;
     assert!(said.contains("done, closed → forced_open"), "{said}");
@@ -376,13 +370,7 @@ async fn the_dashboard_plots_agents_shows_breaker_history_and_explains_refusals(
         .expect("page loads again");
     wait_for_tile(&browser, "nlp", "open").await;
     wait_for(&browser, "#transitions li.replayed").await;
-    let log = browser
-        .find(Locator::Css("#transitions"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = text_of(&browser, "#transitions").await;
     assert!(log.contains("nlp: closed → open (consecutive)"), "{log}");
     assert!(log.contains("viz: closed → forced_open (manual)"), "{log}");
     assert!(!log.contains("none yet"), "{log}");

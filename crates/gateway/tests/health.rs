@@ -36,6 +36,16 @@ async fn not_found_agent() -> std::net::SocketAddr {
     addr
 }
 
+/// A gateway state with one agent `a` (answering 404) in a one-stage pipeline.
+async fn one_agent_gateway() -> AppState {
+    let addr = not_found_agent().await;
+    let toml = format!(
+        "[agents.a]\nurl = \"http://{addr}\"\n[pipelines.default]\n\
+         [[pipelines.default.stages]]\nname = \"s\"\nagent = \"a\"\n"
+    );
+    build_state(Config::from_toml(&toml, "health.toml").unwrap()).unwrap()
+}
+
 async fn health(state: &AppState) -> Value {
     let req = Request::get("/api/orchestration/health")
         .body(axum::body::Body::empty())
@@ -47,12 +57,7 @@ async fn health(state: &AppState) -> Value {
 
 #[tokio::test(start_paused = true)]
 async fn a_burst_of_failures_stops_lowering_the_score_once_it_leaves_the_window() {
-    let addr = not_found_agent().await;
-    let toml = format!(
-        "[agents.a]\nurl = \"http://{addr}\"\n[pipelines.default]\n\
-         [[pipelines.default.stages]]\nname = \"s\"\nagent = \"a\"\n"
-    );
-    let state = build_state(Config::from_toml(&toml, "health.toml").unwrap()).unwrap();
+    let state = one_agent_gateway().await;
     assert_eq!(health(&state).await["score"], 100);
 
     for _ in 0..3 {
@@ -105,12 +110,7 @@ fn status_gauges(text: &str) -> Vec<(String, f64)> {
 
 #[tokio::test]
 async fn the_status_gauge_is_one_hot_for_alerts() {
-    let addr = not_found_agent().await;
-    let toml = format!(
-        "[agents.a]\nurl = \"http://{addr}\"\n[pipelines.default]\n\
-         [[pipelines.default.stages]]\nname = \"s\"\nagent = \"a\"\n"
-    );
-    let state = build_state(Config::from_toml(&toml, "health.toml").unwrap()).unwrap();
+    let state = one_agent_gateway().await;
     let one_hot = |want: &str| -> Vec<(String, f64)> {
         ["healthy", "degraded", "unhealthy"]
             .iter()
