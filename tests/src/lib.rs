@@ -398,6 +398,38 @@ where
     }
 }
 
+/// Runs an external checker (`promtool`, `hadolint`, …) with `args`, `stdin` piped in;
+/// whether it exited 0, and what it printed (stdout then stderr). Panics when the
+/// program is missing: `scripts/test.sh` installs every one, and a check is never
+/// skipped.
+pub fn run_tool(program: &str, args: &[&str], stdin: Option<&[u8]>) -> (bool, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} {args:?}: {e} (scripts/test.sh installs it)"));
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(input)
+            .expect("write to the tool's stdin");
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("the tool ran");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// What a test request got back.
 #[derive(Debug)]
 pub struct Answer {

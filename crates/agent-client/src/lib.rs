@@ -39,5 +39,5 @@ pub use body::AgentBody;
 pub use client::{AgentClient, HttpClient, SharedClient};
 pub use config::{check_url, AgentConfig, AgentConfigError};
 pub use json::JsonBody;
-pub use metrics::{describe_metrics, AgentMetrics, AgentStats};
+pub use metrics::{describe_metrics, AgentMetrics, AgentStats, LATENCY_BUCKETS};
 pub use stack::{layered, stack, AgentService, Stack, StackParts, TransportBody};

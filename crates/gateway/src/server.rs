@@ -6,8 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use agentgate_agent_client::AgentClient;
-use agentgate_circuit_breaker::State as BreakerState;
+use agentgate_agent_client::{AgentClient, LATENCY_BUCKETS};
 use agentgate_pipeline::{Engine, EngineSettings};
 use agentgate_progress::{Backend, HubConfig, MemoryHub};
 use agentgate_progress_redis::{RedisBackend, RedisSettings};
@@ -32,11 +31,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// At shutdown, how long WebSocket connections may at least take to deliver the last
 /// terminal events once running queries have ended.
 const WS_FLUSH_MIN: Duration = Duration::from_secs(2);
-
-/// Histogram buckets for agent and query latencies: 1 ms … 60 s.
-const LATENCY_BUCKETS: [f64; 15] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +58,7 @@ pub fn prometheus() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
+                // Agent and query latencies alike: 1 ms … 60 s.
                 .set_buckets_for_metric(
                     Matcher::Suffix("duration_seconds".into()),
                     &LATENCY_BUCKETS,
@@ -87,6 +82,10 @@ fn describe_metrics() {
     agentgate_pipeline::describe_metrics();
     agentgate_progress_redis::describe_metrics();
     metrics::describe_gauge!("agentgate_health_score", "Health score 0..100");
+    metrics::describe_gauge!(
+        "agentgate_health_status",
+        "1 for the current health status (healthy, degraded, unhealthy), else 0"
+    );
 }
 
 /// Builds the gateway's state from `config`: one client per agent, the progress
@@ -150,7 +149,8 @@ pub async fn serve(
     admin_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), GatewayError> {
-    let loggers = spawn_transition_logs(&state);
+    // Every transition is logged and kept from now on (the dashboard lists them).
+    let recorders = state.transitions().spawn_recorders();
     let (stop_tx, stop_rx) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
     let mut accept = vec![tokio::spawn(accept_loop(
@@ -185,7 +185,7 @@ pub async fn serve(
     for task in accept {
         let _ = task.await;
     }
-    for task in loggers {
+    for task in recorders {
         task.abort();
     }
     // What other replicas should still get of this one's last queries goes out now.
@@ -241,36 +241,4 @@ async fn accept_loop(
             }
         });
     }
-}
-
-/// Logs every breaker transition: `warn` when a breaker opens, `info` otherwise.
-fn spawn_transition_logs(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
-    state
-        .engine()
-        .agents()
-        .values()
-        .map(|agent| {
-            let mut events = agent.breaker().subscribe();
-            tokio::spawn(async move {
-                loop {
-                    match events.recv().await {
-                        Ok(t) => {
-                            if matches!(t.to, BreakerState::Open | BreakerState::ForcedOpen) {
-                                tracing::warn!(agent = %t.agent, from = %t.from, to = %t.to, reason = %t.reason,
-                                    calls_in_window = t.calls_in_window, failure_rate = t.failure_rate,
-                                    consecutive_failures = t.consecutive_failures, "circuit breaker opened");
-                            } else {
-                                tracing::info!(agent = %t.agent, from = %t.from, to = %t.to, reason = %t.reason,
-                                    "circuit breaker transition");
-                            }
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                            tracing::warn!(skipped = n, "breaker transition log fell behind");
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                    }
-                }
-            })
-        })
-        .collect()
 }

@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::transitions::{TransitionLog, RECENT_PER_AGENT};
 use crate::ws::WsRegistry;
 
 /// Shared gateway state. Cheap to clone.
@@ -30,6 +31,7 @@ struct Inner {
     started: Instant,
     admin_token: Option<String>,
     ws: WsRegistry,
+    transitions: TransitionLog,
 }
 
 impl AppState {
@@ -38,6 +40,10 @@ impl AppState {
     pub fn new(config: Config, engine: Engine, prometheus: PrometheusHandle) -> Self {
         let admin_token = config.admin.token();
         let ws = WsRegistry::new(config.server.max_ws_connections);
+        let transitions = TransitionLog::new(
+            RECENT_PER_AGENT,
+            engine.agents().values().map(AgentClient::breaker),
+        );
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -48,6 +54,7 @@ impl AppState {
                 started: Instant::now(),
                 admin_token,
                 ws,
+                transitions,
             }),
         }
     }
@@ -106,6 +113,12 @@ impl AppState {
     /// The WebSocket connections: their count, figures and shutdown.
     pub fn ws(&self) -> &WsRegistry {
         &self.inner.ws
+    }
+
+    /// The recent breaker transitions (recorded from when this state was built, once
+    /// [`crate::serve`] runs).
+    pub fn transitions(&self) -> &TransitionLog {
+        &self.inner.transitions
     }
 
     /// The admin bearer token, if configured.

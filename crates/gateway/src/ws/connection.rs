@@ -916,57 +916,69 @@ fn text(json: Bytes) -> Utf8Bytes {
 
 // === the metrics task ===
 
-/// `subscribe_metrics`: a `metrics` frame every `every` (the first at once), and every
-/// breaker transition as a `circuit_breaker` event.
+/// `subscribe_metrics`: a `metrics` frame every `every` (the first at once), then the
+/// breaker transitions the gateway kept (`"replayed": true`, oldest first), then every
+/// later transition as a `circuit_breaker` event.
 async fn metrics(state: AppState, out: mpsc::Sender<Outgoing>, every: Duration) {
-    let mut breakers: Vec<broadcast::Receiver<Transition>> = state
-        .engine()
-        .agents()
-        .values()
-        .map(|a| a.breaker().subscribe())
-        .collect();
+    // Taken before the first frame: a transition after it is in `live`, never lost.
+    let (kept, mut live) = state.transitions().follow();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    tick.tick().await;
+    if !send_metrics(&state, &out) {
+        return;
+    }
+    for t in &kept {
+        if !send_transition(&state, &out, t, true) {
+            return;
+        }
+    }
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let frame = protocol::metrics(metrics_value(&state));
-                // A snapshot: when the queue is full this one is skipped; the next comes.
-                if let Err(TrySendError::Closed(_)) = out.try_send(Outgoing::Frame(frame)) {
+                if !send_metrics(&state, &out) {
                     return;
                 }
             }
-            t = next_transition(&mut breakers) => {
-                match out.try_send(Outgoing::Notice(protocol::circuit_breaker(&t))) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(_)) => state.ws().dropped(1),
-                    Err(TrySendError::Closed(_)) => return,
+            t = live.recv() => match t {
+                Ok(t) => {
+                    if !send_transition(&state, &out, &t, false) {
+                        return;
+                    }
                 }
-            }
+                // Transitions missed by falling behind are skipped; metrics frames carry state.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
         }
     }
 }
 
-/// The next transition of any breaker (cancel-safe: broadcast receivers keep their place).
-async fn next_transition(breakers: &mut Vec<broadcast::Receiver<Transition>>) -> Transition {
-    loop {
-        if breakers.is_empty() {
-            return std::future::pending().await;
+/// Queues a `metrics` frame; `false` once the connection is gone. A snapshot: when the
+/// queue is full this one is skipped, the next one comes.
+fn send_metrics(state: &AppState, out: &mpsc::Sender<Outgoing>) -> bool {
+    let frame = protocol::metrics(metrics_value(state));
+    !matches!(
+        out.try_send(Outgoing::Frame(frame)),
+        Err(TrySendError::Closed(_))
+    )
+}
+
+/// Queues a `circuit_breaker` event (counted as dropped when the queue is full);
+/// `false` once the connection is gone.
+fn send_transition(
+    state: &AppState,
+    out: &mpsc::Sender<Outgoing>,
+    t: &Transition,
+    replayed: bool,
+) -> bool {
+    match out.try_send(Outgoing::Notice(protocol::circuit_breaker(t, replayed))) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_)) => {
+            state.ws().dropped(1);
+            true
         }
-        let (result, index) = {
-            let (result, index, _) =
-                futures_util::future::select_all(breakers.iter_mut().map(|b| Box::pin(b.recv())))
-                    .await;
-            (result, index)
-        };
-        match result {
-            Ok(t) => return t,
-            // Transitions missed by falling behind are skipped; metrics frames carry state.
-            Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(broadcast::error::RecvError::Closed) => {
-                breakers.swap_remove(index);
-            }
-        }
+        Err(TrySendError::Closed(_)) => false,
     }
 }
 

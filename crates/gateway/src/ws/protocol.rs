@@ -285,17 +285,22 @@ pub(crate) fn metrics(mut value: Value) -> String {
     value.to_string()
 }
 
-/// `{"type":"circuit_breaker","agent","from","to","reason","ts"}`.
-pub(crate) fn circuit_breaker(t: &Transition) -> String {
-    json!({
+/// `{"type":"circuit_breaker","agent","from","to","reason","ts","replayed"?}`.
+pub(crate) fn circuit_breaker(t: &Transition, replayed: bool) -> String {
+    let mut frame = json!({
         "type": "circuit_breaker",
         "agent": &*t.agent,
         "from": t.from.as_str(),
         "to": t.to.as_str(),
         "reason": t.reason.as_str(),
         "ts": rfc3339::format(t.wall),
-    })
-    .to_string()
+    });
+    if replayed {
+        // Kept from before the subscription: history, not news (a client must not
+        // alert on it, nor take its `to` as the state now).
+        frame["replayed"] = true.into();
+    }
+    frame.to_string()
 }
 
 #[cfg(test)]
