@@ -185,6 +185,7 @@ mod tests {
             status: None,
             error: None,
             rejection: None,
+            tls: false,
             duration: Duration::from_secs_f64(millis / 1000.0),
             outcome,
         }

@@ -211,6 +211,11 @@ impl QueryRun {
                 tracing::debug!(query_id = %self.query_id, stage = %stage.name, agent, error = %err, "stage call failed");
                 let reason = match kind {
                     ErrorKind::Connect => format!("could not connect to agent `{agent}`"),
+                    ErrorKind::Tls => {
+                        // A certificate or trust problem: the operator's to fix.
+                        tracing::warn!(agent, error = %err, "TLS handshake with agent failed");
+                        format!("the TLS handshake with agent `{agent}` failed")
+                    }
                     ErrorKind::Timeout => format!("agent `{agent}` timed out"),
                     ErrorKind::Reset => format!("the connection to agent `{agent}` broke"),
                     ErrorKind::BadResponse => {
