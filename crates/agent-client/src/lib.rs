@@ -1,4 +1,5 @@
-//! One client per agent: a pooled hyper-util client wrapped, in exactly one place
+//! One client per agent: a pooled hyper-util client (HTTP/1.1 or HTTP/2, plain or over
+//! rustls, with the agent's own connector and headers) wrapped, in exactly one place
 //! ([`stack`]), in agentgate's resilience stack:
 //!
 //! ```text
@@ -36,8 +37,8 @@ mod metrics;
 mod stack;
 
 pub use body::AgentBody;
-pub use client::{AgentClient, HttpClient, SharedClient};
-pub use config::{check_url, AgentConfig, AgentConfigError};
+pub use client::{http_client, AgentClient, HttpClient, SharedClient};
+pub use config::{check_url, AgentConfig, AgentConfigError, HttpVersion};
 pub use json::JsonBody;
 pub use metrics::{describe_metrics, AgentMetrics, AgentStats, LATENCY_BUCKETS};
 pub use stack::{layered, stack, AgentService, Stack, StackParts, TransportBody};
