@@ -177,9 +177,9 @@ fn main() -> ExitCode {
                 admin_listen,
             } => demo(listen, admin_listen).await,
             Command::MockAgent(args) => {
+                let tls = args.tls()?;
                 let listener = bind(args.listen, "--listen").await?;
-                tracing::info!(listen = %args.listen, "mock agent listening");
-                agentgate_mock_agent::serve(listener, args.behavior, shutdown_signal())
+                agentgate_mock_agent::serve_tls(listener, args.behavior, tls, shutdown_signal())
                     .await
                     .map_err(|e| e.to_string())
             }
