@@ -12,13 +12,16 @@ use agentgate_progress::{Backend, HubConfig, MemoryHub};
 use agentgate_progress_redis::{RedisBackend, RedisSettings};
 use axum::extract::ConnectInfo;
 use axum::Router;
+use http::uri::Scheme;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::app::{admin_app, public_app};
@@ -46,6 +49,9 @@ pub enum GatewayError {
     /// The Redis progress backend could not be set up.
     #[error("progress.redis_url: {0}")]
     Redis(#[from] agentgate_progress_redis::InvalidUrl),
+    /// `[server.tls]` cannot be used (its files changed since the config was read).
+    #[error("server.{0}")]
+    Tls(agentgate_config::Invalid),
     /// Listening failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -149,12 +155,22 @@ pub async fn serve(
     admin_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), GatewayError> {
+    let tls = match &state.config().server.tls {
+        Some(tls) => {
+            let config = tls
+                .server_config(&[b"h2", b"http/1.1"])
+                .map_err(|p| GatewayError::Tls(p.within("tls")))?;
+            Some(TlsAcceptor::from(config))
+        }
+        None => None,
+    };
     // Every transition is logged and kept from now on (the dashboard lists them).
     let recorders = state.transitions().spawn_recorders();
     let (stop_tx, stop_rx) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
     let mut accept = vec![tokio::spawn(accept_loop(
         listener,
+        tls,
         public_app(state.clone()),
         stop_rx.clone(),
         graceful.clone(),
@@ -162,6 +178,7 @@ pub async fn serve(
     if let Some(admin) = admin_listener {
         accept.push(tokio::spawn(accept_loop(
             admin,
+            None,
             admin_app(state.clone()),
             stop_rx.clone(),
             graceful.clone(),
@@ -202,8 +219,12 @@ pub async fn serve(
     Ok(())
 }
 
+/// Accepts connections on `listener` until `stop`; with `tls`, each one's handshake
+/// runs in its own task (a slow client never holds up the accept loop), bounded by
+/// the header read timeout, before HTTP (1.1, or 2 by ALPN) is served over it.
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     app: Router,
     mut stop: watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
@@ -214,6 +235,8 @@ async fn accept_loop(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
+    // WebSockets over HTTP/2 (RFC 8441), for clients that negotiated h2 by ALPN.
+    builder.http2().enable_connect_protocol();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -228,17 +251,55 @@ async fn accept_loop(
             () = async { let _ = stop.wait_for(|stop| *stop).await; } => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-            app.clone().oneshot(req)
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let Some(tls) = &tls else {
+            tokio::spawn(connection(&builder, stream, &app, peer, None, &graceful));
+            continue;
+        };
+        let (tls, builder, app, graceful) =
+            (tls.clone(), builder.clone(), app.clone(), graceful.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let conn =
+                        connection(&builder, stream, &app, peer, Some(Scheme::HTTPS), &graceful);
+                    // Only the connection is watched from here: shutdown waits for no
+                    // handshake task.
+                    drop(graceful);
+                    conn.await;
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// Serves one connection (watched for graceful shutdown) with `app`; requests carry
+/// the peer's address and, over TLS, the `https` scheme (for `x-forwarded-proto`).
+fn connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    app: &Router,
+    peer: SocketAddr,
+    scheme: Option<Scheme>,
+    graceful: &GracefulShutdown,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let app = app.clone();
+    let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+        if let Some(scheme) = &scheme {
+            req.extensions_mut().insert(scheme.clone());
+        }
+        app.clone().oneshot(req)
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let conn = graceful.watch(conn.into_owned());
+    async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
+        }
     }
 }

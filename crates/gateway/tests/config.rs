@@ -1404,6 +1404,9 @@ sni = "a"
         ),
         3,
         12,
-        &format!("server.tls.key_file = {:?}: does not match cert_file (", two.key_file),
+        &format!(
+            "server.tls.key_file = {:?}: does not match cert_file (",
+            two.key_file
+        ),
     );
 }

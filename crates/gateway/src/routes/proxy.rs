@@ -67,7 +67,8 @@ async fn forward(state: &AppState, req: Request) -> Result<Response, ApiError> {
         .map(|c| c.0.ip());
     let original_host = parts.headers.remove(header::HOST);
     strip_hop_by_hop(&mut parts.headers);
-    add_forwarded(&mut parts.headers, peer, original_host);
+    let tls = parts.extensions.get::<http::uri::Scheme>() == Some(&http::uri::Scheme::HTTPS);
+    add_forwarded(&mut parts.headers, peer, original_host, tls);
     // What axum and the server put there is for this hop only (and the retry layer
     // copies the extensions of a request it may send again).
     parts.extensions = http::Extensions::new();
@@ -201,7 +202,12 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-fn add_forwarded(headers: &mut HeaderMap, peer: Option<IpAddr>, host: Option<HeaderValue>) {
+fn add_forwarded(
+    headers: &mut HeaderMap,
+    peer: Option<IpAddr>,
+    host: Option<HeaderValue>,
+    tls: bool,
+) {
     if let Some(ip) = peer {
         let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
             Some(prior) => {
@@ -221,7 +227,8 @@ fn add_forwarded(headers: &mut HeaderMap, peer: Option<IpAddr>, host: Option<Hea
             headers.insert(X_FORWARDED_FOR, v);
         }
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if tls { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST, host);
     }
@@ -298,7 +305,7 @@ mod tests {
     #[test]
     fn forwarded_for_appends_the_peer() {
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, Some("10.0.255.7".parse().unwrap()), None);
+        add_forwarded(&mut h, Some("10.0.255.7".parse().unwrap()), None, false);
         assert_eq!(h["x-forwarded-for"], "10.0.255.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert!(!h.contains_key("x-forwarded-host"));
@@ -306,9 +313,11 @@ mod tests {
             &mut h,
             Some("::1".parse().unwrap()),
             Some(HeaderValue::from_static("gw:8080")),
+            true,
         );
         assert_eq!(h["x-forwarded-for"], "10.0.255.7, ::1");
         assert_eq!(h["x-forwarded-host"], "gw:8080");
+        assert_eq!(h["x-forwarded-proto"], "https");
         for ip in ["0.0.0.0", "1.20.100.255", "192.168.1.9"] {
             let mut v = Vec::new();
             write_ip(&mut v, ip.parse().unwrap());
