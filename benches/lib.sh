@@ -120,6 +120,25 @@ to_us() { # a wrk latency (e.g. 1.23ms) -> microseconds
         if (f < 0) { print "NaN"; exit 1 } printf "%.1f", n * f }'
 }
 
+wrk_measure() { # name url threads conns: wrk for $WARMUP s, then measured for $DURATION s
+    # on $LOADGEN_CPU; dies on a non-2xx answer or a socket error; appends wrk's report to
+    # $TMP/wrk-NAME-cCONNS.txt and prints "req/s p50us p99us"
+    local name=$1 url=$2 t=$3 c=$4 out rps p50 p99 bad
+    taskset -c "$LOADGEN_CPU" wrk -t"$t" -c"$c" -d"${WARMUP}s" --timeout 10s "$url" >/dev/null
+    out=$(taskset -c "$LOADGEN_CPU" wrk -t"$t" -c"$c" -d"${DURATION}s" --timeout 10s --latency "$url")
+    echo "$out" >>"$TMP/wrk-$name-c$c.txt"
+    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    p50=$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+    p99=$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    bad=$(awk '/Non-2xx or 3xx responses:/ {print $NF} /Socket errors:/ {print "socket-errors"}' <<<"$out")
+    if [ -n "$bad" ]; then
+        echo "$out" >&2
+        die "$name -c$c: errors during the run ($bad)"
+    fi
+    log "$name -c$c: $rps req/s, p50 ${p50} us, p99 ${p99} us"
+    echo "$rps $p50 $p99"
+}
+
 require_two_cpus() {
     [ "$(nproc --all)" -ge 2 ] || die "needs at least 2 CPUs (load generator and servers are pinned apart)"
 }
