@@ -66,6 +66,6 @@ mod state;
 mod stats;
 
 pub use args::MockAgentArgs;
-pub use behavior::{Behavior, BehaviorError};
+pub use behavior::{Behavior, BehaviorError, StreamMode};
 pub use server::{serve, MockAgent};
 pub use stats::Stats;

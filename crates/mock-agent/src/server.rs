@@ -159,7 +159,8 @@ where
                         let service = service_fn(move |req| handle(shared.clone(), req));
                         let conn = http1::Builder::new()
                             .keep_alive(true)
-                            .serve_connection(TokioIo::new(stream), service);
+                            .serve_connection(TokioIo::new(stream), service)
+                            .with_upgrades();
                         if let Err(e) = conn.await {
                             // Injected resets end here on purpose; nothing to report loudly.
                             tracing::debug!(%peer, error = %e, "mock agent connection ended");
