@@ -139,6 +139,18 @@ wrk_measure() { # name url threads conns: wrk for $WARMUP s, then measured for $
     echo "$rps $p50 $p99"
 }
 
+raise_nofile() { # needed what: the open-files limit (inherited by what this script starts)
+    # to NOFILE, or to the hard limit when that is lower and cannot be raised (a container
+    # without CAP_SYS_RESOURCE keeps root's hard limit); dies below `needed`.
+    local hard
+    ulimit -Hn "$NOFILE" 2>/dev/null || true
+    hard=$(ulimit -Hn)
+    [ "$hard" = unlimited ] || [ "$hard" -ge "$NOFILE" ] || NOFILE=$hard
+    ulimit -n "$NOFILE" || die "cannot raise the open-files limit to $NOFILE"
+    [ "$(ulimit -n)" -ge "$1" ] ||
+        die "open-files limit $(ulimit -n) (hard $hard) is too low for $2"
+}
+
 require_two_cpus() {
     [ "$(nproc --all)" -ge 2 ] || die "needs at least 2 CPUs (load generator and servers are pinned apart)"
 }

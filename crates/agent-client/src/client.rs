@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use agentgate_circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer};
-use agentgate_classify::{cause_ref, is_caused_by, BoxError, RequestBodyError, TlsFailure};
+use agentgate_classify::{
+    cause_ref, is_caused_by, BadResponse, BoxError, RequestBodyError, TlsFailure,
+};
 use agentgate_retry::{AttemptHeader, RetryPolicy};
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderMap, Request, Response};
@@ -24,6 +26,7 @@ use tower::ServiceExt;
 use crate::stack::{layered, AgentService, Stack, StackParts, TransportBody};
 use crate::{
     AgentBody, AgentConfig, AgentConfigError, AgentMetrics, AgentStats, HttpVersion, JsonBody,
+    StageAnswer,
 };
 
 /// The transport under every agent's stack: one pooled keep-alive client (HTTP/1.1 or
@@ -64,8 +67,9 @@ impl tower_service::Service<Request<TransportBody>> for SharedClient {
 ///
 /// Holds one pooled hyper-util client and two stacks over it that share a breaker,
 /// a retry budget and metrics: [`AgentClient::send`] streams bodies both ways (the
-/// reverse proxy), [`AgentClient::call_json`] reads a JSON answer (pipeline stages).
-/// Both add the agent's configured `headers` to every request.
+/// reverse proxy), [`AgentClient::call_stage`] reads a JSON answer or opens a streamed
+/// one (pipeline stages), [`AgentClient::call_json`] reads a JSON answer. All add the
+/// agent's configured `headers` to every request.
 ///
 /// The client has one connector of its own: TLS for an `https://` agent (never plain
 /// TCP: an `http://` request to it fails), with the agent's trust roots, client
@@ -156,7 +160,8 @@ impl AgentClient {
         };
         let json = layered(
             &parts,
-            JsonBody::new(transport.clone(), config.max_response_bytes),
+            JsonBody::new(transport.clone(), config.max_response_bytes)
+                .stream_idle_timeout(config.stream_idle_timeout),
         );
         // Proxied requests go out as the client sent them; only retries are numbered.
         let proxied = StackParts {
@@ -218,13 +223,28 @@ impl AgentClient {
         self.inner.streaming.clone().oneshot(req).await
     }
 
-    /// Sends `req` through the JSON stack: a 2xx must be JSON (else `bad_response`).
-    pub async fn call_json(
+    /// Sends `req` through the stage stack: a 2xx must be JSON (else `bad_response`) or
+    /// a stream (SSE or NDJSON), handed back unread at its head (SPEC §6).
+    pub async fn call_stage(
         &self,
         mut req: Request<AgentBody>,
-    ) -> Result<Response<Value>, BoxError> {
+    ) -> Result<Response<StageAnswer>, BoxError> {
         self.prepare(&mut req)?;
         self.inner.json.clone().oneshot(req).await
+    }
+
+    /// [`AgentClient::call_stage`] for callers that only take JSON: a streamed 2xx is a
+    /// `bad_response` (after the breaker counted its head as a success).
+    pub async fn call_json(&self, req: Request<AgentBody>) -> Result<Response<Value>, BoxError> {
+        let (parts, answer) = self.call_stage(req).await?.into_parts();
+        match answer {
+            StageAnswer::Json(value) => Ok(Response::from_parts(parts, value)),
+            StageAnswer::Stream(stream) => Err(BadResponse::new(format!(
+                "a streamed answer ({}) where JSON was expected",
+                stream.format()
+            ))
+            .into()),
+        }
     }
 
     /// The streaming stack as a tower service (URIs must already be absolute); it adds

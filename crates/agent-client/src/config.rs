@@ -55,9 +55,14 @@ pub struct AgentConfig {
     /// Limit for establishing a connection (also bounded by `timeout`).
     #[serde(with = "humantime_serde", default = "defaults::connect_timeout")]
     pub connect_timeout: Duration,
-    /// Largest response body read for a pipeline stage (larger: `bad_response`).
+    /// Largest response body read for a pipeline stage (larger: `bad_response`); for a
+    /// streamed answer, the most its chunks may add up to in the stage's output.
     #[serde(default = "defaults::max_response_bytes")]
     pub max_response_bytes: usize,
+    /// Streamed answers (SSE, NDJSON): the longest silence between two reads
+    /// (`stream_idle_timeout`); the per-attempt `timeout` covers the time to the head.
+    #[serde(with = "humantime_serde", default = "defaults::stream_idle_timeout")]
+    pub stream_idle_timeout: Duration,
 }
 
 /// An agent setting that cannot work: the key (relative to [`AgentConfig`], e.g.
@@ -114,6 +119,7 @@ impl AgentConfig {
             pool_idle_timeout: defaults::pool_idle_timeout(),
             connect_timeout: defaults::connect_timeout(),
             max_response_bytes: defaults::max_response_bytes(),
+            stream_idle_timeout: defaults::stream_idle_timeout(),
         }
     }
 
@@ -173,6 +179,10 @@ impl Validate for AgentConfig {
         }
         if self.max_response_bytes == 0 {
             out.push(Invalid::new("max_response_bytes", 0, "must be at least 1"));
+        }
+        if self.stream_idle_timeout.is_zero() {
+            let reason = "must be greater than 0";
+            out.push(Invalid::new("stream_idle_timeout", "0s", reason));
         }
         let breaker = self.circuit_breaker.problems().into_iter();
         out.extend(breaker.map(|p| p.within("circuit_breaker")));
@@ -275,6 +285,10 @@ mod defaults {
 
     pub(super) fn max_response_bytes() -> usize {
         16 * 1024 * 1024
+    }
+
+    pub(super) fn stream_idle_timeout() -> Duration {
+        Duration::from_secs(30)
     }
 }
 
@@ -382,6 +396,7 @@ mod tests {
     fn problems_name_nested_keys() {
         let mut a = AgentConfig::new("http://a".parse().unwrap());
         a.timeout = Duration::ZERO;
+        a.stream_idle_timeout = Duration::ZERO;
         a.circuit_breaker.minimum_calls = 0;
         a.retry.max_attempts = 0;
         let keys: Vec<String> = a.problems().into_iter().map(|p| p.key).collect();
@@ -389,6 +404,7 @@ mod tests {
             keys,
             [
                 "timeout",
+                "stream_idle_timeout",
                 "circuit_breaker.minimum_calls",
                 "retry.max_attempts"
             ]

@@ -128,6 +128,8 @@ pub fn build_state(config: Config) -> Result<AppState, GatewayError> {
         backend,
         EngineSettings {
             retention: config.server.query_retention,
+            // One line or event of a streamed stage answer is bounded like a request body.
+            max_chunk_bytes: config.server.max_body_bytes,
             ..EngineSettings::default()
         },
     );

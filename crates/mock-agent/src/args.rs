@@ -112,6 +112,31 @@ mod tests {
     }
 
     #[test]
+    fn parses_the_streaming_flags() {
+        let cli = Cli::try_parse_from([
+            "mock-agent",
+            "--stream",
+            "sse",
+            "--stream-chunks",
+            "40",
+            "--stream-interval",
+            "25ms",
+            "--stream-break-after",
+            "7",
+        ])
+        .unwrap();
+        let b = &cli.args.behavior;
+        assert_eq!(b.stream, crate::StreamMode::Sse);
+        assert_eq!(
+            (b.stream_chunks, b.stream_interval, b.stream_break_after),
+            (40, Duration::from_millis(25), Some(7))
+        );
+        let plain = Cli::try_parse_from(["mock-agent"]).unwrap();
+        assert_eq!(plain.args.behavior.stream, crate::StreamMode::None);
+        assert!(Cli::try_parse_from(["mock-agent", "--stream", "grpc"]).is_err());
+    }
+
+    #[test]
     fn rejects_bad_flag_values() {
         assert!(Cli::try_parse_from(["mock-agent", "--latency", "soon"]).is_err());
         assert!(Cli::try_parse_from(["mock-agent", "--listen", "nowhere"]).is_err());

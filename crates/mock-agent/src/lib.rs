@@ -67,6 +67,6 @@ mod state;
 mod stats;
 
 pub use args::MockAgentArgs;
-pub use behavior::{Behavior, BehaviorError};
+pub use behavior::{Behavior, BehaviorError, StreamMode};
 pub use server::{serve, serve_tls, MockAgent};
 pub use stats::Stats;

@@ -31,8 +31,12 @@ pub enum ErrorKind {
     Timeout,
     /// The agent answered with a status other than 2xx.
     Status,
-    /// The agent answered 2xx with a body that is not usable JSON.
+    /// The agent answered 2xx with a body that is not usable JSON (or a streamed answer
+    /// that is not usable: malformed, a line too long, not UTF-8).
     BadResponse,
+    /// The agent's streamed answer broke off (the connection, `stream_idle_timeout`)
+    /// after its head: the attempt is not retried, since chunks may have been published.
+    StreamBroken,
     /// The agent's circuit breaker refused the call.
     CircuitOpen,
     /// The agent's concurrency limit was full.
@@ -59,6 +63,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Status => "status",
             ErrorKind::BadResponse => "bad_response",
+            ErrorKind::StreamBroken => "stream_broken",
             ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::Deadline => "deadline",
