@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,12 +52,17 @@ where
 }
 
 /// An agent that answers every request with a JSON description of what it received:
-/// method, path, query, all headers, and the body's length and (when small) text.
-/// Streams nothing back but that summary, so large uploads can be checked.
+/// method, path, query, HTTP version, all headers, and the body's length and (when
+/// small) text. Streams nothing back but that summary, so large uploads can be checked.
+/// Over TLS ([`EchoServer::start_tls`]) it also counts connections that spoke plaintext.
 #[derive(Debug)]
 pub struct EchoServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Whether it speaks TLS.
+    tls: bool,
+    /// Connections that did not begin with a TLS handshake, on a TLS echo server.
+    plaintext: Arc<AtomicUsize>,
     /// Requests received so far, watched by [`EchoServer::until_hits`].
     hits: watch::Sender<usize>,
     /// When held, each request waits here for a permit from [`EchoServer::release`].
@@ -79,67 +85,77 @@ impl EchoServer {
 
     /// Starts an echo server; `status_for(n)` is the status of the n-th request.
     pub async fn start(status_for: impl Fn(usize) -> StatusCode + Send + Sync + 'static) -> Self {
-        Self::serve(status_for, None).await
+        Self::serve(status_for, None, None).await
+    }
+
+    /// An echo server speaking TLS with `tls` (HTTP/2 when ALPN picks it).
+    pub async fn start_tls(
+        tls: Arc<agentgate_tls::rustls::ServerConfig>,
+        status_for: impl Fn(usize) -> StatusCode + Send + Sync + 'static,
+    ) -> Self {
+        Self::serve(status_for, None, Some(tls)).await
     }
 
     /// An echo server (answering 200) that holds every request it receives until
     /// [`EchoServer::release`] lets it go: a stage or a proxied call that is in flight
     /// for exactly as long as the test wants, with no latency to guess.
     pub async fn held() -> Self {
-        Self::serve(|_| StatusCode::OK, Some(Arc::new(Semaphore::new(0)))).await
+        Self::serve(|_| StatusCode::OK, Some(Arc::new(Semaphore::new(0))), None).await
     }
 
     async fn serve(
         status_for: impl Fn(usize) -> StatusCode + Send + Sync + 'static,
         gate: Option<Arc<Semaphore>>,
+        tls: Option<Arc<agentgate_tls::rustls::ServerConfig>>,
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let hits = watch::Sender::new(0);
-        let status_for = Arc::new(status_for);
+        let plaintext = Arc::new(AtomicUsize::new(0));
+        let status_for: StatusFor = Arc::new(status_for);
+        let is_tls = tls.is_some();
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let task = {
-            let (hits, gate) = (hits.clone(), gate.clone());
+            let (hits, gate, plaintext) = (hits.clone(), gate.clone(), plaintext.clone());
             tokio::spawn(async move {
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {
                         continue;
                     };
-                    let (hits, gate) = (hits.clone(), gate.clone());
-                    let status_for = status_for.clone();
+                    let echo = (hits.clone(), gate.clone(), status_for.clone());
+                    let Some(acceptor) = acceptor.clone() else {
+                        tokio::spawn(echo_connection(stream, echo));
+                        continue;
+                    };
+                    let plaintext = plaintext.clone();
                     tokio::spawn(async move {
-                        let svc = service_fn(move |req: Request<Incoming>| {
-                            let mut n = 0;
-                            hits.send_modify(|hits| {
-                                n = *hits;
-                                *hits += 1;
-                            });
-                            let status = status_for(n);
-                            let gate = gate.clone();
-                            async move {
-                                if let Some(gate) = gate {
-                                    // Closed when the server is dropped: then answer.
-                                    if let Ok(permit) = gate.acquire().await {
-                                        permit.forget();
-                                    }
-                                }
-                                Ok::<_, Infallible>(echo(req, status).await)
-                            }
-                        });
-                        let _ = auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
+                        // A TLS connection starts with a handshake record (0x16).
+                        let mut first = [0u8; 1];
+                        if stream.peek(&mut first).await.unwrap_or(0) == 1 && first[0] != 0x16 {
+                            plaintext.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            echo_connection(stream, echo).await;
+                        }
                     });
                 }
             })
         };
         Self {
             addr,
+            tls: is_tls,
+            plaintext,
             hits,
             gate,
             task,
         }
+    }
+
+    /// Connections that spoke plaintext to a TLS echo server.
+    pub fn plaintext_connections(&self) -> usize {
+        self.plaintext.load(Ordering::SeqCst)
     }
 
     /// Requests received so far.
@@ -164,10 +180,44 @@ impl EchoServer {
             .add_permits(n);
     }
 
-    /// `http://addr`.
+    /// `http://addr` (`https://` over TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
+}
+
+/// The status of the n-th request to an [`EchoServer`].
+type StatusFor = Arc<dyn Fn(usize) -> StatusCode + Send + Sync>;
+
+/// Serves one [`EchoServer`] connection (HTTP/1.1, or HTTP/2 by preface or ALPN).
+async fn echo_connection<I>(
+    io: I,
+    (hits, gate, status_for): (watch::Sender<usize>, Option<Arc<Semaphore>>, StatusFor),
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let mut n = 0;
+        hits.send_modify(|hits| {
+            n = *hits;
+            *hits += 1;
+        });
+        let status = status_for(n);
+        let gate = gate.clone();
+        async move {
+            if let Some(gate) = gate {
+                // Closed when the server is dropped: then answer.
+                if let Ok(permit) = gate.acquire().await {
+                    permit.forget();
+                }
+            }
+            Ok::<_, Infallible>(echo(req, status).await)
+        }
+    });
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
 }
 
 impl Drop for EchoServer {
@@ -194,6 +244,7 @@ async fn echo(req: Request<Incoming>, status: StatusCode) -> Response<Full<Bytes
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
         .collect();
     let summary = serde_json::json!({
+        "version": format!("{:?}", parts.version),
         "method": parts.method.as_str(),
         "path": parts.uri.path(),
         "query": parts.uri.query(),
@@ -403,15 +454,50 @@ where
 {
     let (parts, body) = res.into_parts();
     Answer {
+        version: parts.version,
         status: parts.status,
         headers: parts.headers,
         body: body.collect().await.expect("whole body").to_bytes(),
     }
 }
 
+/// Runs an external checker (`promtool`, `hadolint`, …) with `args`, `stdin` piped in;
+/// whether it exited 0, and what it printed (stdout then stderr). Panics when the
+/// program is missing: `scripts/test.sh` installs every one, and a check is never
+/// skipped.
+pub fn run_tool(program: &str, args: &[&str], stdin: Option<&[u8]>) -> (bool, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} {args:?}: {e} (scripts/test.sh installs it)"));
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(input)
+            .expect("write to the tool's stdin");
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("the tool ran");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// What a test request got back.
 #[derive(Debug)]
 pub struct Answer {
+    /// The HTTP version it came over.
+    pub version: http::Version,
     /// Status.
     pub status: StatusCode,
     /// Headers.
@@ -437,6 +523,33 @@ pub async fn send(
 ) -> Answer {
     let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
         hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let res = client
+        .request(request(method, url, headers, body.into()))
+        .await
+        .expect("gateway answered");
+    answer(res).await
+}
+
+/// [`send`] to an `https://` URL, trusting the CA in `ca_file` (HTTP/2 or HTTP/1.1 by
+/// ALPN).
+pub async fn send_https(
+    ca_file: &std::path::Path,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let tls = agentgate_tls::ClientTlsConfig {
+        ca_file: Some(ca_file.to_owned()),
+        ..Default::default()
+    };
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.client_config().expect("client TLS config"))
+        .https_only()
+        .enable_all_versions()
+        .build();
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
     let res = client
         .request(request(method, url, headers, body.into()))
         .await

@@ -200,3 +200,67 @@ async fn a_reload_needs_the_admin_token_and_a_file() {
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["error"]["kind"], "reload_unavailable");
 }
+
+/// Whether a TLS handshake with the gateway's public listener succeeds when only `ca`
+/// is trusted.
+async fn trusts(gw: &Gateway, ca: &std::path::Path) -> bool {
+    let tls = agentgate_tls::ClientTlsConfig {
+        ca_file: Some(ca.to_owned()),
+        ..Default::default()
+    }
+    .client_config()
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let name = agentgate_tls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reads_the_listener_certificate_again() {
+    std::env::set_var(TOKEN_ENV, TOKEN);
+    let (old_ca, new_ca) = (
+        agentgate_tls::test_util::TestPki::new(),
+        agentgate_tls::test_util::TestPki::new(),
+    );
+    let echo = EchoServer::start(|_| StatusCode::OK).await;
+    let file = config_file("tls");
+    let with_cert = |pki: &agentgate_tls::test_util::TestPki| {
+        let cert = pki.server(&["127.0.0.1"]);
+        let tls = format!(
+            "[server.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            cert.cert_file, cert.key_file
+        );
+        config(&[("held", &echo)], &[("first", "held")], 5).replacen(
+            "[admin]",
+            &format!("{tls}\n[admin]"),
+            1,
+        )
+    };
+    std::fs::write(&file, with_cert(&old_ca)).unwrap();
+    let gw = Gateway::start_file(&file).await;
+    assert!(trusts(&gw, old_ca.ca_file()).await);
+    assert!(!trusts(&gw, new_ca.ca_file()).await);
+
+    // The certificate is renewed (by another CA here, to tell them apart).
+    std::fs::write(&file, with_cert(&new_ca)).unwrap();
+    let (status, body) = admin(&gw, "/api/orchestration/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["restart_required"], json!([]));
+    assert!(
+        trusts(&gw, new_ca.ca_file()).await,
+        "new connections get the new certificate"
+    );
+    assert!(!trusts(&gw, old_ca.ca_file()).await);
+
+    // Without [server.tls], the listener stays HTTPS until a restart.
+    let plain = config(&[("held", &echo)], &[("first", "held")], 5);
+    std::fs::write(&file, plain).unwrap();
+    let (status, body) = admin(&gw, "/api/orchestration/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["restart_required"], json!(["server.tls"]));
+    assert!(trusts(&gw, new_ca.ca_file()).await);
+    let _ = std::fs::remove_dir_all(file.parent().unwrap());
+}

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use agentgate_e2e::{base_config, mock, EchoServer, Gateway};
+use agentgate_e2e::{base_config, eventually, mock, EchoServer, Gateway};
 use agentgate_mock_agent::MockAgent;
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
@@ -861,6 +861,67 @@ async fn metrics_subscribers_get_metrics_and_breaker_transitions() {
             "{name} missing from /metrics"
         );
     }
+}
+
+#[tokio::test]
+async fn a_late_metrics_subscriber_gets_the_kept_transitions_replayed_first() {
+    let a = agents().await;
+    let gw = gateway(ADMIN_APART, &a).await;
+    // Two transitions before anyone listens.
+    let nlp = gw.state.agent("nlp").unwrap().breaker().clone();
+    nlp.force_open(None);
+    nlp.reset();
+    // The gateway records them in the background: wait until it has both.
+    eventually("both transitions are kept", || async {
+        (gw.state.transitions().recent_of("nlp").len() == 2).then_some(())
+    })
+    .await;
+    let breakers = gw
+        .call_admin("GET", "/api/orchestration/circuit-breakers", &[], "")
+        .await;
+    let kept = &breakers.json()["nlp"]["recent_transitions"];
+    assert_eq!(kept.as_array().map(Vec::len), Some(2), "{kept}");
+    assert_eq!(
+        (&kept[0]["to"], &kept[1]["to"]),
+        (&json!("forced_open"), &json!("closed"))
+    );
+    assert_eq!(kept[1]["reason"], "manual");
+
+    let mut admin = connect(gw.admin, "/ws").await;
+    send_json(
+        &mut admin,
+        json!({"type": "subscribe_metrics", "interval_ms": 60000}),
+    )
+    .await;
+    assert_eq!(recv(&mut admin).await["type"], "metrics");
+    for (from, to) in [("closed", "forced_open"), ("forced_open", "closed")] {
+        let t = recv(&mut admin).await;
+        assert_eq!(
+            (
+                &t["type"],
+                &t["agent"],
+                &t["from"],
+                &t["to"],
+                &t["replayed"]
+            ),
+            (
+                &json!("circuit_breaker"),
+                &json!("nlp"),
+                &json!(from),
+                &json!(to),
+                &json!(true)
+            ),
+            "{t}"
+        );
+    }
+    // What happens from now on is live news, not marked.
+    nlp.disable();
+    let live = recv(&mut admin).await;
+    assert_eq!(
+        (&live["type"], &live["to"]),
+        (&json!("circuit_breaker"), &json!("disabled"))
+    );
+    assert!(live.get("replayed").is_none(), "{live}");
 }
 
 #[tokio::test]

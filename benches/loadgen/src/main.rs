@@ -7,6 +7,8 @@
 //! - `loadgen open-loop`: GET (or POST) requests at a fixed offered rate, latency
 //!   measured from when each request was due, for `benches/failfast.sh` and
 //!   `benches/redis_cost.sh` ([`open_loop`]);
+//! - `loadgen streams`: concurrent streamed stages watched over WebSocket against reading
+//!   the streaming agent directly, for `benches/streams.sh` ([`streams`]);
 //! - `loadgen replica-loss`: kill -9 of a replica and the time until the others'
 //!   watchers get `replica_lost`, for `benches/replica_loss.sh` ([`replica_loss`]).
 //!
@@ -23,6 +25,7 @@ mod pipeline;
 mod procfs;
 mod replica_loss;
 mod stats;
+mod streams;
 mod ws_fanout;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -31,7 +34,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, Parser)]
 #[command(
     name = "loadgen",
-    about = "Load clients for benches/: pipeline latency (default), WebSocket fan-out, open-loop HTTP, replica loss",
+    about = "Load clients for benches/: pipeline latency (default), WebSocket fan-out, open-loop HTTP, streams, replica loss",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
@@ -53,6 +56,9 @@ enum Mode {
     /// Three agentgate replicas on one Redis: kill -9 one mid-query, time until the other
     /// two's WebSocket clients get its `replica_lost` terminal event.
     ReplicaLoss(replica_loss::Args),
+    /// Concurrent streamed stages watched over WebSocket, against reading the streaming
+    /// agent directly: chunk latency, lost or reordered chunks, the gateway's memory.
+    Streams(streams::Args),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +79,7 @@ fn main() -> ExitCode {
             Some(Mode::WsFanout(args)) => ws_fanout::run(args).await,
             Some(Mode::OpenLoop(args)) => open_loop::run(args).await,
             Some(Mode::ReplicaLoss(args)) => replica_loss::run(args).await,
+            Some(Mode::Streams(args)) => streams::run(args).await,
         }
     });
     match result {

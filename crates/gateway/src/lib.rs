@@ -11,7 +11,9 @@
 //!   [`AppState::runtime`], and swapped whole by a reload (SIGHUP,
 //!   `POST /api/orchestration/reload`) while requests in flight keep theirs.
 //! - [`transitions`]: every breaker's transitions in one feed (the log, WebSocket
-//!   metrics subscribers, notifications).
+//!   metrics subscribers, notifications), the breakers a reload builds included, and the
+//!   recent ones of every agent, kept so that a dashboard opened after a trip still shows
+//!   it.
 //! - [`notify`]: `[[notify]]` webhooks told of breaker and health transitions.
 //! - [`demo`]: `agentgate demo`: its mock agents, its embedded config, what it prints.
 

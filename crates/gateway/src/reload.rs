@@ -12,17 +12,21 @@
 //!
 //! Some keys are read once at startup, as Envoy and Linkerd treat listeners:
 //! `server.listen`, `server.admin_listen`, `server.max_ws_connections`,
-//! `server.query_retention` and `[progress]`. A reload that changes them keeps their
-//! running values, says so in its answer (`restart_required`) and in a warning.
+//! `server.query_retention`, `[progress]`, and whether `[server.tls]` is there at all. A
+//! reload that changes them keeps their running values, says so in its answer
+//! (`restart_required`) and in a warning. `[server.tls]`'s certificate and key files
+//! are read again by every reload: new connections get the new certificate.
 //!
 //! `agentgate_config_reloads_total{result}` counts reloads (`ok`, `error`).
 
 use std::path::PathBuf;
 
+use tokio_rustls::TlsAcceptor;
+
 use crate::config::{Config, ConfigError};
 use crate::notify::Notifier;
 use crate::runtime::{build_agents, AgentChanges, Runtime};
-use crate::server::GatewayError;
+use crate::server::{tls_acceptor, GatewayError};
 use crate::AppState;
 
 /// What a reload changed: the answer of `POST /api/orchestration/reload`.
@@ -52,12 +56,16 @@ pub enum ReloadError {
     Build(#[from] GatewayError),
 }
 
-/// Describes the reload counter.
+/// Describes the reload counter, whose series exist (at 0) from the start, so that
+/// `increase()` and alerts see the first reload.
 pub(crate) fn describe_metrics() {
     metrics::describe_counter!(
         "agentgate_config_reloads_total",
         "Configuration reloads (SIGHUP, POST /api/orchestration/reload), by result (ok, error)"
     );
+    for result in ["ok", "error"] {
+        metrics::counter!("agentgate_config_reloads_total", "result" => result).increment(0);
+    }
 }
 
 // === impl AppState ===
@@ -84,7 +92,7 @@ impl AppState {
 
     fn swap(&self, mut config: Config) -> Result<Reloaded, ReloadError> {
         let old = self.runtime();
-        let restart_required = keep_startup_values(&mut config, old.config());
+        let mut restart_required = keep_startup_values(&mut config, old.config());
         if config.file.is_none() {
             config.file.clone_from(&old.config().file);
         }
@@ -93,6 +101,7 @@ impl AppState {
             self.transitions().watch(agents[name].breaker());
         }
         let notifier = Notifier::build(&config.notify, Some(old.notifier()))?;
+        let tls = tls_reloaded(&mut config, old.config(), &mut restart_required)?;
         let agents = self.engine().reconfigure(config.pipelines.clone(), agents);
         let reloaded = Reloaded {
             file: shown(&config.file),
@@ -101,6 +110,9 @@ impl AppState {
             restart_required,
         };
         self.install(Runtime::new(config, agents, notifier));
+        if let Some(tls) = tls {
+            self.set_tls_acceptor(Some(tls));
+        }
         Ok(reloaded)
     }
 }
@@ -149,6 +161,22 @@ fn keep_startup_values(new: &mut Config, running: &Config) -> Vec<&'static str> 
         new.progress = running.progress.clone();
     }
     changed
+}
+
+/// `[server.tls]` of a reload: its certificate files read again when the listener
+/// serves HTTPS and still should; turning TLS on or off needs a restart (the running
+/// setting is kept and `server.tls` named).
+fn tls_reloaded(
+    new: &mut Config,
+    running: &Config,
+    restart_required: &mut Vec<&'static str>,
+) -> Result<Option<TlsAcceptor>, GatewayError> {
+    if new.server.tls.is_some() != running.server.tls.is_some() {
+        restart_required.push("server.tls");
+        new.server.tls.clone_from(&running.server.tls);
+        return Ok(None);
+    }
+    tls_acceptor(new)
 }
 
 fn shown(file: &Option<PathBuf>) -> String {

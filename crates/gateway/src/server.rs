@@ -5,18 +5,22 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use agentgate_agent_client::LATENCY_BUCKETS;
 use agentgate_pipeline::{Engine, EngineSettings};
 use agentgate_progress::{Backend, HubConfig, MemoryHub};
 use agentgate_progress_redis::{RedisBackend, RedisSettings};
 use axum::extract::ConnectInfo;
 use axum::Router;
+use http::uri::Scheme;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::app::{admin_app, public_app};
@@ -30,11 +34,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// At shutdown, how long WebSocket connections may at least take to deliver the last
 /// terminal events once running queries have ended.
 const WS_FLUSH_MIN: Duration = Duration::from_secs(2);
-
-/// Histogram buckets for agent and query latencies: 1 ms … 60 s.
-const LATENCY_BUCKETS: [f64; 15] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +52,9 @@ pub enum GatewayError {
     /// `progress.redis_ca_file` could not be read.
     #[error("progress.redis_ca_file: {0}")]
     RedisCaFile(String),
+    /// `[server.tls]` cannot be used (its files changed since the config was read).
+    #[error("server.{0}")]
+    Tls(agentgate_config::Invalid),
     /// Listening failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -65,6 +67,7 @@ pub fn prometheus() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
+                // Agent and query latencies alike: 1 ms … 60 s.
                 .set_buckets_for_metric(
                     Matcher::Suffix("duration_seconds".into()),
                     &LATENCY_BUCKETS,
@@ -90,6 +93,10 @@ fn describe_metrics() {
     crate::reload::describe_metrics();
     crate::notify::describe_metrics();
     metrics::describe_gauge!("agentgate_health_score", "Health score 0..100");
+    metrics::describe_gauge!(
+        "agentgate_health_status",
+        "1 for the current health status (healthy, degraded, unhealthy), else 0"
+    );
 }
 
 /// Builds the gateway's state from `config`: one client per agent, the progress
@@ -131,6 +138,8 @@ pub fn build_state(config: Config) -> Result<AppState, GatewayError> {
         backend,
         EngineSettings {
             retention: config.server.query_retention,
+            // One line or event of a streamed stage answer is bounded like a request body.
+            max_chunk_bytes: config.server.max_body_bytes,
             ..EngineSettings::default()
         },
     );
@@ -158,15 +167,19 @@ pub async fn serve(
     admin_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), GatewayError> {
-    // Every breaker transition is logged and followed from now on (those since the
-    // state was built included), and the hooks are told what they asked for.
+    let tls = tls_acceptor(state.runtime().config())?;
+    let https = tls.is_some();
+    state.set_tls_acceptor(tls);
+    // Every transition is logged and kept from now on (the dashboard lists them), those
+    // since the state was built included, and the hooks are told what they asked for.
     let sources = crate::notify::Sources::new(&state);
-    state.transitions().start();
+    let recorders = state.transitions().spawn_recorders();
     let notifications = tokio::spawn(sources.run(state.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
     let mut accept = vec![tokio::spawn(accept_loop(
         listener,
+        https.then(|| state.clone()),
         public_app(state.clone()),
         stop_rx.clone(),
         graceful.clone(),
@@ -174,6 +187,7 @@ pub async fn serve(
     if let Some(admin) = admin_listener {
         accept.push(tokio::spawn(accept_loop(
             admin,
+            None,
             admin_app(state.clone()),
             stop_rx.clone(),
             graceful.clone(),
@@ -197,7 +211,9 @@ pub async fn serve(
     for task in accept {
         let _ = task.await;
     }
-    state.transitions().stop();
+    for task in recorders {
+        task.abort();
+    }
     notifications.abort();
     // What other replicas should still get of this one's last queries goes out now.
     state.engine().backend().close().await;
@@ -213,8 +229,25 @@ pub async fn serve(
     Ok(())
 }
 
+/// The public listener's TLS acceptor for `config`'s `[server.tls]` (the files read
+/// now), if it serves HTTPS.
+pub(crate) fn tls_acceptor(config: &Config) -> Result<Option<TlsAcceptor>, GatewayError> {
+    let Some(tls) = &config.server.tls else {
+        return Ok(None);
+    };
+    let config = tls
+        .server_config(&[b"h2", b"http/1.1"])
+        .map_err(|p| GatewayError::Tls(p.within("tls")))?;
+    Ok(Some(TlsAcceptor::from(config)))
+}
+
+/// Accepts connections on `listener` until `stop`; with `tls` (the state whose TLS
+/// acceptor, which a reload may replace, each connection uses), each one's handshake
+/// runs in its own task (a slow client never holds up the accept loop), bounded by
+/// the header read timeout, before HTTP (1.1, or 2 by ALPN) is served over it.
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<AppState>,
     app: Router,
     mut stop: watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
@@ -225,6 +258,8 @@ async fn accept_loop(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
+    // WebSockets over HTTP/2 (RFC 8441), for clients that negotiated h2 by ALPN.
+    builder.http2().enable_connect_protocol();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -239,17 +274,54 @@ async fn accept_loop(
             () = async { let _ = stop.wait_for(|stop| *stop).await; } => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-            app.clone().oneshot(req)
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let Some(tls) = tls.as_ref().and_then(AppState::tls_acceptor) else {
+            tokio::spawn(connection(&builder, stream, &app, peer, None, &graceful));
+            continue;
+        };
+        let (builder, app, graceful) = (builder.clone(), app.clone(), graceful.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let conn =
+                        connection(&builder, stream, &app, peer, Some(Scheme::HTTPS), &graceful);
+                    // Only the connection is watched from here: shutdown waits for no
+                    // handshake task.
+                    drop(graceful);
+                    conn.await;
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// Serves one connection (watched for graceful shutdown) with `app`; requests carry
+/// the peer's address and, over TLS, the `https` scheme (for `x-forwarded-proto`).
+fn connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    app: &Router,
+    peer: SocketAddr,
+    scheme: Option<Scheme>,
+    graceful: &GracefulShutdown,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let app = app.clone();
+    let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+        if let Some(scheme) = &scheme {
+            req.extensions_mut().insert(scheme.clone());
+        }
+        app.clone().oneshot(req)
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let conn = graceful.watch(conn.into_owned());
+    async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
+        }
     }
 }

@@ -4,16 +4,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use agentgate_pipeline::Engine;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::notify::Notifier;
 use crate::runtime::Runtime;
 use crate::server::GatewayError;
-use crate::transitions::TransitionLog;
+use crate::transitions::{TransitionLog, RECENT_PER_AGENT};
 use crate::ws::WsRegistry;
 
 /// Shared gateway state. Cheap to clone.
@@ -37,6 +38,19 @@ struct Inner {
     started: Instant,
     ws: WsRegistry,
     transitions: TransitionLog,
+    /// The public listener's TLS (`[server.tls]`): set when serving starts, replaced by
+    /// a reload, which reads the certificate files again.
+    tls: PublicTls,
+}
+
+/// [`Inner::tls`]: `TlsAcceptor` has no `Debug`.
+struct PublicTls(ArcSwapOption<TlsAcceptor>);
+
+impl std::fmt::Debug for PublicTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let https = self.0.load().is_some();
+        f.debug_struct("PublicTls").field("https", &https).finish()
+    }
 }
 
 impl AppState {
@@ -52,7 +66,8 @@ impl AppState {
     ) -> Result<Self, GatewayError> {
         let ws = WsRegistry::new(config.server.max_ws_connections);
         let agents = engine.agents();
-        let transitions = TransitionLog::new(agents.values().map(|a| a.breaker()));
+        let transitions =
+            TransitionLog::new(RECENT_PER_AGENT, agents.values().map(|a| a.breaker()));
         let notifier = Notifier::build(&config.notify, None)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -65,6 +80,7 @@ impl AppState {
                 started: Instant::now(),
                 ws,
                 transitions,
+                tls: PublicTls(ArcSwapOption::empty()),
             }),
         })
     }
@@ -80,6 +96,17 @@ impl AppState {
     /// for callers outside a request, such as tests and embedders).
     pub fn agent(&self, name: &str) -> Option<agentgate_agent_client::AgentClient> {
         self.runtime().agent(name).cloned()
+    }
+
+    /// The public listener's TLS acceptor, when it serves HTTPS: what the next
+    /// connection's handshake uses.
+    pub(crate) fn tls_acceptor(&self) -> Option<Arc<TlsAcceptor>> {
+        self.inner.tls.0.load_full()
+    }
+
+    /// Sets the public listener's TLS acceptor (serving starts, or a reload).
+    pub(crate) fn set_tls_acceptor(&self, acceptor: Option<TlsAcceptor>) {
+        self.inner.tls.0.store(acceptor.map(Arc::new));
     }
 
     /// Installs `runtime` for new requests (a reload).
@@ -141,7 +168,9 @@ impl AppState {
         &self.inner.ws
     }
 
-    /// Every breaker's transitions (the agents of every reload's).
+    /// Every breaker's transitions, the agents of every reload's included: the recent
+    /// ones (recorded from when this state was built, once [`crate::serve`] runs) and
+    /// the live ones.
     pub fn transitions(&self) -> &TransitionLog {
         &self.inner.transitions
     }

@@ -63,6 +63,9 @@ pub struct EngineSettings {
     pub max_records: usize,
     /// The pipeline of queries that name none.
     pub default_pipeline: String,
+    /// The longest line or event of a streamed stage answer (`[server] max_body_bytes`);
+    /// a longer one fails the stage with `bad_response`.
+    pub max_chunk_bytes: usize,
 }
 
 /// A running query as [`Engine::live`] sees it.
@@ -149,6 +152,7 @@ impl Default for EngineSettings {
             retention: Duration::from_secs(600),
             max_records: 10_000,
             default_pipeline: "default".to_owned(),
+            max_chunk_bytes: 1024 * 1024,
         }
     }
 }
@@ -239,6 +243,7 @@ impl Engine {
             plan,
             publisher,
             high_water: 0,
+            max_chunk_bytes: inner.settings.max_chunk_bytes,
         };
         let guard = FinishOnDrop {
             inner: inner.clone(),

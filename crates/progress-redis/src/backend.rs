@@ -124,6 +124,11 @@ impl RedisBackend {
                 owners: Mutex::default(),
             }),
         };
+        // The counters exist (at 0) from the start, so that rate() and alerts see them
+        // before the first failure.
+        metrics::counter!("agentgate_progress_redis_dropped_total").increment(0);
+        metrics::counter!("agentgate_progress_redis_errors_total").increment(0);
+        metrics::counter!("agentgate_replica_lost_queries_total").increment(0);
         let tasks = [
             tokio::spawn(writer::run(backend.clone(), rx)),
             tokio::spawn(reader::run(backend.clone())),

@@ -30,10 +30,11 @@ use std::time::Duration;
 use agentgate_agent_client::AgentConfig;
 use agentgate_config::{Invalid, Secret, Validate};
 use agentgate_pipeline::PipelineConfig;
-
-use crate::notify::NotifyConfig;
+use agentgate_tls::ServerTlsConfig;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
+
+use crate::notify::NotifyConfig;
 
 /// A validated gateway configuration: SPEC §2 with every default filled in and every
 /// agent's `[defaults]` merged.
@@ -86,6 +87,9 @@ pub struct ServerConfig {
     /// How long finished queries stay readable. Default 10m.
     #[serde(with = "humantime_serde")]
     pub query_retention: Duration,
+    /// `[server.tls]`: the public listener serves HTTPS and WSS with this certificate
+    /// (the admin listener stays plain: keep it on a private address). Default none.
+    pub tls: Option<ServerTlsConfig>,
 }
 
 /// The `[admin]` section.
@@ -192,8 +196,13 @@ impl Config {
             Some(admin) => admin.to_string(),
             None => "on listen (token required)".to_owned(),
         };
+        let tls = if self.server.tls.is_some() {
+            " (tls)"
+        } else {
+            ""
+        };
         let mut out = format!(
-            "ok: {agents}, {pipelines}, listen {}, admin {admin}",
+            "ok: {agents}, {pipelines}, listen {}{tls}, admin {admin}",
             self.server.listen
         );
         if self.progress.backend == ProgressBackend::Redis {
@@ -217,6 +226,7 @@ impl Default for ServerConfig {
             ws_max_message_bytes: 64 * 1024,
             ws_max_subscriptions: 100,
             query_retention: Duration::from_secs(600),
+            tls: None,
         }
     }
 }
@@ -239,6 +249,9 @@ impl Validate for ServerConfig {
                 self.listen
             );
             out.push(Invalid::new("admin_listen", format!("\"{admin}\""), reason));
+        }
+        if let Some(tls) = &self.tls {
+            out.extend(tls.problems().into_iter().map(|p| p.within("tls")));
         }
         out
     }

@@ -59,7 +59,7 @@ pub enum NotifyEvent {
 
 impl NotifyConfig {
     /// The hook's client config: the agent-client stack (retry, breaker, per-attempt
-    /// timeout) over a pool to `url`.
+    /// timeout) over a pool to `url` (https with the system's roots), sending `headers`.
     pub fn client_config(&self) -> AgentConfig {
         let mut retry = self.retry.clone();
         // One key caps Retry-After for both layers, as for agents.
@@ -68,6 +68,7 @@ impl NotifyConfig {
             timeout: self.timeout,
             retry,
             circuit_breaker: self.circuit_breaker.clone(),
+            headers: self.headers.clone(),
             ..AgentConfig::new(self.url.clone())
         }
     }
@@ -83,15 +84,8 @@ impl Validate for NotifyConfig {
                 "name at least one of \"breaker_opened\", \"breaker_closed\", \"health_changed\"",
             ));
         }
-        for (name, value) in &self.headers {
-            let key = format!("headers.{name}");
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                let reason = format!("`{name}` is not a header name");
-                out.push(Invalid::named("headers", reason));
-            } else if http::HeaderValue::from_str(value.expose()).is_err() {
-                out.push(Invalid::new(key, "\"***\"", "is not a valid header value"));
-            }
-        }
+        // Checked as an agent's: the hook's client sends them.
+        out.extend(self.client_config().header_map().err());
         if self.timeout.is_zero() {
             out.push(Invalid::new("timeout", "0s", "must be greater than 0"));
         }

@@ -39,7 +39,6 @@ use std::time::{Duration, SystemTime};
 
 use agentgate_agent_client::{AgentBody, AgentClient};
 use agentgate_circuit_breaker::{State as BreakerState, Transition};
-use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
@@ -93,12 +92,16 @@ pub struct Notification {
     pub replica: String,
 }
 
-/// Describes the notification counter.
+/// Describes the notification counter, whose series exist (at 0) from the start, so
+/// that `increase()` and alerts see the first of each.
 pub(crate) fn describe_metrics() {
     metrics::describe_counter!(
         "agentgate_notifications_total",
         "Notifications to [[notify]] webhooks, by outcome (sent, failed, dropped)"
     );
+    for outcome in ["sent", "failed", "dropped"] {
+        count(outcome, 0);
+    }
 }
 
 // === impl Notifier ===
@@ -145,7 +148,7 @@ impl Notifier {
                 gate.admit((event, n.agent.clone()), now)
             };
             if admitted && hook.tx.try_send(n.clone()).is_err() {
-                count("dropped");
+                count("dropped", 1);
             }
         }
     }
@@ -164,19 +167,8 @@ impl Hook {
                 source,
             }
         })?;
-        let mut headers = HeaderMap::new();
-        for (key, value) in &config.headers {
-            // Checked with the config; a bad one is left out rather than sent wrong.
-            if let (Ok(key), Ok(mut value)) = (
-                HeaderName::from_bytes(key.as_bytes()),
-                HeaderValue::from_str(value.expose()),
-            ) {
-                value.set_sensitive(true);
-                headers.insert(key, value);
-            }
-        }
         let (tx, rx) = mpsc::channel(config.queue.max(1));
-        tokio::spawn(deliver(client, headers, rx));
+        tokio::spawn(deliver(client, rx));
         Ok(Self {
             gate: Mutex::new(MinInterval::new(config.min_interval)),
             config: config.clone(),
@@ -185,20 +177,20 @@ impl Hook {
     }
 }
 
-/// Sends a hook's notifications in order, one at a time, until its queue closes.
-async fn deliver(client: AgentClient, headers: HeaderMap, mut rx: mpsc::Receiver<Notification>) {
+/// Sends a hook's notifications in order, one at a time, until its queue closes. The
+/// client adds the hook's `headers`.
+async fn deliver(client: AgentClient, mut rx: mpsc::Receiver<Notification>) {
     let url = client.config().url.clone();
     while let Some(n) = rx.recv().await {
         let body = match serde_json::to_vec(&n) {
             Ok(body) => body,
             Err(_) => continue,
         };
-        let mut req = http::Request::post(url.clone())
+        let req = http::Request::post(url.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .header("idempotency-key", uuid::Uuid::new_v4().to_string())
             .body(AgentBody::from(bytes::Bytes::from(body)))
             .expect("a valid request");
-        req.headers_mut().extend(headers.clone());
         let outcome = match client.send(req).await {
             Ok(res) if res.status().is_success() => "sent",
             Ok(res) => {
@@ -210,12 +202,12 @@ async fn deliver(client: AgentClient, headers: HeaderMap, mut rx: mpsc::Receiver
                 "failed"
             }
         };
-        count(outcome);
+        count(outcome, 1);
     }
 }
 
-fn count(outcome: &'static str) {
-    metrics::counter!("agentgate_notifications_total", "outcome" => outcome).increment(1);
+fn count(outcome: &'static str, n: u64) {
+    metrics::counter!("agentgate_notifications_total", "outcome" => outcome).increment(n);
 }
 
 // === the sources ===
@@ -233,7 +225,7 @@ impl Sources {
     /// starts, so none is missed), with the health status as it is now.
     pub fn new(state: &AppState) -> Self {
         Self {
-            transitions: state.transitions().follow(),
+            transitions: state.transitions().follow().1,
             health: Some(admin::health(state).1),
         }
     }
