@@ -41,6 +41,14 @@ pub struct AgentConfig {
     /// Largest response body read for a pipeline stage (larger: `bad_response`).
     #[serde(default = "defaults::max_response_bytes")]
     pub max_response_bytes: usize,
+    /// Requests in flight to this agent at once (`max_concurrency`, SPEC §8); 0 means
+    /// no limit. A bulkhead: one slow agent cannot take every connection and task.
+    #[serde(default)]
+    pub max_concurrency: usize,
+    /// How long a request waits for a free slot under `max_concurrency` before it is
+    /// refused (`overloaded`); 0 refuses at once.
+    #[serde(with = "humantime_serde", default)]
+    pub queue_timeout: Duration,
 }
 
 /// An agent setting that cannot work: the key (relative to [`AgentConfig`], e.g.
@@ -61,6 +69,8 @@ impl AgentConfig {
             pool_idle_timeout: defaults::pool_idle_timeout(),
             connect_timeout: defaults::connect_timeout(),
             max_response_bytes: defaults::max_response_bytes(),
+            max_concurrency: 0,
+            queue_timeout: Duration::ZERO,
         }
     }
 

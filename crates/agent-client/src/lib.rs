@@ -2,7 +2,7 @@
 //! ([`stack`]), in agentgate's resilience stack:
 //!
 //! ```text
-//! progress → retry (→ metrics) → circuit breaker → per-attempt timeout → client
+//! progress → retry (→ metrics) → bulkhead → circuit breaker → per-attempt timeout → client
 //! ```
 //!
 //! [`AgentClient`] is built from an agent's config (SPEC §2 `[defaults]` merged with
@@ -29,6 +29,7 @@
 //! ```
 
 mod body;
+mod bulkhead;
 mod client;
 mod config;
 mod json;
@@ -36,6 +37,9 @@ mod metrics;
 mod stack;
 
 pub use body::AgentBody;
+pub use bulkhead::{
+    Bulkhead, BulkheadLayer, Overloaded, ResponseFuture as BulkheadFuture, OVERLOAD_REJECTED,
+};
 pub use client::{AgentClient, HttpClient, SharedClient};
 pub use config::{check_url, AgentConfig, AgentConfigError};
 pub use json::JsonBody;
