@@ -73,6 +73,17 @@ impl Keys {
         format!("{}:events", self.prefix)
     }
 
+    /// A client's running queries: a sorted set of query ids, scored by when each
+    /// stops counting should its replica die first (ms, Redis clock).
+    pub(crate) fn running(&self, client: &str) -> String {
+        format!("{}:client:{client}:running", self.prefix)
+    }
+
+    /// A client's token bucket: a hash of `tokens` and `ts` (ms, Redis clock).
+    pub(crate) fn bucket(&self, client: &str) -> String {
+        format!("{}:client:{client}:bucket", self.prefix)
+    }
+
     /// Requests between replicas (`cancel|<query id>`).
     pub(crate) fn control(&self) -> String {
         format!("{}:control", self.prefix)

@@ -147,6 +147,12 @@ fn pipeline(backend: &RedisBackend, batch: &[Out]) -> redis::Pipeline {
                     .arg(if *finished { retention } else { running })
                     .ignore();
             }
+            Out::Release { client, ticket } => {
+                pipe.cmd("ZREM")
+                    .arg(keys.running(client))
+                    .arg(&**ticket)
+                    .ignore();
+            }
             Out::Close(_) => {}
         }
     }

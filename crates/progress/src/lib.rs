@@ -7,8 +7,9 @@
 //! - [`Backend`]: everything that differs between one process and several replicas —
 //!   open a query's stream, subscribe with replay (a query of another replica is loaded
 //!   on demand), share and read query records (as JSON text), cancel a query wherever it
-//!   runs ([`QueryControl`] is the replica's side of that), health for `/readyz`, stats,
-//!   close. The engine, routes and WebSocket code hold an `Arc<dyn Backend>` and never
+//!   runs ([`QueryControl`] is the replica's side of that), admit and release a
+//!   client's queries under its [`Quota`] (SPEC §7: across replicas when shared),
+//!   health for `/readyz`, stats, close. The engine, routes and WebSocket code hold an `Arc<dyn Backend>` and never
 //!   name an implementation.
 //! - [`MemoryHub`]: per-query streams, and the one-process backend. Each query has a
 //!   gap-free `seq` from 1, a bounded replay buffer (`replay_events`), any number of
@@ -20,6 +21,8 @@
 //!   channel, made by the first subscriber, is dropped at the terminal event). The Redis
 //!   backend (`agentgate-progress-redis`) keeps one per replica and carries the same
 //!   streams across replicas ([`MemoryHub::mirror`], [`PublishHook`]).
+//! - [`quota`]: per-client quotas — running queries and a token bucket —
+//!   counted in one process by [`LocalQuotas`] (each [`MemoryHub`] has one).
 //! - [`ProgressLayer`]: emits a stage's events (started, error per failed attempt,
 //!   retrying with attempt and delay, completed) for calls that carry a
 //!   [`ProgressContext`], by observing the request's attempt ledger (shared vocabulary
@@ -50,6 +53,7 @@ pub mod event;
 mod hub;
 mod layer;
 mod memory;
+pub mod quota;
 
 pub use backend::{Backend, BackendError, BackendHealth, BoxFuture, QueryControl};
 pub use event::{ErrorInfo, EventKind, JsonText, ProgressEvent, Published, StageStatus};
@@ -59,3 +63,4 @@ pub use hub::{
 };
 pub use layer::{ProgressContext, ProgressFuture, ProgressLayer, ProgressService};
 pub use memory::{HubConfig, MemoryHub};
+pub use quota::{LocalQuotas, Quota, QuotaRefusal};

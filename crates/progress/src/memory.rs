@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::hub::{OnEnd, QueryStream};
+use crate::quota::{LocalQuotas, Quota, QuotaRefusal};
 use crate::{
     Backend, BackendError, BackendHealth, BoxFuture, HubStats, Mirrored, OpenError, PublishHook,
     Published, QueryControl, QueryPublisher, SubscribeError, Subscription,
@@ -45,6 +46,8 @@ struct Inner {
     queries: Mutex<HashMap<Arc<str>, Arc<QueryStream>>>,
     /// Finished queries, oldest first, for retention.
     finished: Mutex<VecDeque<(Instant, Arc<str>)>>,
+    /// Client quotas counted in this process.
+    quotas: LocalQuotas,
     me: Weak<Inner>,
 }
 
@@ -85,9 +88,16 @@ impl MemoryHub {
                 hook,
                 queries: Mutex::default(),
                 finished: Mutex::default(),
+                quotas: LocalQuotas::default(),
                 me: me.clone(),
             }),
         }
+    }
+
+    /// The client quotas counted in this process (all of them in one process; what a
+    /// replica falls back to when the others cannot be reached).
+    pub fn quotas(&self) -> &LocalQuotas {
+        &self.inner.quotas
     }
 
     /// Starts the stream of a new query and returns its publisher.
@@ -257,6 +267,22 @@ impl Backend for MemoryHub {
     }
 
     fn set_control(&self, _control: Arc<dyn QueryControl>) {}
+
+    fn admit<'a>(
+        &'a self,
+        client: &'a str,
+        ticket: &'a str,
+        quota: Quota,
+        _hold: Duration,
+    ) -> BoxFuture<'a, Result<(), QuotaRefusal>> {
+        Box::pin(std::future::ready(
+            self.inner.quotas.admit(client, ticket, quota),
+        ))
+    }
+
+    fn release(&self, client: &str, ticket: &str) {
+        self.inner.quotas.release(client, ticket);
+    }
 
     fn health(&self) -> BackendHealth {
         BackendHealth {
