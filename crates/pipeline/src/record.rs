@@ -51,6 +51,10 @@ pub struct QueryRecord {
     pub status: QueryStatus,
     /// The pipeline it runs.
     pub pipeline: String,
+    /// The client that started it (SPEC §7); absent without `[auth]`. Other clients
+    /// cannot see the query at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     /// `{stage: output}`, when completed. Skipped stages have no entry.
     ///
     /// Kept as JSON text, shared with the query's terminal `completed` event (see
@@ -155,6 +159,9 @@ pub(crate) struct Running {
     pub(crate) publisher: QueryPublisher,
     /// Tells `Submitted::finished` the final record.
     pub(crate) done: watch::Sender<Option<QueryRecord>>,
+    /// The client whose running count this query holds in the backend (released when
+    /// it ends).
+    pub(crate) quota_slot: Option<Arc<str>>,
     /// Stops the query's task, once it is spawned.
     pub(crate) abort: Option<AbortHandle>,
 }
@@ -187,6 +194,7 @@ impl QueryRecord {
             query_id,
             status: QueryStatus::Running,
             pipeline,
+            client: None,
             result: None,
             error: None,
             stages: Vec::new(),
@@ -397,6 +405,7 @@ mod tests {
                 publisher: hub.open(id).unwrap(),
                 done: watch::channel(None).0,
                 abort: None,
+                quota_slot: None,
             })),
         }
     }
