@@ -270,14 +270,18 @@ async fn the_page_is_self_contained_and_served_where_the_admin_routes_are() {
     let public = send("GET", &gw.url("/dashboard"), &[], "").await;
     assert_eq!(public.status, StatusCode::NOT_FOUND);
 
-    // Admin routes on the public listener: the page is there too; its feed needs the token.
+    // Admin routes on the public listener: the page is there too, and like every admin
+    // read there (SPEC §7) it needs the token, which `?token=` carries to its feed.
+    std::env::set_var("AGENTGATE_DASHBOARD_TEST_TOKEN", "dash-token");
     let shared = Gateway::start(&format!(
-        "{}\n[agents.nlp]\nurl = \"{}\"\n[pipelines.default]\n[[pipelines.default.stages]]\nname = \"s\"\nagent = \"nlp\"\n",
+        "{}\n[admin]\ntoken_env = \"AGENTGATE_DASHBOARD_TEST_TOKEN\"\n[agents.nlp]\nurl = \"{}\"\n[pipelines.default]\n[[pipelines.default.stages]]\nname = \"s\"\nagent = \"nlp\"\n",
         base_config("", "2s"),
         nlp.url()
     ))
     .await;
     let page = send("GET", &shared.url("/dashboard"), &[], "").await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    let page = send("GET", &shared.url("/dashboard?token=dash-token"), &[], "").await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(String::from_utf8_lossy(&page.body).contains("subscribe_metrics"));
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+use crate::admission::{Counted, StallTimeout, OVERLOAD_REJECTED};
 use crate::app::{admin_app, public_app};
 use crate::config::{Config, ProgressBackend};
 use crate::AppState;
@@ -52,6 +54,9 @@ pub enum GatewayError {
     /// The Redis progress backend could not be set up.
     #[error("progress.redis_url: {0}")]
     Redis(#[from] agentgate_progress_redis::InvalidUrl),
+    /// A client's key could not be read (`key_env` unset since the config was checked).
+    #[error("{0}")]
+    Auth(#[from] agentgate_config::Invalid),
     /// Listening failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -86,6 +91,7 @@ fn describe_metrics() {
     agentgate_retry::describe_metrics();
     agentgate_pipeline::describe_metrics();
     agentgate_progress_redis::describe_metrics();
+    crate::auth::describe_metrics();
     metrics::describe_gauge!("agentgate_health_score", "Health score 0..100");
 }
 
@@ -123,10 +129,11 @@ pub fn build_state(config: Config) -> Result<AppState, GatewayError> {
         backend,
         EngineSettings {
             retention: config.server.query_retention,
+            max_running: config.server.max_running_queries,
             ..EngineSettings::default()
         },
     );
-    Ok(AppState::new(config, engine, prometheus))
+    Ok(AppState::new(config, engine, prometheus)?)
 }
 
 /// Runs the gateway on `listener` (public routes) and `admin_listener` (admin routes;
@@ -153,16 +160,28 @@ pub async fn serve(
     let loggers = spawn_transition_logs(&state);
     let (stop_tx, stop_rx) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
+    let server = &state.config().server;
+    let public = Limits {
+        connections: Some((state.connection_count().clone(), server.max_connections)),
+        body_read_timeout: server.body_read_timeout,
+    };
     let mut accept = vec![tokio::spawn(accept_loop(
         listener,
         public_app(state.clone()),
+        public,
         stop_rx.clone(),
         graceful.clone(),
     ))];
     if let Some(admin) = admin_listener {
+        // Operators' connections are not capped: they must get in when clients flood.
+        let admin_limits = Limits {
+            connections: None,
+            body_read_timeout: server.body_read_timeout,
+        };
         accept.push(tokio::spawn(accept_loop(
             admin,
             admin_app(state.clone()),
+            admin_limits,
             stop_rx.clone(),
             graceful.clone(),
         )));
@@ -202,12 +221,23 @@ pub async fn serve(
     Ok(())
 }
 
+/// What a listener admits (SPEC §8).
+struct Limits {
+    /// The count of open connections and its cap.
+    connections: Option<(Arc<AtomicUsize>, usize)>,
+    /// Longest silence of a request body.
+    body_read_timeout: Duration,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     app: Router,
+    limits: Limits,
     mut stop: watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
 ) {
+    let refused = metrics::counter!(OVERLOAD_REJECTED, "scope" => "connections");
+    let unlimited = Arc::new(AtomicUsize::new(0));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -227,11 +257,25 @@ async fn accept_loop(
             },
             () = async { let _ = stop.wait_for(|stop| *stop).await; } => break,
         };
-        let _ = stream.set_nodelay(true);
+        let stream = match &limits.connections {
+            Some((count, max)) => match Counted::admit(stream, count, *max) {
+                Some(stream) => stream,
+                None => {
+                    // Accepted and closed at once: cheaper than leaving it in the backlog,
+                    // where the client would wait for a timeout.
+                    refused.increment(1);
+                    continue;
+                }
+            },
+            None => Counted::admit(stream, &unlimited, usize::MAX).expect("no cap"),
+        };
+        let _ = stream.get_ref().set_nodelay(true);
         let app = app.clone();
+        let body_timeout = limits.body_read_timeout;
         let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-            app.clone().oneshot(req)
+            app.clone()
+                .oneshot(req.map(|body| StallTimeout::new(body, body_timeout)))
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let conn = graceful.watch(conn.into_owned());

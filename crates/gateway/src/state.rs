@@ -8,6 +8,7 @@ use agentgate_pipeline::Engine;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::time::Instant;
 
+use crate::auth::Clients;
 use crate::config::Config;
 use crate::ws::WsRegistry;
 
@@ -25,16 +26,25 @@ struct Inner {
     draining: AtomicBool,
     started: Instant,
     admin_token: Option<String>,
+    clients: Clients,
     ws: WsRegistry,
+    /// Open connections on the public listener (`max_connections`).
+    connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl AppState {
     /// State for a gateway running `config` on `engine` (whose progress backend decides
-    /// what is shared with other replicas).
-    pub fn new(config: Config, engine: Engine, prometheus: PrometheusHandle) -> Self {
+    /// what is shared with other replicas). Fails when a client's key cannot be read
+    /// (`key_env` unset since the config was checked).
+    pub fn new(
+        config: Config,
+        engine: Engine,
+        prometheus: PrometheusHandle,
+    ) -> Result<Self, agentgate_config::Invalid> {
         let admin_token = config.admin.token();
+        let clients = Clients::new(&config.auth, admin_token.as_deref())?;
         let ws = WsRegistry::new(config.server.max_ws_connections);
-        Self {
+        Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 engine,
@@ -42,9 +52,11 @@ impl AppState {
                 draining: AtomicBool::new(false),
                 started: Instant::now(),
                 admin_token,
+                clients,
                 ws,
+                connections: Arc::default(),
             }),
-        }
+        })
     }
 
     /// The configuration.
@@ -88,6 +100,20 @@ impl AppState {
     /// The WebSocket connections: their count, figures and shutdown.
     pub fn ws(&self) -> &WsRegistry {
         &self.inner.ws
+    }
+
+    /// The clients' keys (SPEC §7).
+    pub fn clients(&self) -> &Clients {
+        &self.inner.clients
+    }
+
+    /// Open connections on the public listener.
+    pub fn connections(&self) -> usize {
+        self.inner.connections.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn connection_count(&self) -> &Arc<std::sync::atomic::AtomicUsize> {
+        &self.inner.connections
     }
 
     /// The admin bearer token, if configured.
