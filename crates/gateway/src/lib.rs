@@ -6,6 +6,7 @@
 //! - [`admission`]: the connection cap and the request body stall timeout (SPEC §8).
 //! - [`auth`]: API keys (SPEC §7): the [`auth::Client`] of each public request.
 //! - [`error`]: the one place errors become HTTP answers.
+//! - [`fuzz`]: what the cargo-fuzz targets (`fuzz/`) check, runnable on stable.
 //! - [`ws`]: `GET /ws` — queries, live progress, replay and metrics over a WebSocket.
 //! - [`server`]: [`run`]`(listener, admin_listener, config, shutdown)` — what the binary
 //!   calls and what tests start in-process on `127.0.0.1:0`.
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod fuzz;
 pub mod routes;
 pub mod server;
 mod state;
