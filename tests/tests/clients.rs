@@ -103,6 +103,36 @@ fn client(name: &str, key: &str, extra: &str) -> String {
     )
 }
 
+/// A gateway of [`config`] with `server` lines, on an `nlp` mock shaped by `nlp` (and
+/// `nlp_extra` keys) and a plain `data` mock.
+async fn start(
+    server: &str,
+    nlp: impl FnOnce(&mut agentgate_mock_agent::Behavior),
+    nlp_extra: &str,
+    clients: &str,
+) -> (
+    Gateway,
+    agentgate_mock_agent::MockAgent,
+    agentgate_mock_agent::MockAgent,
+) {
+    let (nlp, data) = (mock("nlp", nlp).await, mock("data", |_| {}).await);
+    let gw = Gateway::start(&config(server, &nlp.url(), &data.url(), nlp_extra, clients)).await;
+    (gw, nlp, data)
+}
+
+/// `n` async submits of `key`'s, each accepted.
+async fn accept_async(gw: &Gateway, key: &str, n: usize) {
+    for _ in 0..n {
+        let res = submit(gw, key, &json!({"query": "q"}), true).await;
+        assert_eq!(res.status, StatusCode::ACCEPTED, "{:?}", res.json());
+    }
+}
+
+/// `method url` with the key as `x-api-key` and no body.
+async fn keyed(method: &str, url: &str, key: &str) -> agentgate_e2e::Answer {
+    send(method, url, &[("x-api-key", key)], "").await
+}
+
 fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }
@@ -238,13 +268,7 @@ async fn keys_are_required_on_every_public_route_but_health() {
     }
 
     // Both headers work; the answer is the route's own.
-    let res = send(
-        "GET",
-        &gw.url("/api/query/nope"),
-        &[("x-api-key", "key-alpha")],
-        "",
-    )
-    .await;
+    let res = keyed("GET", &gw.url("/api/query/nope"), "key-alpha").await;
     assert_eq!(res.status, StatusCode::NOT_FOUND);
     let res = send(
         "GET",
@@ -255,21 +279,9 @@ async fn keys_are_required_on_every_public_route_but_health() {
     .await;
     assert_eq!(res.status, StatusCode::NOT_FOUND);
     // The proxy: an agent on the list, then one off it.
-    let res = send(
-        "GET",
-        &gw.url("/agents/nlp/x"),
-        &[("x-api-key", "key-alpha")],
-        "",
-    )
-    .await;
+    let res = keyed("GET", &gw.url("/agents/nlp/x"), "key-alpha").await;
     assert_eq!(res.status, StatusCode::OK);
-    let res = send(
-        "GET",
-        &gw.url("/agents/data/x"),
-        &[("x-api-key", "key-alpha")],
-        "",
-    )
-    .await;
+    let res = keyed("GET", &gw.url("/agents/data/x"), "key-alpha").await;
     assert_eq!(res.status, StatusCode::FORBIDDEN);
     assert_eq!(res.json()["error"]["kind"], "forbidden");
     assert_eq!(
@@ -318,15 +330,12 @@ async fn keys_are_required_on_every_public_route_but_health() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_clients_query_looks_unknown_on_every_route_and_frame() {
-    let nlp = mock("nlp", |b| b.latency = Duration::from_secs(30)).await;
-    let data = mock("data", |_| {}).await;
-    let gw = Gateway::start(&config(
+    let (gw, _nlp, _data) = start(
         "",
-        &nlp.url(),
-        &data.url(),
+        |b| b.latency = Duration::from_secs(30),
         "",
         &(client("own-a", "key-own-a", "") + &client("own-b", "key-own-b", "")),
-    ))
+    )
     .await;
     let res = submit(&gw, "key-own-a", &json!({"query": "q"}), true).await;
     assert_eq!(res.status, StatusCode::ACCEPTED);
@@ -334,13 +343,7 @@ async fn another_clients_query_looks_unknown_on_every_route_and_frame() {
     let unknown = "00000000-0000-4000-8000-000000000000";
 
     // The owner sees it, with its client.
-    let mine = send(
-        "GET",
-        &gw.url(&format!("/api/query/{id}")),
-        &[("x-api-key", "key-own-a")],
-        "",
-    )
-    .await;
+    let mine = keyed("GET", &gw.url(&format!("/api/query/{id}")), "key-own-a").await;
     assert_eq!(mine.status, StatusCode::OK);
     assert_eq!(mine.json()["client"], "own-a");
 
@@ -397,13 +400,7 @@ async fn another_clients_query_looks_unknown_on_every_route_and_frame() {
         assert_eq!(f["code"], "unknown_query", "{f}");
     }
     // Still running: nothing the other client did touched it.
-    let mine = send(
-        "GET",
-        &gw.url(&format!("/api/query/{id}")),
-        &[("x-api-key", "key-own-a")],
-        "",
-    )
-    .await;
+    let mine = keyed("GET", &gw.url(&format!("/api/query/{id}")), "key-own-a").await;
     assert_eq!(mine.json()["status"], "running");
 
     // The admin token sees every query: on the public listener as a key, and on the
@@ -529,13 +526,7 @@ async fn quotas_refuse_with_their_codes_and_never_over_admit() {
     );
     // Cancelling frees a slot, and the outcome is counted per client.
     let id = gw.state.engine().live(1)[0].query_id.clone();
-    let res = send(
-        "DELETE",
-        &gw.url(&format!("/api/query/{id}")),
-        &[("x-api-key", "key-q-run")],
-        "",
-    )
-    .await;
+    let res = keyed("DELETE", &gw.url(&format!("/api/query/{id}")), "key-q-run").await;
     assert_eq!(res.status, StatusCode::OK);
     let res = submit(&gw, "key-q-run", &json!({"query": "q"}), true).await;
     assert_eq!(res.status, StatusCode::ACCEPTED);
@@ -555,24 +546,14 @@ async fn quotas_refuse_with_their_codes_and_never_over_admit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_global_cap_answers_503_overloaded_without_reading_the_body() {
-    let nlp = mock("nlp", |b| b.latency = Duration::from_secs(30)).await;
-    let data = mock("data", |_| {}).await;
-    let gw = Gateway::start(&config(
+    let (gw, _nlp, _data) = start(
         "max_running_queries = 2",
-        &nlp.url(),
-        &data.url(),
+        |b| b.latency = Duration::from_secs(30),
         "",
         &client("g-one", "key-g-one", ""),
-    ))
+    )
     .await;
-    for _ in 0..2 {
-        assert_eq!(
-            submit(&gw, "key-g-one", &json!({"query": "q"}), true)
-                .await
-                .status,
-            StatusCode::ACCEPTED
-        );
-    }
+    accept_async(&gw, "key-g-one", 2).await;
     let res = submit(&gw, "key-g-one", &json!({"query": "q"}), true).await;
     assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(res.json()["error"]["kind"], "overloaded");
@@ -603,25 +584,9 @@ async fn the_global_cap_answers_503_overloaded_without_reading_the_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_bulkhead_goes_to_the_fallback_and_leaves_the_breaker_closed() {
-    let nlp = mock("nlp", |b| b.hang_rate = 1.0).await;
-    let data = mock("data", |_| {}).await;
-    let gw = Gateway::start(&config(
-        "",
-        &nlp.url(),
-        &data.url(),
-        "max_concurrency = 2\nqueue_timeout = \"50ms\"\ntimeout = \"30s\"\n[agents.nlp.circuit_breaker]\nconsecutive_failures = 1",
-        &client("b-one", "key-b-one", ""),
-    ))
-    .await;
+    let (gw, nlp, _data) = start("", |b| b.hang_rate = 1.0, "max_concurrency = 2\nqueue_timeout = \"50ms\"\ntimeout = \"30s\"\n[agents.nlp.circuit_breaker]\nconsecutive_failures = 1", &client("b-one", "key-b-one", "")).await;
     // Two queries take both slots and hang.
-    for _ in 0..2 {
-        assert_eq!(
-            submit(&gw, "key-b-one", &json!({"query": "q"}), true)
-                .await
-                .status,
-            StatusCode::ACCEPTED
-        );
-    }
+    accept_async(&gw, "key-b-one", 2).await;
     let text = loop {
         let text = metrics(&gw).await;
         if sample(&text, r#"agentgate_agent_in_flight{agent="nlp"}"#) == 2.0 {
@@ -643,16 +608,8 @@ async fn a_full_bulkhead_goes_to_the_fallback_and_leaves_the_breaker_closed() {
         1,
         "not retried"
     );
-    assert_eq!(
-        gw.state
-            .agent("nlp")
-            .unwrap()
-            .breaker()
-            .snapshot()
-            .state
-            .as_str(),
-        "closed"
-    );
+    let breaker = || gw.state.agent("nlp").unwrap().breaker().snapshot().state;
+    assert_eq!(breaker().as_str(), "closed");
     assert_eq!(nlp.stats().requests, seen);
     // Through the proxy: 503 agent_overloaded with Retry-After: 1.
     let res = send(
@@ -670,16 +627,7 @@ async fn a_full_bulkhead_goes_to_the_fallback_and_leaves_the_breaker_closed() {
         sample(&text, r#"agentgate_overload_rejected_total{scope="agent"}"#) - before,
         2.0
     );
-    assert_eq!(
-        gw.state
-            .agent("nlp")
-            .unwrap()
-            .breaker()
-            .snapshot()
-            .state
-            .as_str(),
-        "closed"
-    );
+    assert_eq!(breaker().as_str(), "closed");
     gw.state.engine().drain(Duration::ZERO).await;
 }
 
@@ -722,15 +670,12 @@ async fn a_stalled_body_gets_408_while_others_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_are_closed_at_once() {
-    let nlp = mock("nlp", |_| {}).await;
-    let data = mock("data", |_| {}).await;
-    let gw = Gateway::start(&config(
+    let (gw, _nlp, _data) = start(
         "max_connections = 3",
-        &nlp.url(),
-        &data.url(),
+        |_| {},
         "",
         &client("c-one", "key-c-one", ""),
-    ))
+    )
     .await;
     let before = sample(
         &metrics(&gw).await,
@@ -892,11 +837,7 @@ async fn a_key_never_appears_in_an_answer_a_log_line_a_metric_or_an_agent_reques
     }
     // Wrong keys (close to the right one) are refused without an echo of them.
     let wrong = format!("{key}x");
-    answers.push(
-        send("GET", &gw.url("/api/query/x"), &[("x-api-key", &wrong)], "")
-            .await
-            .body,
-    );
+    answers.push(keyed("GET", &gw.url("/api/query/x"), &wrong).await.body);
     let mut ws = ws_connect(gw.addr, &format!("/ws?api_key={key}"), &[])
         .await
         .unwrap();
@@ -1021,7 +962,7 @@ async fn two_replicas_share_one_quota_and_one_owner_view() {
             let url = gw.url(&format!("/api/query/{id}"));
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             loop {
-                let res = send("GET", &url, &[("x-api-key", "key-r-one")], "").await;
+                let res = keyed("GET", &url, "key-r-one").await;
                 if res.status == StatusCode::OK {
                     assert_eq!(res.json()["client"], "r-one");
                     break;
@@ -1032,9 +973,9 @@ async fn two_replicas_share_one_quota_and_one_owner_view() {
                 );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let res = send("GET", &url, &[("x-api-key", "key-r-two")], "").await;
+            let res = keyed("GET", &url, "key-r-two").await;
             assert_eq!(res.status, StatusCode::NOT_FOUND);
-            let res = send("DELETE", &url, &[("x-api-key", "key-r-two")], "").await;
+            let res = keyed("DELETE", &url, "key-r-two").await;
             assert_eq!(res.status, StatusCode::NOT_FOUND);
         }
     }

@@ -113,30 +113,28 @@ impl Client {
 
     /// 403 unless it may run `pipeline`.
     pub fn may_run(&self, pipeline: &str) -> Result<(), ApiError> {
-        match self {
-            Client::Known(c) if !c.config.may_run(pipeline) => {
-                self.rejected(Refusal::Forbidden);
-                Err(ApiError::new(
-                    Problem::Forbidden,
-                    format!(
-                        "client `{}` may not run pipeline `{pipeline}`",
-                        c.config.name
-                    ),
-                ))
-            }
-            _ => Ok(()),
-        }
+        self.allowed(
+            |c| c.may_run(pipeline),
+            || format!("run pipeline `{pipeline}`"),
+        )
     }
 
     /// 403 unless it may call `agent` through the reverse proxy.
     pub fn may_call(&self, agent: &str) -> Result<(), ApiError> {
+        self.allowed(|c| c.may_call(agent), || format!("use agent `{agent}`"))
+    }
+
+    /// 403 (counted) when a known client's lists do not allow `what`.
+    fn allowed(
+        &self,
+        allows: impl FnOnce(&ClientConfig) -> bool,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), ApiError> {
         match self {
-            Client::Known(c) if !c.config.may_call(agent) => {
+            Client::Known(c) if !allows(&c.config) => {
                 self.rejected(Refusal::Forbidden);
-                Err(ApiError::new(
-                    Problem::Forbidden,
-                    format!("client `{}` may not use agent `{agent}`", c.config.name),
-                ))
+                let message = format!("client `{}` may not {}", c.config.name, what());
+                Err(ApiError::new(Problem::Forbidden, message))
             }
             _ => Ok(()),
         }
