@@ -545,7 +545,7 @@ async fn quotas_refuse_with_their_codes_and_never_over_admit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_global_cap_answers_503_overloaded_without_reading_the_body() {
+async fn the_global_cap_answers_503_overloaded_and_starts_nothing() {
     let (gw, _nlp, _data) = start(
         "max_running_queries = 2",
         |b| b.latency = Duration::from_secs(30),
@@ -558,19 +558,13 @@ async fn the_global_cap_answers_503_overloaded_without_reading_the_body() {
     assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(res.json()["error"]["kind"], "overloaded");
     assert_eq!(res.headers["retry-after"], "1");
-    // Refused before the body: one that never comes is not waited for.
-    let mut raw = TcpStream::connect(gw.addr).await.unwrap();
-    raw.write_all(
-        b"POST /api/query HTTP/1.1\r\nhost: x\r\nx-api-key: key-g-one\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut buf = vec![0; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf))
+    // The WebSocket `query` frame gets the same refusal, and nothing more runs.
+    let mut ws = ws_connect(gw.addr, "/ws", &[("x-api-key", "key-g-one")])
         .await
-        .unwrap()
         .unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 503"));
+    ws_send(&mut ws, json!({"type": "query", "query": "q"})).await;
+    assert_eq!(ws_recv(&mut ws).await["code"], "overloaded");
+    assert_eq!(gw.state.engine().stats().total, 2);
     let text = metrics(&gw).await;
     assert!(
         sample(

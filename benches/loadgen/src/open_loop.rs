@@ -20,8 +20,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use clap::Args as ClapArgs;
 use bytes::Bytes;
+use clap::Args as ClapArgs;
 use http::{StatusCode, Uri};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -340,7 +340,11 @@ impl RssLog {
         self.next = Some(next + every);
         if let Some((rss, _)) = procfs::memory_kib(pid) {
             let t = now.saturating_duration_since(start);
-            println!("RSS t={:.0}s rss_mb={:.1}", t.as_secs_f64(), procfs::mb(rss));
+            println!(
+                "RSS t={:.0}s rss_mb={:.1}",
+                t.as_secs_f64(),
+                procfs::mb(rss)
+            );
             self.samples.push((t, rss));
         }
     }

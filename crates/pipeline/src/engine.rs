@@ -458,17 +458,6 @@ impl Engine {
         &self.inner.agents
     }
 
-    /// Whether [`EngineSettings::max_running`] queries are running: a submit now would
-    /// be refused (a cheap look for callers that would rather not read a body first).
-    pub fn is_full(&self) -> bool {
-        *self.inner.running.borrow() >= self.inner.settings.max_running as u64
-    }
-
-    /// [`EngineSettings::max_running`].
-    pub fn max_running(&self) -> usize {
-        self.inner.settings.max_running
-    }
-
     /// The pipeline of queries that name none.
     pub fn default_pipeline(&self) -> &str {
         &self.inner.settings.default_pipeline

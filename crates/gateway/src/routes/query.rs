@@ -50,15 +50,11 @@ async fn submit_inner(state: AppState, client: Client, req: Request) -> Result<R
     if state.is_draining() {
         return Err(ApiError::draining());
     }
-    // Refused before the body is read when the gateway is full (SPEC §8: refusals are
-    // cheap); the engine checks again, atomically, when it admits the query.
+    // The body is read even when the gateway is full: an answer sent before it would
+    // cost the connection (hyper does not reuse one whose request body was left
+    // unread), and the body is small and bounded (`max_body_bytes`,
+    // `body_read_timeout`). The engine refuses with one atomic check at admission.
     let engine = state.engine();
-    if engine.is_full() {
-        return Err(refused(
-            &client,
-            &SubmitError::Overloaded(engine.max_running()),
-        ));
-    }
     let (parts, body) = req.into_parts();
     let body = read_json_body(&parts.headers, body, state.config().server.max_body_bytes).await?;
     let input = parse_query(&body)?;
