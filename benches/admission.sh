@@ -8,7 +8,8 @@
 #     gateway's RSS every RSS_EVERY. Every answer must be 200 (completed) or 503
 #     `overloaded`: anything else, or a failed request, is an accepted query lost.
 #     Targets: refusals p99 <= 5 ms; accepted p99 <= 1.5x the unloaded p99; RSS within
-#     +-10% over the run; nothing lost.
+#     +-10% over the run once the retained stores are full (SETTLE, 10 s: 10,000 records
+#     at 1,000 queries/s); nothing lost.
 #  2. auth cost: two gateways on one fast mock agent, `mode = "none"` and
 #     `mode = "api_key"` (with 20 clients configured), wrk at full speed on the reverse
 #     proxy `/agents/echo/echo`, alternating AUTH_ROUNDS times. Target: api_key >= 0.97x.
@@ -19,7 +20,7 @@
 #   benches/admission.sh                        # about 2 min after the build
 #   MEMORY=1 MEMORY_DURATION=600s benches/admission.sh
 #   knobs: MAX_RUNNING (50), OVERLOAD (2), DURATION (60s), RSS_EVERY (10s), CONNECTIONS (512),
-#          AUTH_ROUNDS (3), WRK_DURATION (5s), WRK_CONNECTIONS (16), RATE_MEMORY (1300),
+#          AUTH_ROUNDS (5), WRK_DURATION (5s), WRK_CONNECTIONS (16), RATE_MEMORY (1300),
 #          LOADGEN_CPU (0), SERVER_CPU (1), NO_BUILD=1
 #
 # Pinning: the load client on LOADGEN_CPU, the gateway and the mock agent on SERVER_CPU.
@@ -31,8 +32,9 @@ MAX_RUNNING=${MAX_RUNNING:-50}
 OVERLOAD=${OVERLOAD:-2}
 DURATION=${DURATION:-60s}
 RSS_EVERY=${RSS_EVERY:-10s}
+SETTLE=${SETTLE:-10}
 CONNECTIONS=${CONNECTIONS:-512}
-AUTH_ROUNDS=${AUTH_ROUNDS:-3}
+AUTH_ROUNDS=${AUTH_ROUNDS:-5}
 WRK_DURATION=${WRK_DURATION:-5s}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-16}
 MEMORY=${MEMORY:-0}
@@ -196,30 +198,40 @@ echo
 base=$(result "$UNLOADED" unloaded)
 acc=$(result "$OVER" overload 200)
 ref=$(result "$OVER" overload 503)
-base_p99=$(kv "$base" p99_us)
-acc_p99=$(kv "$acc" p99_us)
-ref_p99=$(kv "$ref" p99_us)
+# Judged on the latency from when each request was sent: the gateway's answer time.
+# From when it was due adds the load client's own dispatch lag (shown too).
+base_p99=$(kv "$base" sent_p99_us)
+acc_p99=$(kv "$acc" sent_p99_us)
+ref_p99=$(kv "$ref" sent_p99_us)
 rss=$(grep '^RSS summary' <<<"$OVER")
-spread=$(sed -E 's/.*spread ([0-9.]+)%.*/\1/' <<<"$rss")
+# The spread once the stores are full: samples from SETTLE seconds on.
+spread=$(grep '^RSS t=' <<<"$OVER" | sed -E 's/RSS t=([0-9]+)s rss_mb=([0-9.]+)/\1 \2/' |
+    awk -v settle="$SETTLE" '$1 >= settle { if (n == 0 || $2 < lo) lo = $2; if (n == 0 || $2 > hi) hi = $2; n++ }
+        END { printf "%.1f", n ? (hi - lo) / lo * 100 : 0 }')
 ratio=$(awk -v a="$acc_p99" -v b="$base_p99" 'BEGIN {printf "%.2f", a / b}')
-echo "| phase | offered/s | answers | n | rate/s | p50 (ms) | p99 (ms) |"
-echo "|---|---:|---|---:|---:|---:|---:|"
-awk -v o="$((CAPACITY / 4))" -v l="$base" 'BEGIN { split(l, a, " "); for (i in a) { split(a[i], kv, "="); v[kv[1]] = kv[2] }
-    printf "| unloaded | %s | 200 | %s | %s | %.2f | %.2f |\n", o, v["n"], v["achieved"], v["p50_us"] / 1000, v["p99_us"] / 1000 }'
-for line in "$acc" "$ref"; do
-    awk -v o="$((CAPACITY * OVERLOAD))" -v l="$line" 'BEGIN { split(l, a, " "); for (i in a) { split(a[i], kv, "="); v[kv[1]] = kv[2] }
-        printf "| overload | %s | %s | %s | %s | %.2f | %.2f |\n", o, v["status"], v["n"], v["rate"], v["p50_us"] / 1000, v["p99_us"] / 1000 }'
-done
+row() { # phase offered answers line
+    awk -v p="$1" -v o="$2" -v st="$3" -v l="$4" 'BEGIN { split(l, a, " "); for (i in a) { split(a[i], kv, "="); v[kv[1]] = kv[2] }
+        n = v["n"]; r = (v["rate"] != "" ? v["rate"] : v["achieved"])
+        printf "| %s | %s | %s | %s | %s | %.2f | %.2f | %.2f | %.2f |\n", p, o, st, n, r, v["sent_p50_us"] / 1000, v["sent_p99_us"] / 1000, v["p50_us"] / 1000, v["p99_us"] / 1000 }'
+}
+echo "| phase | offered/s | answers | n | rate/s | p50 from sent (ms) | p99 from sent (ms) | p50 from due (ms) | p99 from due (ms) |"
+echo "|---|---:|---|---:|---:|---:|---:|---:|---:|"
+row unloaded $((CAPACITY / 4)) 200 "$base"
+row overload $((CAPACITY * OVERLOAD)) 200 "$acc"
+row overload $((CAPACITY * OVERLOAD)) "503 overloaded" "$ref"
+all=$(result "$OVER" overload)
+echo "load client dispatch lag p99: unloaded $(kv "$base" lag_p99_us) us, overload $(kv "$all" lag_p99_us) us;" \
+    "overload: gateway CPU $(kv "$all" server_cpu), gateway waiting for its CPU $(kv "$all" server_wait), loadgen waiting $(kv "$all" loadgen_wait)"
 echo
 grep '^RSS t=' <<<"$OVER" | sed 's/^/  /'
 echo "  $rss"
 echo
-awk -v r="$ref_p99" -v ratio="$ratio" -v s="$spread" 'BEGIN {
+awk -v r="$ref_p99" -v ratio="$ratio" -v s="$spread" -v settle="$SETTLE" 'BEGIN {
     printf "targets:\n"
-    printf "  refusals (503 overloaded) p99 %.2f ms <= 5 ms: %s\n", r / 1000, r <= 5000 ? "met" : "MISSED"
-    printf "  accepted p99 %.2fx the unloaded p99 <= 1.5x: %s\n", ratio, ratio <= 1.5 ? "met" : "MISSED"
-    printf "  RSS spread %.1f%% <= 10%%: %s\n", s, s <= 10 ? "met" : "MISSED"
-    printf "  accepted queries lost: 0 (the load client fails on any answer but 200 or 503): met\n"
+    printf "  refusals (503 overloaded) p99 %.2f ms <= 5 ms: %s\n", r / 1000, (r <= 5000 ? "met" : "MISSED")
+    printf "  accepted p99 %.2fx the unloaded p99 <= 1.5x: %s\n", ratio, (ratio <= 1.5 ? "met" : "MISSED")
+    printf "  RSS spread from t=%ss on %.1f%% <= 10%%: %s\n", settle, s, (s <= 10 ? "met" : "MISSED")
+    printf "  accepted queries lost: 0 (the load client fails on any answer but 200 or 503, or a failed request): met\n"
 }'
 echo
 echo "auth cost on the reverse proxy (wrk -t1 -c$WRK_CONNECTIONS -d$WRK_DURATION, GET /agents/echo/echo, 20 filler clients + the bench's):"
@@ -232,7 +244,7 @@ END {
     # median of the ratios
     for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }
     m = r[int((n + 1) / 2)]
-    printf "target api_key >= 0.97x none (median of rounds %.3f): %s\n", m, m >= 0.97 ? "met" : "MISSED"
+    printf "target api_key >= 0.97x none (median of rounds %.3f): %s\n", m, (m >= 0.97 ? "met" : "MISSED")
 }' "$TMP/wrk"
 if [ -n "$MEMORY_OUT" ]; then
     echo

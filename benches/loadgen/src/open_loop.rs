@@ -98,9 +98,12 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
         body: args.body.clone().map(Bytes::from),
     };
 
-    let mut idle = Vec::with_capacity(args.connections.max(1));
+    // Idle connections are used in turn (first in, first out): none sits idle for long,
+    // so none runs into the server's keep-alive timeout (the gateway closes a connection
+    // that sends nothing for 10 s) and races it with a request.
+    let mut idle = std::collections::VecDeque::with_capacity(args.connections.max(1));
     for _ in 0..args.connections.max(1) {
-        idle.push(Conn::open(&uri).await?);
+        idle.push_back(Conn::open(&uri).await?);
     }
     // One request first: the answer must be an expected one.
     let (status, body) = request.send(&mut idle[0]).await?;
@@ -123,7 +126,8 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Done>();
     let mut from_due = Vec::with_capacity(measured_n as usize);
-    let mut by_status: BTreeMap<u16, Vec<Duration>> = BTreeMap::new();
+    // Per status: latency from due, and from sent.
+    let mut by_status: BTreeMap<u16, (Vec<Duration>, Vec<Duration>)> = BTreeMap::new();
     let mut rss = RssLog::new(args.server_pid, args.rss_every);
     let mut from_sent = Vec::with_capacity(measured_n as usize);
     let mut lag = Vec::with_capacity(measured_n as usize);
@@ -144,13 +148,14 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
         while let Ok(done) = rx.try_recv() {
             outstanding -= 1;
             if let Some(conn) = done.conn {
-                idle.push(conn);
+                idle.push_back(conn);
             }
             match done.outcome {
                 Ok(status) if expect.contains(&status) => {
                     if done.measured {
-                        let samples = by_status.entry(status.as_u16()).or_default();
-                        samples.push(done.finished - done.due);
+                        let (due, sent) = by_status.entry(status.as_u16()).or_default();
+                        due.push(done.finished - done.due);
+                        sent.push(done.finished - done.sent);
                     }
                 }
                 Ok(status) => {
@@ -174,7 +179,7 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
         }
         let now = Instant::now();
         while next < total && due(next) <= now {
-            let Some(mut conn) = idle.pop() else {
+            let Some(mut conn) = idle.pop_front() else {
                 if starved_at != Some(next) {
                     starved_at = Some(next);
                     starved += 1;
@@ -247,24 +252,28 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
     let l = summarise(lag);
     print_result(&args, achieved, (&d, &s, &l), starved, elapsed, server, own);
     if expect.len() > 1 {
-        for (status, samples) in by_status {
-            let d = summarise(samples);
+        for (status, (due, sent)) in by_status {
+            let (d, s) = (summarise(due), summarise(sent));
             let rate = d.n as f64 / elapsed.as_secs_f64().max(1e-9);
             println!(
-                "{}: status {status}: n {} ({rate:.0}/s); latency from due: p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+                "{}: status {status}: n {} ({rate:.0}/s); latency from due: p50 {:.1} us, p99 {:.1} us, max {:.1} us; from sent: p50 {:.1} us, p99 {:.1} us",
                 args.label,
                 d.n,
                 us(d.p50),
                 us(d.p99),
-                us(d.max)
+                us(d.max),
+                us(s.p50),
+                us(s.p99)
             );
             println!(
-                "RESULT label={} status={status} n={} rate={rate:.0} p50_us={:.1} p99_us={:.1} max_us={:.1}",
+                "RESULT label={} status={status} n={} rate={rate:.0} p50_us={:.1} p99_us={:.1} max_us={:.1} sent_p50_us={:.1} sent_p99_us={:.1}",
                 args.label,
                 d.n,
                 us(d.p50),
                 us(d.p99),
-                us(d.max)
+                us(d.max),
+                us(s.p50),
+                us(s.p99)
             );
         }
     }
