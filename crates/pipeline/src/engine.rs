@@ -60,6 +60,9 @@ pub struct EngineSettings {
     /// At most this many records are kept; the oldest finished ones go first. Running
     /// queries are never dropped, even beyond this.
     pub max_records: usize,
+    /// … and finished ones holding at most about this many bytes (large results reach
+    /// this before `max_records`).
+    pub max_record_bytes: usize,
     /// The pipeline of queries that name none.
     pub default_pipeline: String,
     /// Queries running at once, all clients together; beyond, [`SubmitError::Overloaded`]
@@ -153,6 +156,7 @@ impl Default for EngineSettings {
         Self {
             retention: Duration::from_secs(600),
             max_records: 10_000,
+            max_record_bytes: 64 * 1024 * 1024,
             default_pipeline: "default".to_owned(),
             max_running: 10_000,
         }
@@ -183,7 +187,11 @@ impl Engine {
             agents: Arc::new(agents),
             share_records: backend.is_shared(),
             backend,
-            records: Mutex::new(Records::new(settings.retention, settings.max_records)),
+            records: Mutex::new(Records::new(
+                settings.retention,
+                settings.max_records,
+                settings.max_record_bytes,
+            )),
             settings,
             stats: StatsCollector::default(),
             closed: AtomicBool::new(false),
