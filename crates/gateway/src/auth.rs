@@ -7,12 +7,17 @@
 //! answers 401 or passes the request on with its [`Client`] as a request extension,
 //! which routes and the WebSocket read for ownership, allow-lists and quotas.
 //!
-//! Keys are kept only as SHA-256 digests. A lookup hashes the key given once and
-//! compares the digest with every client's (and the admin token's) in constant time,
-//! with no early exit, so the time taken tells nothing about which key is close. The
-//! credential is removed from the request before anything else sees it, so a proxied
-//! request never carries a client's key to an agent, and nothing logs it.
+//! Keys are kept only as SHA-256 digests. A lookup hashes the key given once, finds
+//! the clients whose digest starts with the same 8 bytes (a map, so the cost does not
+//! grow with the number of clients) and compares the whole digest with theirs, and
+//! with the admin token's, in constant time. What the time taken can tell is only
+//! whether some key's digest shares the first 8 bytes of the digest of the guess,
+//! which says nothing about any key (finding one from its digest is a SHA-256
+//! preimage). The credential is removed from the request before anything else sees
+//! it, so a proxied request never carries a client's key to an agent, and nothing
+//! logs it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use agentgate_config::Invalid;
@@ -57,9 +62,13 @@ pub struct KnownClient {
 #[derive(Debug)]
 pub struct Clients {
     mode: AuthMode,
-    known: Vec<([u8; 32], Arc<KnownClient>)>,
+    /// By the first 8 bytes of their key's digest (almost always one per entry).
+    known: HashMap<[u8; 8], Vec<Keyed>>,
     admin: Option<[u8; 32]>,
 }
+
+/// A client and the digest of its key.
+type Keyed = ([u8; 32], Arc<KnownClient>);
 
 /// Why a request may not go on, before it reaches a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,7 +163,7 @@ impl Clients {
     /// The keys of `auth`, and the admin token's. Fails when a client's key cannot be
     /// read (an environment variable unset since the config was checked).
     pub fn new(auth: &AuthConfig, admin_token: Option<&str>) -> Result<Self, Invalid> {
-        let mut known = Vec::with_capacity(auth.clients.len());
+        let mut known: HashMap<[u8; 8], Vec<Keyed>> = HashMap::with_capacity(auth.clients.len());
         for (i, config) in auth.clients.iter().enumerate() {
             let digest = config
                 .digest()
@@ -167,7 +176,10 @@ impl Clients {
                 config: config.clone(),
                 quota,
             };
-            known.push((digest, Arc::new(client)));
+            known
+                .entry(prefix(&digest))
+                .or_default()
+                .push((digest, Arc::new(client)));
         }
         Ok(Self {
             mode: auth.mode,
@@ -181,19 +193,22 @@ impl Clients {
         self.mode == AuthMode::ApiKey
     }
 
-    /// The client whose key this is, or the admin, or `None`. Every digest is compared,
-    /// in constant time.
+    /// The client whose key this is, or the admin, or `None` (see the module docs for
+    /// what is compared in constant time).
     pub fn identify(&self, key: &[u8]) -> Option<Client> {
-        let digest: [u8; 32] = Sha256::digest(key).into();
+        self.identify_digest(&Sha256::digest(key).into())
+    }
+
+    fn identify_digest(&self, digest: &[u8; 32]) -> Option<Client> {
         let mut found = None;
-        for (known, client) in &self.known {
-            if bool::from(known.ct_eq(&digest)) {
+        for (known, client) in self.known.get(&prefix(digest)).into_iter().flatten() {
+            if bool::from(known.ct_eq(digest)) {
                 found = Some(Client::Known(client.clone()));
             }
         }
         let admin = self
             .admin
-            .is_some_and(|admin| bool::from(admin.ct_eq(&digest)));
+            .is_some_and(|admin| bool::from(admin.ct_eq(digest)));
         found.or(admin.then_some(Client::Admin))
     }
 }
@@ -238,7 +253,7 @@ pub(crate) async fn authenticate(
         return next.run(req).await;
     }
     let upgrade = is_websocket_upgrade(req.headers());
-    let client = take_key(&mut req, upgrade).and_then(|key| clients.identify(key.as_bytes()));
+    let client = take_key(&mut req, upgrade).and_then(|digest| clients.identify_digest(&digest));
     match client {
         Some(client) => {
             req.extensions_mut().insert(client);
@@ -255,29 +270,39 @@ pub(crate) async fn authenticate(
     }
 }
 
-/// Takes the credential out of the request: the key, if one was sent.
-fn take_key(req: &mut Request, upgrade: bool) -> Option<String> {
+/// Takes the credential out of the request: the digest of the key, if one was sent
+/// (hashed where it lies, without a copy).
+fn take_key(req: &mut Request, upgrade: bool) -> Option<[u8; 32]> {
+    let digest = |key: &[u8]| -> [u8; 32] { Sha256::digest(key).into() };
     let headers = req.headers_mut();
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, key) = v.split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| key.trim().to_owned())
-        });
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| {
+        let v = v.as_bytes();
+        let (scheme, key) = v.split_at_checked(7)?;
+        scheme
+            .eq_ignore_ascii_case(b"bearer ")
+            .then(|| digest(key.trim_ascii()))
+    });
+    // Both go, whichever is used: neither is for the agent.
+    let api_key = headers.remove(X_API_KEY);
     if bearer.is_some() {
         headers.remove(header::AUTHORIZATION);
         return bearer;
     }
-    if let Some(key) = headers.remove(X_API_KEY) {
-        return key.to_str().ok().map(str::to_owned);
+    if let Some(key) = api_key {
+        return Some(digest(key.as_bytes()));
     }
     if upgrade {
-        return query_param(req.uri().query().unwrap_or(""), "api_key");
+        let key = query_param(req.uri().query().unwrap_or(""), "api_key")?;
+        return Some(digest(key.as_bytes()));
     }
     None
+}
+
+/// The first 8 bytes of a digest: the key of the client map.
+fn prefix(digest: &[u8; 32]) -> [u8; 8] {
+    let mut out = [0; 8];
+    out.copy_from_slice(&digest[..8]);
+    out
 }
 
 /// `name`'s value in a query string, percent-decoded.
