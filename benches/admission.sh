@@ -19,7 +19,8 @@
 #
 #   benches/admission.sh                        # about 2 min after the build
 #   MEMORY=1 MEMORY_DURATION=600s benches/admission.sh
-#   knobs: MAX_RUNNING (50), OVERLOAD (2), DURATION (60s), RSS_EVERY (10s), CONNECTIONS (512),
+#   PARTS=memory MEMORY_DURATION=240s benches/admission.sh   # one part alone
+#   knobs: PARTS ("overload auth"; MEMORY=1 adds memory), MAX_RUNNING (50), OVERLOAD (2), DURATION (60s), RSS_EVERY (10s), CONNECTIONS (512),
 #          AUTH_ROUNDS (5), WRK_DURATION (5s), WRK_CONNECTIONS (16), RATE_MEMORY (1300),
 #          LOADGEN_CPU (0), SERVER_CPU (1), NO_BUILD=1
 #
@@ -38,6 +39,9 @@ AUTH_ROUNDS=${AUTH_ROUNDS:-5}
 WRK_DURATION=${WRK_DURATION:-5s}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-16}
 MEMORY=${MEMORY:-0}
+PARTS=${PARTS:-overload auth}
+[ "$MEMORY" = 1 ] && PARTS="$PARTS memory"
+has() { [[ " $PARTS " == *" $1 "* ]]; }
 MEMORY_DURATION=${MEMORY_DURATION:-600s}
 RATE_MEMORY=${RATE_MEMORY:-1300}
 LOADGEN_CPU=${LOADGEN_CPU:-0}
@@ -103,23 +107,7 @@ TOML
 }
 
 LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
-
-# --- 1. overload ------------------------------------------------------------------------
-AGENT=$(free_port)
-GW=$(free_port)
-GW_ADMIN=$(free_port)
-mock "$AGENT" "${AGENT_LATENCY_MS}ms"
-{
-    printf '[server]\nlisten = "127.0.0.1:%s"\nadmin_listen = "127.0.0.1:%s"\nmax_running_queries = %s\n' \
-        "$GW" "$GW_ADMIN" "$MAX_RUNNING"
-    auth_toml api_key 0
-    pipeline_toml "$AGENT"
-} >"$TMP/overload.toml"
-gateway overload "$TMP/overload.toml"
-wait_http "http://127.0.0.1:$GW/healthz" "agentgate"
-
 CAPACITY=$((MAX_RUNNING * 1000 / AGENT_LATENCY_MS))
-QUERY_URL="http://127.0.0.1:$GW/api/query"
 open_loop() { # label rate duration statuses... (extra flags via EXTRA)
     local label=$1 rate=$2 duration=$3
     shift 3
@@ -131,42 +119,64 @@ open_loop() { # label rate duration statuses... (extra flags via EXTRA)
         --server-pid "$GW_PID" ${EXTRA:-} || die "$label: the load client failed (an unexpected answer is a lost query)"
 }
 
-log "unloaded: $((CAPACITY / 4)) queries/s (capacity $CAPACITY/s)"
-UNLOADED=$(open_loop unloaded $((CAPACITY / 4)) 10s 200)
-log "$UNLOADED"
-log "overload: $((CAPACITY * OVERLOAD)) queries/s for $DURATION"
-OVER=$(EXTRA="--rss-every $RSS_EVERY" open_loop overload $((CAPACITY * OVERLOAD)) "$DURATION" 200 503)
-log "$OVER"
+
+if has overload; then
+    AGENT=$(free_port)
+    GW=$(free_port)
+    GW_ADMIN=$(free_port)
+    mock "$AGENT" "${AGENT_LATENCY_MS}ms"
+    {
+        printf '[server]\nlisten = "127.0.0.1:%s"\nadmin_listen = "127.0.0.1:%s"\nmax_running_queries = %s\n' \
+            "$GW" "$GW_ADMIN" "$MAX_RUNNING"
+        auth_toml api_key 0
+        pipeline_toml "$AGENT"
+    } >"$TMP/overload.toml"
+    gateway overload "$TMP/overload.toml"
+    wait_http "http://127.0.0.1:$GW/healthz" "agentgate"
+
+    QUERY_URL="http://127.0.0.1:$GW/api/query"
+
+    log "unloaded: $((CAPACITY / 4)) queries/s (capacity $CAPACITY/s)"
+    UNLOADED=$(open_loop unloaded $((CAPACITY / 4)) 10s 200)
+    log "$UNLOADED"
+    log "overload: $((CAPACITY * OVERLOAD)) queries/s for $DURATION"
+    OVER=$(EXTRA="--rss-every $RSS_EVERY" open_loop overload $((CAPACITY * OVERLOAD)) "$DURATION" 200 503)
+    log "$OVER"
+
+fi
 
 # --- 2. auth cost on the proxy path -----------------------------------------------------
-FAST=$(free_port)
-mock "$FAST" 0ms
-declare -A GW_PORT
-for mode in none api_key; do
-    GW_PORT[$mode]=$(free_port)
-    {
-        printf '[server]\nlisten = "127.0.0.1:%s"\nadmin_listen = "127.0.0.1:%s"\n' "${GW_PORT[$mode]}" "$(free_port)"
-        auth_toml "$mode" 20
-        printf '[agents.echo]\nurl = "http://127.0.0.1:%s"\n[agents.echo.retry]\nmax_attempts = 1\n' "$FAST"
-    } >"$TMP/auth-$mode.toml"
-    gateway "auth-$mode" "$TMP/auth-$mode.toml"
-    wait_http "http://127.0.0.1:${GW_PORT[$mode]}/healthz" "agentgate ($mode)"
-done
-: >"$TMP/wrk"
-for round in $(seq 1 "$AUTH_ROUNDS"); do
+if has auth; then
+    FAST=$(free_port)
+    mock "$FAST" 0ms
+    declare -A GW_PORT
     for mode in none api_key; do
-        out=$(taskset -c "$LOADGEN_CPU" wrk -t1 -c"$WRK_CONNECTIONS" -d"$WRK_DURATION" --latency \
-            -H "x-api-key: $KEY" "http://127.0.0.1:${GW_PORT[$mode]}/agents/echo/echo")
-        grep -q 'Non-2xx' <<<"$out" && { echo "$out" >&2; die "auth $mode: non-2xx answers"; }
-        rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-        log "auth round $round $mode: $rps req/s"
-        echo "$round $mode $rps" >>"$TMP/wrk"
+        GW_PORT[$mode]=$(free_port)
+        {
+            printf '[server]\nlisten = "127.0.0.1:%s"\nadmin_listen = "127.0.0.1:%s"\n' "${GW_PORT[$mode]}" "$(free_port)"
+            auth_toml "$mode" 20
+            printf '[agents.echo]\nurl = "http://127.0.0.1:%s"\n[agents.echo.retry]\nmax_attempts = 1\n' "$FAST"
+        } >"$TMP/auth-$mode.toml"
+        gateway "auth-$mode" "$TMP/auth-$mode.toml"
+        wait_http "http://127.0.0.1:${GW_PORT[$mode]}/healthz" "agentgate ($mode)"
     done
-done
+    : >"$TMP/wrk"
+    for round in $(seq 1 "$AUTH_ROUNDS"); do
+        for mode in none api_key; do
+            out=$(taskset -c "$LOADGEN_CPU" wrk -t1 -c"$WRK_CONNECTIONS" -d"$WRK_DURATION" --latency \
+                -H "x-api-key: $KEY" "http://127.0.0.1:${GW_PORT[$mode]}/agents/echo/echo")
+            grep -q 'Non-2xx' <<<"$out" && { echo "$out" >&2; die "auth $mode: non-2xx answers"; }
+            rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+            log "auth round $round $mode: $rps req/s"
+            echo "$round $mode $rps" >>"$TMP/wrk"
+        done
+    done
+
+fi
 
 # --- 3. memory over time (MEMORY=1) -----------------------------------------------------
 MEMORY_OUT=""
-if [ "$MEMORY" = 1 ]; then
+if has memory; then
     CHAOS=$(free_port)
     GW=$(free_port)
     mock "$CHAOS" 20ms --error-rate 0.6 --hang-rate 0.01
@@ -195,57 +205,61 @@ echo "admission benchmark: $(nproc --all) CPUs, $(uname -r); load client on CPU 
 echo "load average before the run: $LOAD0"
 echo "agent answers in ${AGENT_LATENCY_MS} ms; max_running_queries = $MAX_RUNNING: capacity $CAPACITY queries/s"
 echo
-base=$(result "$UNLOADED" unloaded)
-acc=$(result "$OVER" overload 200)
-ref=$(result "$OVER" overload 503)
-# Judged on the latency from when each request was sent: the gateway's answer time.
-# From when it was due adds the load client's own dispatch lag (shown too).
-base_p99=$(kv "$base" sent_p99_us)
-acc_p99=$(kv "$acc" sent_p99_us)
-ref_p99=$(kv "$ref" sent_p99_us)
-rss=$(grep '^RSS summary' <<<"$OVER")
-# The spread once the stores are full: samples from SETTLE seconds on.
-spread=$(grep '^RSS t=' <<<"$OVER" | sed -E 's/RSS t=([0-9]+)s rss_mb=([0-9.]+)/\1 \2/' |
-    awk -v settle="$SETTLE" '$1 >= settle { if (n == 0 || $2 < lo) lo = $2; if (n == 0 || $2 > hi) hi = $2; n++ }
-        END { printf "%.1f", n ? (hi - lo) / lo * 100 : 0 }')
-ratio=$(awk -v a="$acc_p99" -v b="$base_p99" 'BEGIN {printf "%.2f", a / b}')
-row() { # phase offered answers line
-    awk -v p="$1" -v o="$2" -v st="$3" -v l="$4" 'BEGIN { split(l, a, " "); for (i in a) { split(a[i], kv, "="); v[kv[1]] = kv[2] }
-        n = v["n"]; r = (v["rate"] != "" ? v["rate"] : v["achieved"])
-        printf "| %s | %s | %s | %s | %s | %.2f | %.2f | %.2f | %.2f |\n", p, o, st, n, r, v["sent_p50_us"] / 1000, v["sent_p99_us"] / 1000, v["p50_us"] / 1000, v["p99_us"] / 1000 }'
-}
-echo "| phase | offered/s | answers | n | rate/s | p50 from sent (ms) | p99 from sent (ms) | p50 from due (ms) | p99 from due (ms) |"
-echo "|---|---:|---|---:|---:|---:|---:|---:|---:|"
-row unloaded $((CAPACITY / 4)) 200 "$base"
-row overload $((CAPACITY * OVERLOAD)) 200 "$acc"
-row overload $((CAPACITY * OVERLOAD)) "503 overloaded" "$ref"
-all=$(result "$OVER" overload)
-echo "load client dispatch lag p99: unloaded $(kv "$base" lag_p99_us) us, overload $(kv "$all" lag_p99_us) us;" \
-    "overload: gateway CPU $(kv "$all" server_cpu), gateway waiting for its CPU $(kv "$all" server_wait), loadgen waiting $(kv "$all" loadgen_wait)"
-echo
-grep '^RSS t=' <<<"$OVER" | sed 's/^/  /'
-echo "  $rss"
-echo
-awk -v r="$ref_p99" -v ratio="$ratio" -v s="$spread" -v settle="$SETTLE" 'BEGIN {
-    printf "targets:\n"
-    printf "  refusals (503 overloaded) p99 %.2f ms <= 5 ms: %s\n", r / 1000, (r <= 5000 ? "met" : "MISSED")
-    printf "  accepted p99 %.2fx the unloaded p99 <= 1.5x: %s\n", ratio, (ratio <= 1.5 ? "met" : "MISSED")
-    printf "  RSS spread from t=%ss on %.1f%% <= 10%%: %s\n", settle, s, (s <= 10 ? "met" : "MISSED")
-    printf "  accepted queries lost: 0 (the load client fails on any answer but 200 or 503, or a failed request): met\n"
-}'
-echo
-echo "auth cost on the reverse proxy (wrk -t1 -c$WRK_CONNECTIONS -d$WRK_DURATION, GET /agents/echo/echo, 20 filler clients + the bench's):"
-awk '{ rps[$1, $2] = $3; rounds[$1] = 1 }
-END {
-    printf "| round | none req/s | api_key req/s | api_key / none |\n|---:|---:|---:|---:|\n"
-    n = 0
-    for (R = 1; (R in rounds); R++) { q = rps[R, "api_key"] / rps[R, "none"]; r[++n] = q
-        printf "| %d | %.0f | %.0f | %.3f |\n", R, rps[R, "none"], rps[R, "api_key"], q }
-    # median of the ratios
-    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }
-    m = r[int((n + 1) / 2)]
-    printf "target api_key >= 0.97x none (median of rounds %.3f): %s\n", m, (m >= 0.97 ? "met" : "MISSED")
-}' "$TMP/wrk"
+if has overload; then
+    base=$(result "$UNLOADED" unloaded)
+    acc=$(result "$OVER" overload 200)
+    ref=$(result "$OVER" overload 503)
+    # Judged on the latency from when each request was sent: the gateway's answer time.
+    # From when it was due adds the load client's own dispatch lag (shown too).
+    base_p99=$(kv "$base" sent_p99_us)
+    acc_p99=$(kv "$acc" sent_p99_us)
+    ref_p99=$(kv "$ref" sent_p99_us)
+    rss=$(grep '^RSS summary' <<<"$OVER")
+    # The spread once the stores are full: samples from SETTLE seconds on.
+    spread=$(grep '^RSS t=' <<<"$OVER" | sed -E 's/RSS t=([0-9]+)s rss_mb=([0-9.]+)/\1 \2/' |
+        awk -v settle="$SETTLE" '$1 >= settle { if (n == 0 || $2 < lo) lo = $2; if (n == 0 || $2 > hi) hi = $2; n++ }
+            END { printf "%.1f", n ? (hi - lo) / lo * 100 : 0 }')
+    ratio=$(awk -v a="$acc_p99" -v b="$base_p99" 'BEGIN {printf "%.2f", a / b}')
+    row() { # phase offered answers line
+        awk -v p="$1" -v o="$2" -v st="$3" -v l="$4" 'BEGIN { split(l, a, " "); for (i in a) { split(a[i], kv, "="); v[kv[1]] = kv[2] }
+            n = v["n"]; r = (v["rate"] != "" ? v["rate"] : v["achieved"])
+            printf "| %s | %s | %s | %s | %s | %.2f | %.2f | %.2f | %.2f |\n", p, o, st, n, r, v["sent_p50_us"] / 1000, v["sent_p99_us"] / 1000, v["p50_us"] / 1000, v["p99_us"] / 1000 }'
+    }
+    echo "| phase | offered/s | answers | n | rate/s | p50 from sent (ms) | p99 from sent (ms) | p50 from due (ms) | p99 from due (ms) |"
+    echo "|---|---:|---|---:|---:|---:|---:|---:|---:|"
+    row unloaded $((CAPACITY / 4)) 200 "$base"
+    row overload $((CAPACITY * OVERLOAD)) 200 "$acc"
+    row overload $((CAPACITY * OVERLOAD)) "503 overloaded" "$ref"
+    all=$(result "$OVER" overload)
+    echo "load client dispatch lag p99: unloaded $(kv "$base" lag_p99_us) us, overload $(kv "$all" lag_p99_us) us;" \
+        "overload: gateway CPU $(kv "$all" server_cpu), gateway waiting for its CPU $(kv "$all" server_wait), loadgen waiting $(kv "$all" loadgen_wait)"
+    echo
+    grep '^RSS t=' <<<"$OVER" | sed 's/^/  /'
+    echo "  $rss"
+    echo
+    awk -v r="$ref_p99" -v ratio="$ratio" -v s="$spread" -v settle="$SETTLE" 'BEGIN {
+        printf "targets:\n"
+        printf "  refusals (503 overloaded) p99 %.2f ms <= 5 ms: %s\n", r / 1000, (r <= 5000 ? "met" : "MISSED")
+        printf "  accepted p99 %.2fx the unloaded p99 <= 1.5x: %s\n", ratio, (ratio <= 1.5 ? "met" : "MISSED")
+        printf "  RSS spread from t=%ss on %.1f%% <= 10%%: %s\n", settle, s, (s <= 10 ? "met" : "MISSED")
+        printf "  accepted queries lost: 0 (the load client fails on any answer but 200 or 503, or a failed request): met\n"
+    }'
+fi
+if has auth; then
+    echo
+    echo "auth cost on the reverse proxy (wrk -t1 -c$WRK_CONNECTIONS -d$WRK_DURATION, GET /agents/echo/echo, 20 filler clients + the bench's):"
+    awk '{ rps[$1, $2] = $3; rounds[$1] = 1 }
+    END {
+        printf "| round | none req/s | api_key req/s | api_key / none |\n|---:|---:|---:|---:|\n"
+        n = 0
+        for (R = 1; (R in rounds); R++) { q = rps[R, "api_key"] / rps[R, "none"]; r[++n] = q
+            printf "| %d | %.0f | %.0f | %.3f |\n", R, rps[R, "none"], rps[R, "api_key"], q }
+        # median of the ratios
+        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }
+        m = r[int((n + 1) / 2)]
+        printf "target api_key >= 0.97x none (median of rounds %.3f): %s\n", m, (m >= 0.97 ? "met" : "MISSED")
+    }' "$TMP/wrk"
+fi
 if [ -n "$MEMORY_OUT" ]; then
     echo
     echo "memory: $RATE_MEMORY queries/s for $MEMORY_DURATION, agent with 60% errors and 1% hangs (breaker opens; most queries fail fast):"
