@@ -120,6 +120,37 @@ to_us() { # a wrk latency (e.g. 1.23ms) -> microseconds
         if (f < 0) { print "NaN"; exit 1 } printf "%.1f", n * f }'
 }
 
+wrk_measure() { # name url threads conns: wrk for $WARMUP s, then measured for $DURATION s
+    # on $LOADGEN_CPU; dies on a non-2xx answer or a socket error; appends wrk's report to
+    # $TMP/wrk-NAME-cCONNS.txt and prints "req/s p50us p99us"
+    local name=$1 url=$2 t=$3 c=$4 out rps p50 p99 bad
+    taskset -c "$LOADGEN_CPU" wrk -t"$t" -c"$c" -d"${WARMUP}s" --timeout 10s "$url" >/dev/null
+    out=$(taskset -c "$LOADGEN_CPU" wrk -t"$t" -c"$c" -d"${DURATION}s" --timeout 10s --latency "$url")
+    echo "$out" >>"$TMP/wrk-$name-c$c.txt"
+    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    p50=$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+    p99=$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    bad=$(awk '/Non-2xx or 3xx responses:/ {print $NF} /Socket errors:/ {print "socket-errors"}' <<<"$out")
+    if [ -n "$bad" ]; then
+        echo "$out" >&2
+        die "$name -c$c: errors during the run ($bad)"
+    fi
+    log "$name -c$c: $rps req/s, p50 ${p50} us, p99 ${p99} us"
+    echo "$rps $p50 $p99"
+}
+
+raise_nofile() { # needed what: the open-files limit (inherited by what this script starts)
+    # to NOFILE, or to the hard limit when that is lower and cannot be raised (a container
+    # without CAP_SYS_RESOURCE keeps root's hard limit); dies below `needed`.
+    local hard
+    ulimit -Hn "$NOFILE" 2>/dev/null || true
+    hard=$(ulimit -Hn)
+    [ "$hard" = unlimited ] || [ "$hard" -ge "$NOFILE" ] || NOFILE=$hard
+    ulimit -n "$NOFILE" || die "cannot raise the open-files limit to $NOFILE"
+    [ "$(ulimit -n)" -ge "$1" ] ||
+        die "open-files limit $(ulimit -n) (hard $hard) is too low for $2"
+}
+
 require_two_cpus() {
     [ "$(nproc --all)" -ge 2 ] || die "needs at least 2 CPUs (load generator and servers are pinned apart)"
 }

@@ -125,22 +125,11 @@ for pair in "direct $DIRECT_URL" "nginx $NGINX_URL" "agentgate $GW_URL"; do
 done
 
 # --- load ----------------------------------------------------------------------------------
-# run_wrk name url threads conns -> appends "name conns rps p50us p99us" to $TMP/results
+# run_wrk name url threads conns -> appends "round name conns rps p50us p99us" to $TMP/results
 run_wrk() {
-    local name=$1 url=$2 t=$3 c=$4 out rps p50 p99 bad
-    taskset -c "$LOADGEN_CPU" wrk -t"$t" -c"$c" -d"${WARMUP}s" --timeout 10s "$url" >/dev/null
-    out=$(taskset -c "$LOADGEN_CPU" wrk -t"$t" -c"$c" -d"${DURATION}s" --timeout 10s --latency "$url")
-    echo "$out" >>"$TMP/wrk-$name-c$c.txt"
-    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-    p50=$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")")
-    p99=$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")
-    bad=$(awk '/Non-2xx or 3xx responses:/ {print $NF} /Socket errors:/ {print "socket-errors"}' <<<"$out")
-    if [ -n "$bad" ]; then
-        echo "$out" >&2
-        die "$name -c$c: errors during the run ($bad)"
-    fi
-    log "$name -c$c: $rps req/s, p50 ${p50} us, p99 ${p99} us"
-    echo "$ROUND $name $c $rps $p50 $p99" >>"$TMP/results"
+    local figures
+    figures=$(wrk_measure "$@")
+    echo "$ROUND $1 $4 $figures" >>"$TMP/results"
 }
 
 LOAD0=$(cut -d" " -f1-3 /proc/loadavg)

@@ -44,15 +44,8 @@ source benches/lib.sh
 require_tools taskset:util-linux curl:curl python3:python3
 require_two_cpus
 
-# Each client is one socket in the load client and one in the gateway: raise the
-# open-files limit (inherited by both) to NOFILE, or to the hard limit when that is lower
-# and cannot be raised (a container without CAP_SYS_RESOURCE keeps root's hard limit).
-ulimit -Hn "$NOFILE" 2>/dev/null || true
-hard=$(ulimit -Hn)
-[ "$hard" = unlimited ] || [ "$hard" -ge "$NOFILE" ] || NOFILE=$hard
-ulimit -n "$NOFILE" || die "cannot raise the open-files limit to $NOFILE"
-[ "$(ulimit -n)" -ge $((CLIENTS + 1000)) ] ||
-    die "open-files limit $(ulimit -n) (hard $hard) is too low for $CLIENTS clients"
+# Each client is one socket in the load client and one in the gateway.
+raise_nofile $((CLIENTS + 1000)) "$CLIENTS clients"
 ports=$(awk '{print $2 - $1}' /proc/sys/net/ipv4/ip_local_port_range)
 [ "$ports" -gt "$CLIENTS" ] || die "only $ports local ports (net.ipv4.ip_local_port_range) for $CLIENTS clients"
 

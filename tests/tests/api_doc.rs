@@ -2,12 +2,12 @@
 //! route table, every route of the table answers on the listener the table names (and
 //! only there), and every series the live `/metrics` exposes is in its Prometheus table
 //! with the same type and labels — while every series the table names is one the code
-//! defines.
+//! defines. Requests go through the routers in memory: each listener serves its router.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use agentgate_e2e::{base_config, mock, post_json, send, Gateway};
+use agentgate_e2e::{base_config, mock, Gateway};
 use agentgate_mock_agent::MockAgent;
 use http::StatusCode;
 use serde_json::{json, Value};
@@ -91,10 +91,20 @@ async fn gateway() -> (Gateway, MockAgent) {
     (Gateway::start(&config).await, agent)
 }
 
-/// Whether the router's own fallbacks answered: no route for the path, or none for the
-/// method. Anything else (a handler's 4xx included) means the route is served.
-async fn unrouted(method: &str, url: &str) -> bool {
-    let res = send(method, url, &[], "").await;
+/// The router of a listener.
+#[derive(Clone, Copy, Debug)]
+enum Listener {
+    Public,
+    Admin,
+}
+
+/// Whether `listener`'s router's own fallbacks answered: no route for the path, or none
+/// for the method. Anything else (a handler's 4xx included) means the route is served.
+async fn unrouted(gw: &Gateway, listener: Listener, method: &str, path: &str) -> bool {
+    let res = match listener {
+        Listener::Public => gw.call(method, path, &[], "").await,
+        Listener::Admin => gw.call_admin(method, path, &[], "").await,
+    };
     let body: Value = serde_json::from_slice(&res.body).unwrap_or_default();
     let error = &body["error"];
     (res.status == StatusCode::NOT_FOUND && error["message"] == "no such route")
@@ -128,10 +138,9 @@ fn every_route_the_routers_declare_is_documented() {
 #[tokio::test]
 async fn every_documented_route_answers_on_its_listener_only() {
     let (gw, _agent) = gateway().await;
-    let public = |path: &str| gw.url(path);
-    let admin = |path: &str| gw.admin_url(path);
+    use Listener::{Admin, Public};
     // The check can fail: an undocumented path is the router's fallback.
-    assert!(unrouted("GET", &public("/no/such/route")).await);
+    assert!(unrouted(&gw, Public, "GET", "/no/such/route").await);
 
     for route in documented_routes() {
         let path = route
@@ -144,23 +153,24 @@ async fn every_documented_route_answers_on_its_listener_only() {
             "ANY" => &["GET", "POST", "PUT", "DELETE", "PATCH"],
             one => &[one],
         };
-        let (on, off): (Vec<String>, Vec<String>) = match route.listener {
-            "public" => (vec![public(&path)], vec![admin(&path)]),
-            "admin" => (vec![admin(&path)], vec![public(&path)]),
-            "both" => (vec![public(&path), admin(&path)], vec![]),
+        let (on, off): (&[Listener], &[Listener]) = match route.listener {
+            "public" => (&[Public], &[Admin]),
+            "admin" => (&[Admin], &[Public]),
+            "both" => (&[Public, Admin], &[]),
             other => panic!("{route:?}: unknown listener `{other}`"),
         };
         for method in methods {
-            for url in &on {
+            for &listener in on {
                 assert!(
-                    !unrouted(method, url).await,
-                    "documented but not served: {method} {url} ({route:?})"
+                    !unrouted(&gw, listener, method, &path).await,
+                    "documented but not served: {method} {path} on {listener:?} ({route:?})"
                 );
             }
-            for url in &off {
+            for &listener in off {
                 assert!(
-                    unrouted(method, url).await,
-                    "served on a listener the doc does not name: {method} {url} ({route:?})"
+                    unrouted(&gw, listener, method, &path).await,
+                    "served on a listener the doc does not name: {method} {path} on \
+                     {listener:?} ({route:?})"
                 );
             }
         }
@@ -171,14 +181,14 @@ async fn every_documented_route_answers_on_its_listener_only() {
 async fn every_series_on_metrics_is_documented_with_its_type_and_labels() {
     let (gw, _agent) = gateway().await;
     // Exercise the families: a query, a proxied call, a breaker transition.
-    let res = post_json(&gw.url("/api/query"), &json!({"query": "q"})).await;
+    let res = gw.post_json("/api/query", &json!({"query": "q"})).await;
     assert_eq!(res.status, StatusCode::OK, "{:?}", res.body);
-    send("GET", &gw.url("/agents/echo/x"), &[], "").await;
+    gw.call("GET", "/agents/echo/x", &[], "").await;
     let breaker = gw.state.agent("echo").expect("agent echo").breaker();
     breaker.force_open(None);
     breaker.reset();
 
-    let res = send("GET", &gw.admin_url("/metrics"), &[], "").await;
+    let res = gw.call_admin("GET", "/metrics", &[], "").await;
     assert_eq!(res.status, StatusCode::OK);
     let text = String::from_utf8(res.body.to_vec()).expect("UTF-8 exposition");
     let exposed = exposition(&text);

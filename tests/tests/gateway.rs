@@ -1,5 +1,7 @@
 //! The gateway end to end (SPEC §3): real mock agents on loopback, the real gateway
-//! started in-process, real HTTP.
+//! started in-process. Route behaviour goes through the gateway's routers in memory
+//! (`Gateway::call`); the proxy's forwarding and shutdown go over real sockets, which
+//! are their point.
 
 use std::time::Duration;
 
@@ -82,6 +84,16 @@ async fn gateway(a: &Agents, deadline: &str) -> Gateway {
     .await
 }
 
+/// A gateway with one agent, `name`, served by `echo`, and no pipeline: for the proxy.
+async fn proxy_to(name: &str, echo: &EchoServer) -> Gateway {
+    Gateway::start(&format!(
+        "{}\n[agents.{name}]\nurl = \"{}\"\n",
+        defaults(),
+        echo.url()
+    ))
+    .await
+}
+
 fn stage<'a>(answer: &'a Value, name: &str) -> &'a Value {
     answer["stages"]
         .as_array()
@@ -93,19 +105,20 @@ fn stage<'a>(answer: &'a Value, name: &str) -> &'a Value {
 async fn a_query_runs_every_stage_with_the_stage_contract() {
     let a = agents().await;
     let gw = gateway(&a, "10s").await;
-    let res = agentgate_e2e::send(
-        "POST",
-        &gw.url("/api/query"),
-        &[
-            ("content-type", "application/json"),
-            (
-                "traceparent",
-                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-            ),
-        ],
-        json!({"query": "sales by region", "context": {"user": "ana"}}).to_string(),
-    )
-    .await;
+    let res = gw
+        .call(
+            "POST",
+            "/api/query",
+            &[
+                ("content-type", "application/json"),
+                (
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
+            ],
+            json!({"query": "sales by region", "context": {"user": "ana"}}).to_string(),
+        )
+        .await;
     assert_eq!(
         res.status,
         StatusCode::OK,
@@ -150,7 +163,9 @@ async fn a_query_runs_every_stage_with_the_stage_contract() {
         assert_eq!(s["attempts"][0]["status"], 200);
     }
     // The record stays readable.
-    let record = send("GET", &gw.url(&format!("/api/query/{query_id}")), &[], "").await;
+    let record = gw
+        .call("GET", &format!("/api/query/{query_id}"), &[], "")
+        .await;
     assert_eq!(record.status, StatusCode::OK);
     assert_eq!(record.json()["status"], "completed");
     // Every answer carries a request id, different for each request.
@@ -168,7 +183,8 @@ async fn fallbacks_go_to_the_backup_agent_then_the_static_value() {
         ..agents().await
     };
     let gw = gateway(&a, "10s").await;
-    let body = post_json(&gw.url("/api/query"), &json!({"query": "q"}))
+    let body = gw
+        .post_json("/api/query", &json!({"query": "q"}))
         .await
         .json();
     assert_eq!(body["status"], "completed", "{body}");
@@ -186,7 +202,8 @@ async fn fallbacks_go_to_the_backup_agent_then_the_static_value() {
             ..Behavior::default()
         })
         .unwrap();
-    let body = post_json(&gw.url("/api/query"), &json!({"query": "q"}))
+    let body = gw
+        .post_json("/api/query", &json!({"query": "q"}))
         .await
         .json();
     assert_eq!(body["status"], "completed", "{body}");
@@ -204,7 +221,8 @@ async fn an_optional_stage_that_fails_is_skipped() {
         ..agents().await
     };
     let gw = gateway(&a, "10s").await;
-    let body = post_json(&gw.url("/api/query"), &json!({"query": "q"}))
+    let body = gw
+        .post_json("/api/query", &json!({"query": "q"}))
         .await
         .json();
     assert_eq!(body["status"], "completed", "{body}");
@@ -219,7 +237,7 @@ async fn a_hanging_agent_runs_into_the_deadline() {
         ..agents().await
     };
     let gw = gateway(&a, "700ms").await;
-    let res = post_json(&gw.url("/api/query"), &json!({"query": "q"})).await;
+    let res = gw.post_json("/api/query", &json!({"query": "q"})).await;
     assert_eq!(
         res.status,
         StatusCode::GATEWAY_TIMEOUT,
@@ -239,7 +257,7 @@ async fn a_2xx_that_is_not_json_fails_the_stage_as_bad_response() {
         ..agents().await
     };
     let gw = gateway(&a, "10s").await;
-    let res = post_json(&gw.url("/api/query"), &json!({"query": "q"})).await;
+    let res = gw.post_json("/api/query", &json!({"query": "q"})).await;
     assert_eq!(res.status, StatusCode::BAD_GATEWAY);
     assert_eq!(res.json()["error"]["kind"], "bad_response");
 }
@@ -254,7 +272,7 @@ async fn an_open_breaker_fails_fast_with_503_and_retry_after() {
         .breaker()
         .force_open(Some(Duration::from_secs(42)));
     let before = a.data.stats().requests;
-    let res = post_json(&gw.url("/api/query"), &json!({"query": "q"})).await;
+    let res = gw.post_json("/api/query", &json!({"query": "q"})).await;
     assert_eq!(
         res.status,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -271,7 +289,7 @@ async fn an_open_breaker_fails_fast_with_503_and_retry_after() {
     assert_eq!(a.data.stats().requests, before, "the agent was not called");
 
     // The proxy answers the same way.
-    let res = send("GET", &gw.url("/agents/data/query"), &[], "").await;
+    let res = gw.call("GET", "/agents/data/query", &[], "").await;
     assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(res.headers.contains_key("retry-after"));
     assert_eq!(res.json()["error"]["kind"], "circuit_open");
@@ -289,7 +307,8 @@ async fn a_failing_attempt_is_retried_with_attempt_headers() {
         "10s",
     ))
     .await;
-    let body = post_json(&gw.url("/api/query"), &json!({"query": "q"}))
+    let body = gw
+        .post_json("/api/query", &json!({"query": "q"}))
         .await
         .json();
     assert_eq!(body["status"], "completed", "{body}");
@@ -309,47 +328,48 @@ async fn a_failing_attempt_is_retried_with_attempt_headers() {
 
 #[tokio::test]
 async fn async_queries_can_be_read_and_cancelled() {
-    let a = Agents {
-        data: mock("data", |b| b.hang_rate = 1.0).await,
-        ..agents().await
-    };
-    let gw = gateway(&a, "60s").await;
-    let res = send(
-        "POST",
-        &gw.url("/api/query"),
-        &[
-            ("content-type", "application/json"),
-            ("prefer", "respond-async"),
-        ],
-        r#"{"query":"q"}"#,
-    )
+    // The data agent holds the query in its second stage until it is cancelled.
+    let data = EchoServer::held().await;
+    let a = agents().await;
+    let gw = Gateway::start(&three_stage(
+        &a.nlp.url(),
+        &a.backup.url(),
+        &data.url(),
+        &a.viz.url(),
+        "60s",
+    ))
     .await;
-    assert_eq!(res.status, StatusCode::ACCEPTED);
-    let id = res.json()["query_id"].as_str().unwrap().to_owned();
-    assert_eq!(res.json()["status"], "accepted");
+    let id = gw.submit_async(&json!({"query": "q"})).await;
 
-    let mut running = false;
-    for _ in 0..100 {
-        let rec = send("GET", &gw.url(&format!("/api/query/{id}")), &[], "")
-            .await
-            .json();
-        if rec["status"] == "running" && rec["stages"].as_array().is_some_and(|s| !s.is_empty()) {
-            running = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(running, "the query runs until cancelled");
-    let res = send("DELETE", &gw.url(&format!("/api/query/{id}")), &[], "").await;
+    // Running, with the stage it has finished, while the data agent holds it.
+    data.until_hits(1).await;
+    let rec = gw
+        .call("GET", &format!("/api/query/{id}"), &[], "")
+        .await
+        .json();
+    assert_eq!(rec["status"], "running", "{rec}");
+    let stages: Vec<_> = rec["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["name"])
+        .collect();
+    assert_eq!(stages, ["nlp_processing"], "{rec}");
+    let res = gw
+        .call("DELETE", &format!("/api/query/{id}"), &[], "")
+        .await;
     assert_eq!(res.status, StatusCode::OK);
     assert_eq!(res.json()["status"], "cancelled");
-    let rec = send("GET", &gw.url(&format!("/api/query/{id}")), &[], "")
+    let rec = gw
+        .call("GET", &format!("/api/query/{id}"), &[], "")
         .await
         .json();
     assert_eq!(rec["status"], "cancelled");
-    let again = send("DELETE", &gw.url(&format!("/api/query/{id}")), &[], "").await;
+    let again = gw
+        .call("DELETE", &format!("/api/query/{id}"), &[], "")
+        .await;
     assert_eq!(again.status, StatusCode::CONFLICT);
-    let unknown = send("GET", &gw.url("/api/query/nope"), &[], "").await;
+    let unknown = gw.call("GET", "/api/query/nope", &[], "").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     assert_eq!(unknown.json()["error"]["kind"], "unknown_query");
 }
@@ -414,22 +434,24 @@ async fn the_proxy_forwards_streams_and_strips_hop_by_hop_headers() {
         (res.status, res.json()["path"].clone()),
         (StatusCode::OK, json!("/"))
     );
-    let res = send("GET", &gw.url("/agents/nope/x"), &[], "").await;
+}
+
+#[tokio::test]
+async fn the_proxy_refuses_unknown_agents_and_dot_segments() {
+    let echo = EchoServer::start(|_| StatusCode::OK).await;
+    let gw = proxy_to("echo", &echo).await;
+    let res = gw.call("GET", "/agents/nope/x", &[], "").await;
     assert_eq!(res.status, StatusCode::NOT_FOUND);
     assert_eq!(res.json()["error"]["kind"], "unknown_agent");
-    let res = send("GET", &gw.url("/agents/echo/a/%2e%2e/b"), &[], "").await;
+    let res = gw.call("GET", "/agents/echo/a/%2e%2e/b", &[], "").await;
     assert_eq!(res.status, StatusCode::BAD_REQUEST);
+    assert_eq!(echo.hits(), 0);
 }
 
 #[tokio::test]
 async fn the_proxy_refuses_an_upload_before_reading_it_and_caps_a_streamed_one() {
     let echo = EchoServer::start(|_| StatusCode::OK).await;
-    let gw = Gateway::start(&format!(
-        "{}\n[agents.echo]\nurl = \"{}\"\n",
-        defaults(),
-        echo.url()
-    ))
-    .await;
+    let gw = proxy_to("echo", &echo).await;
     let breaker = gw.state.agent("echo").unwrap().breaker().clone();
 
     // An open breaker answers while the client is still uploading: nothing is read.
@@ -483,12 +505,7 @@ async fn the_proxy_retries_get_but_not_post() {
         }
     })
     .await;
-    let gw = Gateway::start(&format!(
-        "{}\n[agents.flaky]\nurl = \"{}\"\n",
-        defaults(),
-        flaky.url()
-    ))
-    .await;
+    let gw = proxy_to("flaky", &flaky).await;
     let res = send("GET", &gw.url("/agents/flaky/x"), &[], "").await;
     assert_eq!(
         (
@@ -535,7 +552,7 @@ async fn the_proxy_retries_get_but_not_post() {
 async fn bad_input_gets_a_clear_4xx_and_the_gateway_keeps_serving() {
     let a = agents().await;
     let gw = gateway(&a, "10s").await;
-    let url = gw.url("/api/query");
+    let url = "/api/query";
     let json = [("content-type", "application/json")];
     let deep = format!(
         "{{\"query\":\"q\",\"context\":{{\"x\":{}0{}}}}}",
@@ -616,7 +633,7 @@ async fn bad_input_gets_a_clear_4xx_and_the_gateway_keeps_serving() {
         ),
     ];
     for (what, headers, body, status, kind) in cases {
-        let res = send("POST", &url, &headers, body).await;
+        let res = gw.call("POST", url, &headers, body).await;
         assert_eq!(
             res.status,
             status,
@@ -633,16 +650,16 @@ async fn bad_input_gets_a_clear_4xx_and_the_gateway_keeps_serving() {
         );
     }
     assert_eq!(
-        send("GET", &gw.url("/healthz"), &[], "").await.status,
+        gw.call("GET", "/healthz", &[], "").await.status,
         StatusCode::OK
     );
     assert_eq!(
-        post_json(&url, &json!({"query": "still fine"}))
+        gw.post_json(url, &json!({"query": "still fine"}))
             .await
             .status,
         StatusCode::OK
     );
-    let res = send("GET", &gw.url("/nope"), &[], "").await;
+    let res = gw.call("GET", "/nope", &[], "").await;
     assert_eq!(
         (res.status, res.json()["error"]["kind"].clone()),
         (StatusCode::NOT_FOUND, json!("not_found"))
@@ -651,22 +668,37 @@ async fn bad_input_gets_a_clear_4xx_and_the_gateway_keeps_serving() {
 
 #[tokio::test]
 async fn shutdown_lets_the_running_query_finish() {
-    let a = Agents {
-        data: mock("data", |b| b.latency = Duration::from_millis(400)).await,
-        ..agents().await
-    };
-    let mut gw = gateway(&a, "10s").await;
+    // The data agent holds the query in its second stage until the test lets it go.
+    let data = EchoServer::held().await;
+    let a = agents().await;
+    let mut gw = Gateway::start(&three_stage(
+        &a.nlp.url(),
+        &a.backup.url(),
+        &data.url(),
+        &a.viz.url(),
+        "10s",
+    ))
+    .await;
     let url = gw.url("/api/query");
     let running = tokio::spawn(async move { post_json(&url, &json!({"query": "q"})).await });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    data.until_hits(1).await;
     let stopped = gw.shutdown();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::time::timeout(Duration::from_secs(10), gw.state.draining())
+        .await
+        .expect("shutdown begins");
     assert_eq!(
         send("GET", &gw.url("/readyz"), &[], "").await.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
     let refused = post_json(&gw.url("/api/query"), &json!({"query": "late"})).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        !running.is_finished(),
+        "the query is still in its second stage"
+    );
+    assert!(!stopped.is_finished(), "serve waits for the running query");
+
+    data.release(1);
     let res = running.await.unwrap();
     assert_eq!(
         res.status,
@@ -683,13 +715,13 @@ async fn metrics_and_admin_routes() {
     let a = agents().await;
     let gw = gateway(&a, "10s").await;
     assert_eq!(
-        post_json(&gw.url("/api/query"), &json!({"query": "q"}))
+        gw.post_json("/api/query", &json!({"query": "q"}))
             .await
             .status,
         StatusCode::OK
     );
     let text = String::from_utf8(
-        send("GET", &gw.admin_url("/metrics"), &[], "")
+        gw.call_admin("GET", "/metrics", &[], "")
             .await
             .body
             .to_vec(),
@@ -703,28 +735,31 @@ async fn metrics_and_admin_routes() {
     ] {
         assert!(text.contains(name), "missing {name} in\n{text}");
     }
-    let m = send("GET", &gw.admin_url("/api/orchestration/metrics"), &[], "")
+    let m = gw
+        .call_admin("GET", "/api/orchestration/metrics", &[], "")
         .await
         .json();
     assert!(m["queries"]["completed"].as_u64().unwrap() >= 1);
     assert_eq!(m["agents"]["data"]["circuit_breaker"]["state"], "closed");
     assert_eq!(m["health"]["status"], "healthy");
     // Without a token configured, mutating routes are forbidden; GET is not allowed.
-    let res = send(
-        "POST",
-        &gw.admin_url("/api/orchestration/circuit-breakers/data/reset"),
-        &[],
-        "",
-    )
-    .await;
+    let res = gw
+        .call_admin(
+            "POST",
+            "/api/orchestration/circuit-breakers/data/reset",
+            &[],
+            "",
+        )
+        .await;
     assert_eq!(res.status, StatusCode::FORBIDDEN);
-    let res = send(
-        "GET",
-        &gw.admin_url("/api/orchestration/circuit-breakers/data/reset"),
-        &[],
-        "",
-    )
-    .await;
+    let res = gw
+        .call_admin(
+            "GET",
+            "/api/orchestration/circuit-breakers/data/reset",
+            &[],
+            "",
+        )
+        .await;
     assert_eq!(res.status, StatusCode::METHOD_NOT_ALLOWED);
 }
 
@@ -741,18 +776,20 @@ async fn the_admin_api_needs_the_token_and_steers_breakers() {
         "10s",
     ) + "\n[admin]\ntoken_env = \"AGENTGATE_TEST_ADMIN_TOKEN_STEER\"\n";
     let gw = Gateway::start(&config).await;
-    let url = gw.admin_url("/api/orchestration/circuit-breakers/data/force-open");
+    let url = "/api/orchestration/circuit-breakers/data/force-open";
     let body = r#"{"for":"1s"}"#;
 
-    let res = send("POST", &url, &[], body).await;
+    let res = gw.call_admin("POST", url, &[], body).await;
     assert_eq!(
         (res.status, res.json()["error"]["kind"].clone()),
         (StatusCode::UNAUTHORIZED, json!("unauthorized"))
     );
-    let res = send("POST", &url, &[("authorization", "Bearer wrong")], body).await;
+    let res = gw
+        .call_admin("POST", url, &[("authorization", "Bearer wrong")], body)
+        .await;
     assert_eq!(res.status, StatusCode::UNAUTHORIZED);
     let auth = [("authorization", "Bearer s3cret")];
-    let res = send("POST", &url, &auth, body).await;
+    let res = gw.call_admin("POST", url, &auth, body).await;
     assert_eq!(
         res.status,
         StatusCode::OK,
@@ -763,51 +800,45 @@ async fn the_admin_api_needs_the_token_and_steers_breakers() {
         res.json(),
         json!({"agent": "data", "from": "closed", "to": "forced_open"})
     );
-    let bad = send("POST", &url, &auth, r#"{"for":"soon"}"#).await;
+    let bad = gw.call_admin("POST", url, &auth, r#"{"for":"soon"}"#).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 
-    let breakers = send(
-        "GET",
-        &gw.admin_url("/api/orchestration/circuit-breakers"),
-        &[],
-        "",
-    )
-    .await
-    .json();
+    let breakers = gw
+        .call_admin("GET", "/api/orchestration/circuit-breakers", &[], "")
+        .await
+        .json();
     assert_eq!(breakers["data"]["state"], "forced_open");
     assert_eq!(breakers["data"]["trip_reason"], "manual");
     // A forced-open period expires by itself (into half-open, so a probe decides); one
     // of 0 s has expired by the next read, so no test time is spent waiting.
-    let res = send("POST", &url, &auth, r#"{"for":"0s"}"#).await;
+    let res = gw.call_admin("POST", url, &auth, r#"{"for":"0s"}"#).await;
     assert_eq!(res.json()["to"], "forced_open");
-    let breakers = send(
-        "GET",
-        &gw.admin_url("/api/orchestration/circuit-breakers"),
-        &[],
-        "",
-    )
-    .await
-    .json();
+    let breakers = gw
+        .call_admin("GET", "/api/orchestration/circuit-breakers", &[], "")
+        .await
+        .json();
     assert_eq!(breakers["data"]["state"], "half_open");
 
-    let res = send(
-        "POST",
-        &gw.admin_url("/api/orchestration/circuit-breakers/data/disable"),
-        &auth,
-        "",
-    )
-    .await;
+    let res = gw
+        .call_admin(
+            "POST",
+            "/api/orchestration/circuit-breakers/data/disable",
+            &auth,
+            "",
+        )
+        .await;
     assert_eq!(
         res.json(),
         json!({"agent": "data", "from": "half_open", "to": "disabled"})
     );
-    let res = send(
-        "POST",
-        &gw.admin_url("/api/orchestration/circuit-breakers/reset"),
-        &auth,
-        "",
-    )
-    .await;
+    let res = gw
+        .call_admin(
+            "POST",
+            "/api/orchestration/circuit-breakers/reset",
+            &auth,
+            "",
+        )
+        .await;
     assert_eq!(res.status, StatusCode::OK);
     assert!(res
         .json()
@@ -815,16 +846,17 @@ async fn the_admin_api_needs_the_token_and_steers_breakers() {
         .unwrap()
         .iter()
         .any(|c| c == &json!({"agent": "data", "from": "disabled", "to": "closed"})));
-    let res = send(
-        "POST",
-        &gw.admin_url("/api/orchestration/circuit-breakers/nope/reset"),
-        &auth,
-        "",
-    )
-    .await;
+    let res = gw
+        .call_admin(
+            "POST",
+            "/api/orchestration/circuit-breakers/nope/reset",
+            &auth,
+            "",
+        )
+        .await;
     assert_eq!(res.status, StatusCode::NOT_FOUND);
     let metrics = String::from_utf8(
-        send("GET", &gw.admin_url("/metrics"), &[], "")
+        gw.call_admin("GET", "/metrics", &[], "")
             .await
             .body
             .to_vec(),

@@ -1,11 +1,15 @@
 //! `progress.backend = "redis"` (SPEC §5 "Scale-out") end to end: several gateways —
 //! replicas — in this process sharing one real `redis-server`; each serves
 //! `GET /api/query/{id}` and WebSocket subscribe / replay for queries run on any other.
+//!
+//! What one replica learns from another goes through redis-server, another process:
+//! tests wait for it with `eventually`. HTTP goes through each replica's router in
+//! memory; WebSocket clients use real sockets.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use agentgate_e2e::{base_config, free_port, mock, post_json, send, Gateway, RedisServer};
+use agentgate_e2e::{base_config, eventually, free_port, mock, Gateway, RedisServer};
 use agentgate_mock_agent::MockAgent;
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
@@ -66,35 +70,14 @@ async fn replica(redis_url: &str, a: &Agents) -> Gateway {
 
 /// Until `/readyz` reports Redis `want` (`connected` or `unavailable`).
 async fn wait_redis(gw: &Gateway, want: &str) -> Value {
-    let mut last = None;
-    // Up to 20 s: reconnect backoff tops out at 2 s, and CI machines are busy.
-    for _ in 0..400 {
-        let res = send("GET", &gw.url("/readyz"), &[], "").await;
+    eventually(&format!("/readyz reports redis {want}"), || async {
+        let res = gw.call("GET", "/readyz", &[], "").await;
         // Ready either way: queries run whether or not Redis is there.
         assert_eq!(res.status, StatusCode::OK);
         let body = res.json();
-        if body["redis"] == want {
-            return body;
-        }
-        last = Some(body);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("/readyz never reported redis {want}: last {last:?}");
-}
-
-async fn submit_async(gw: &Gateway) -> String {
-    let res = send(
-        "POST",
-        &gw.url("/api/query"),
-        &[
-            ("content-type", "application/json"),
-            ("prefer", "respond-async"),
-        ],
-        r#"{"query":"sales by region"}"#,
-    )
-    .await;
-    assert_eq!(res.status, StatusCode::ACCEPTED);
-    res.json()["query_id"].as_str().unwrap().to_owned()
+        (body["redis"] == want).then_some(body)
+    })
+    .await
 }
 
 async fn connect(addr: SocketAddr, path: &str) -> Ws {
@@ -148,7 +131,7 @@ async fn replicas_serve_each_others_records_and_event_streams() {
     let two = replica(&redis.url(), &a).await;
 
     // A query runs on replica one; replica two follows it live, from the start.
-    let id = submit_async(&one).await;
+    let id = one.submit_async(&json!({"query": "sales by region"})).await;
     let mut on_one = connect(one.addr, &format!("/ws?query_id={id}&after_seq=0")).await;
     let mut on_two = connect(two.addr, "/ws").await;
     on_two
@@ -167,17 +150,13 @@ async fn replicas_serve_each_others_records_and_event_streams() {
     assert_eq!(last["query_id"], id.as_str());
 
     // Its record, from the other replica.
-    let local = send("GET", &one.url(&format!("/api/query/{id}")), &[], "").await;
-    let mut remote = None;
-    for _ in 0..100 {
-        let res = send("GET", &two.url(&format!("/api/query/{id}")), &[], "").await;
-        if res.status == StatusCode::OK && res.json()["status"] == "completed" {
-            remote = Some(res);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let remote = remote.expect("the record reaches the other replica");
+    let path = format!("/api/query/{id}");
+    let local = one.call("GET", &path, &[], "").await;
+    let remote = eventually("the record reaches the other replica", || async {
+        let res = two.call("GET", &path, &[], "").await;
+        (res.status == StatusCode::OK && res.json()["status"] == "completed").then_some(res)
+    })
+    .await;
     assert_eq!(remote.headers["content-type"], "application/json");
     assert_eq!(remote.json(), local.json());
 
@@ -187,14 +166,15 @@ async fn replicas_serve_each_others_records_and_event_streams() {
     let replayed = events_until_terminal(&mut late).await;
     assert_eq!(replayed, here[2..].to_vec());
     assert_eq!(
-        send("GET", &three.url(&format!("/api/query/{id}")), &[], "")
+        three
+            .call("GET", &format!("/api/query/{id}"), &[], "")
             .await
             .json(),
         local.json()
     );
 
     // Unknown everywhere: 404, and `unknown_query` over WebSocket.
-    let missing = send("GET", &two.url("/api/query/nope"), &[], "").await;
+    let missing = two.call("GET", "/api/query/nope", &[], "").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     late.send(Message::text(
         json!({"type": "subscribe", "query_id": "nope"}).to_string(),
@@ -222,13 +202,14 @@ async fn a_replica_without_redis_serves_its_own_queries_and_says_so() {
 
     let body = wait_redis(&gw, "unavailable").await;
     assert_eq!(body["status"], "ready");
-    let health = send("GET", &gw.admin_url("/api/orchestration/health"), &[], "")
+    let health = gw
+        .call_admin("GET", "/api/orchestration/health", &[], "")
         .await
         .json();
     assert_eq!(health["status"], "degraded", "{health}");
     assert!(health["reasons"].to_string().contains("redis"), "{health}");
     // Queries still run and their records and events are served locally.
-    let res = post_json(&gw.url("/api/query"), &json!({"query": "q"})).await;
+    let res = gw.post_json("/api/query", &json!({"query": "q"})).await;
     assert_eq!(res.status, StatusCode::OK, "{:?}", res.json());
     let id = res.json()["query_id"].as_str().unwrap().to_owned();
     let mut ws = connect(gw.addr, &format!("/ws?query_id={id}&after_seq=0")).await;
@@ -249,21 +230,25 @@ async fn a_query_is_cancelled_from_any_replica() {
     let two = replica(&redis.url(), &a).await;
 
     // Over HTTP: DELETE on replica two cancels the query running on replica one.
-    let id = submit_async(&one).await;
+    let id = one.submit_async(&json!({"query": "sales by region"})).await;
     wait_running_elsewhere(&two, &id).await;
-    let res = send("DELETE", &two.url(&format!("/api/query/{id}")), &[], "").await;
+    let res = two
+        .call("DELETE", &format!("/api/query/{id}"), &[], "")
+        .await;
     assert_eq!(res.status, StatusCode::OK, "{:?}", res.json());
     assert_eq!(res.json()["status"], "cancelled");
-    let here = send("GET", &one.url(&format!("/api/query/{id}")), &[], "").await;
+    let here = one.call("GET", &format!("/api/query/{id}"), &[], "").await;
     assert_eq!(here.json()["status"], "cancelled");
     // A second DELETE: already finished, wherever it is asked.
     for gw in [&one, &two] {
-        let again = send("DELETE", &gw.url(&format!("/api/query/{id}")), &[], "").await;
+        let again = gw
+            .call("DELETE", &format!("/api/query/{id}"), &[], "")
+            .await;
         assert_eq!(again.status, StatusCode::CONFLICT, "{:?}", again.json());
     }
 
     // Over WebSocket: `cancel` on replica two; its subscribers get the terminal event.
-    let id = submit_async(&one).await;
+    let id = one.submit_async(&json!({"query": "sales by region"})).await;
     wait_running_elsewhere(&two, &id).await;
     let mut ws = connect(two.addr, &format!("/ws?query_id={id}&after_seq=0")).await;
     ws.send(Message::text(
@@ -275,21 +260,22 @@ async fn a_query_is_cancelled_from_any_replica() {
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
     assert_eq!(last["type"], "cancelled");
     assert_eq!(seqs(&events), (1..=events.len() as u64).collect::<Vec<_>>());
-    let missing = send("DELETE", &two.url("/api/query/nope"), &[], "").await;
+    let missing = two.call("DELETE", "/api/query/nope", &[], "").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 }
 
 /// Until `gw` (not the replica running it) reads `id`'s record as running.
 async fn wait_running_elsewhere(gw: &Gateway, id: &str) {
-    for _ in 0..200 {
-        let res = send("GET", &gw.url(&format!("/api/query/{id}")), &[], "").await;
-        if res.status == StatusCode::OK {
-            assert_eq!(res.json()["status"], "running");
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("query {id} never showed on the other replica");
+    let path = format!("/api/query/{id}");
+    let record = eventually(
+        &format!("query {id} shows on the other replica"),
+        || async {
+            let res = gw.call("GET", &path, &[], "").await;
+            (res.status == StatusCode::OK).then(|| res.json())
+        },
+    )
+    .await;
+    assert_eq!(record["status"], "running");
 }
 
 /// `redis-cli` against the test server (a peer that writes as another replica would).
@@ -335,9 +321,10 @@ async fn missed_messages_are_filled_from_the_streams() {
 
     // A peer's query: its first event is announced and followed here.
     let first = peer_event(&redis, "peer-q", 1, "progress", true);
-    let mut ws = connect(gw.addr, "/ws").await;
-    let mut subscribed = false;
-    for _ in 0..100 {
+    // Each try is a subscribe and its answer on the same connection.
+    let ws = tokio::sync::Mutex::new(connect(gw.addr, "/ws").await);
+    eventually("the peer's query is known here", || async {
+        let mut ws = ws.lock().await;
         ws.send(Message::text(
             json!({"type": "subscribe", "query_id": "peer-q", "after_seq": 0}).to_string(),
         ))
@@ -345,13 +332,13 @@ async fn missed_messages_are_filled_from_the_streams() {
         .unwrap();
         let answer = next_text(&mut ws).await;
         if answer.contains("\"subscribed\"") {
-            subscribed = true;
-            break;
+            return Some(());
         }
         assert!(answer.contains("unknown_query"), "{answer}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(subscribed);
+        None
+    })
+    .await;
+    let mut ws = ws.into_inner();
     assert_eq!(next_text(&mut ws).await, first);
     // The second is never announced; when the third is, the gap is filled from the
     // stream, and the subscriber gets both in order.

@@ -55,7 +55,7 @@ pub struct Rig {
     pub rt: tokio::runtime::Runtime,
     /// `http://addr/echo`.
     pub url: http::Uri,
-    /// The baseline: a bare hyper-util client.
+    /// The baseline: the bare transport under `AgentClient` (`http_client`).
     pub bare: agentgate_agent_client::HttpClient,
 }
 
@@ -67,11 +67,12 @@ impl Rig {
             .enable_all()
             .build()
             .unwrap();
-        let bare =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .pool_max_idle_per_host(256)
-                .build_http();
-        let url = format!("http://{addr}/echo").parse().unwrap();
+        let url: http::Uri = format!("http://{addr}/echo").parse().unwrap();
+        // The transport `AgentClient` uses (its connector, a pool of 256 idle connections).
+        let bare = agentgate_agent_client::http_client(&agentgate_agent_client::AgentConfig::new(
+            url.clone(),
+        ))
+        .unwrap();
         Rig {
             addr,
             rt,

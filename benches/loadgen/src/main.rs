@@ -5,7 +5,9 @@
 //! - `loadgen ws-fanout`: thousands of WebSocket clients subscribed to a steady stream of
 //!   queries, for `benches/ws_fanout.sh` ([`ws_fanout`]);
 //! - `loadgen open-loop`: GET requests at a fixed offered rate, latency measured from
-//!   when each request was due, for `benches/failfast.sh` ([`open_loop`]).
+//!   when each request was due, for `benches/failfast.sh` ([`open_loop`]);
+//! - `loadgen streams`: concurrent streamed stages watched over WebSocket against reading
+//!   the streaming agent directly, for `benches/streams.sh` ([`streams`]).
 //!
 //! Every mode runs on one current-thread tokio runtime (one OS thread does the work), so
 //! the scripts can pin the client to one CPU and leave the other to the servers.
@@ -19,6 +21,7 @@ mod open_loop;
 mod pipeline;
 mod procfs;
 mod stats;
+mod streams;
 mod ws_fanout;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -27,7 +30,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, Parser)]
 #[command(
     name = "loadgen",
-    about = "Load clients for benches/: pipeline latency (default), WebSocket fan-out, open-loop HTTP",
+    about = "Load clients for benches/: pipeline latency (default), WebSocket fan-out, open-loop HTTP, streams",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
@@ -46,6 +49,9 @@ enum Mode {
     /// GET one URL at a fixed offered rate over a few keep-alive connections: latency
     /// from when each request was due (no coordinated omission) and from when it was sent.
     OpenLoop(open_loop::Args),
+    /// Concurrent streamed stages watched over WebSocket, against reading the streaming
+    /// agent directly: chunk latency, lost or reordered chunks, the gateway's memory.
+    Streams(streams::Args),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +71,7 @@ fn main() -> ExitCode {
             None => pipeline::run(cli.pipeline).await,
             Some(Mode::WsFanout(args)) => ws_fanout::run(args).await,
             Some(Mode::OpenLoop(args)) => open_loop::run(args).await,
+            Some(Mode::Streams(args)) => streams::run(args).await,
         }
     });
     match result {

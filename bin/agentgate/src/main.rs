@@ -60,7 +60,8 @@ enum Command {
         admin_listen: SocketAddr,
     },
     /// Run one fault-injecting mock agent.
-    MockAgent(MockAgentArgs),
+    // Boxed: its flags make it much the largest variant.
+    MockAgent(Box<MockAgentArgs>),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -177,9 +178,10 @@ fn main() -> ExitCode {
                 admin_listen,
             } => demo(listen, admin_listen).await,
             Command::MockAgent(args) => {
+                let args = *args;
+                let tls = args.tls()?;
                 let listener = bind(args.listen, "--listen").await?;
-                tracing::info!(listen = %args.listen, "mock agent listening");
-                agentgate_mock_agent::serve(listener, args.behavior, shutdown_signal())
+                agentgate_mock_agent::serve_tls(listener, args.behavior, tls, shutdown_signal())
                     .await
                     .map_err(|e| e.to_string())
             }

@@ -255,3 +255,47 @@ async fn two_replicas_share_queries_through_redis() {
         assert!(status.success(), "replica exited with {status}");
     }
 }
+
+#[test]
+fn check_never_shows_a_secret() {
+    const SECRET: &str = "sk-cli-3f9a71c2";
+    /// `check` on `path` with `AGENTGATE_CLI_KEY` set to `key` (or unset): success,
+    /// stdout and stderr.
+    fn check(path: &std::path::Path, key: Option<&str>) -> (bool, String, String) {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["check", "--config"]).arg(path);
+        match key {
+            Some(key) => cmd.env("AGENTGATE_CLI_KEY", key),
+            None => cmd.env_remove("AGENTGATE_CLI_KEY"),
+        };
+        let out = cmd.output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    }
+    let agent = "[agents.llm]\nurl = \"https://llm.internal:8443\"\n";
+    let good = write(
+        "secret.toml",
+        &format!("{agent}headers = {{ authorization = \"Bearer ${{AGENTGATE_CLI_KEY}}\" }}\n"),
+    );
+    let (ok, stdout, stderr) = check(&good, Some(SECRET));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("llm"), "{stdout}");
+    assert!(!stdout.contains(SECRET) && !stderr.contains(SECRET));
+
+    // Unset: an error naming the key and the variable, not the value.
+    let (ok, _, stderr) = check(&good, None);
+    assert!(!ok);
+    let want = ":3:29: agents.llm.headers.authorization = \"***\": environment variable `AGENTGATE_CLI_KEY` is not set";
+    assert!(stderr.contains(want), "{stderr}");
+
+    // A literal secret the config cannot use: told where, shown as "***".
+    let bad = write(
+        "literal.toml",
+        &format!("{agent}headers = {{ x-api-key = \"{SECRET}\\n\" }}\n"),
+    );
+    let (ok, _, stderr) = check(&bad, None);
+    assert!(!ok);
+    let want = "agents.llm.headers.x-api-key = \"***\": must be visible ASCII";
+    assert!(stderr.contains(want), "{stderr}");
+    assert!(!stderr.contains(SECRET), "{stderr}");
+}

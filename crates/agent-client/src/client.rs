@@ -5,11 +5,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use agentgate_circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer};
-use agentgate_classify::BoxError;
+use agentgate_classify::{
+    cause_ref, is_caused_by, BadResponse, BoxError, RequestBodyError, TlsFailure,
+};
 use agentgate_retry::{AttemptHeader, RetryPolicy};
 use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
+use hyper_rustls::{
+    DefaultServerNameResolver, FixedServerNameResolver, HttpsConnector, ResolveServerName,
+};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -20,10 +25,14 @@ use tower::ServiceExt;
 
 use crate::bulkhead::BulkheadLayer;
 use crate::stack::{layered, AgentService, Stack, StackParts, TransportBody};
-use crate::{AgentBody, AgentConfig, AgentConfigError, AgentMetrics, AgentStats, JsonBody};
+use crate::{
+    AgentBody, AgentConfig, AgentConfigError, AgentMetrics, AgentStats, HttpVersion, JsonBody,
+    StageAnswer,
+};
 
-/// The transport under every agent's stack: one pooled keep-alive HTTP/1 client.
-pub type HttpClient = Client<HttpConnector, TransportBody>;
+/// The transport under every agent's stack: one pooled keep-alive client (HTTP/1.1 or
+/// HTTP/2, over TCP or TLS) with its own connector.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, TransportBody>;
 
 /// The agent's client behind an `Arc`: hyper-util's `Client` is a large struct, and the
 /// stack is cloned per call (tower's `Retry` clones its inner service), so sharing it
@@ -59,7 +68,15 @@ impl tower_service::Service<Request<TransportBody>> for SharedClient {
 ///
 /// Holds one pooled hyper-util client and two stacks over it that share a breaker,
 /// a retry budget and metrics: [`AgentClient::send`] streams bodies both ways (the
-/// reverse proxy), [`AgentClient::call_json`] reads a JSON answer (pipeline stages).
+/// reverse proxy), [`AgentClient::call_stage`] reads a JSON answer or opens a streamed
+/// one (pipeline stages), [`AgentClient::call_json`] reads a JSON answer. All add the
+/// agent's configured `headers` to every request.
+///
+/// The client has one connector of its own: TLS for an `https://` agent (never plain
+/// TCP: an `http://` request to it fails), with the agent's trust roots, client
+/// certificate, server name and ALPN; plain TCP for an `http://` agent. A TLS failure
+/// is marked [`TlsFailure`] under the breaker, so it counts as class `connect` and is
+/// reported with kind `tls`.
 ///
 /// Cloning it is one reference count: everything lives behind one `Arc`. The stacks
 /// are kept unboxed, so a call clones the stack (a few reference counts, no
@@ -74,6 +91,8 @@ struct Inner {
     base: Uri,
     /// The agent URL's path without its trailing `/` (empty for the common `http://host:port`).
     base_path: Box<str>,
+    /// `headers`, ready to send (values marked sensitive).
+    headers: HeaderMap,
     config: AgentConfig,
     streaming: Stack<Transport>,
     json: Stack<JsonBody<Transport>>,
@@ -102,13 +121,7 @@ impl AgentClient {
     /// Builds the client of agent `name`. Validates the whole config first.
     pub fn new(name: &str, config: AgentConfig) -> Result<Self, AgentConfigError> {
         config.validate()?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout.min(config.timeout)));
-        let client: HttpClient = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .build(connector);
+        let client = http_client(&config)?;
         Self::build(name, config, Transport::Hyper(SharedClient::new(client)))
     }
 
@@ -149,7 +162,8 @@ impl AgentClient {
         };
         let json = layered(
             &parts,
-            JsonBody::new(transport.clone(), config.max_response_bytes),
+            JsonBody::new(transport.clone(), config.max_response_bytes)
+                .stream_idle_timeout(config.stream_idle_timeout),
         );
         // Proxied requests go out as the client sent them; only retries are numbered.
         let proxied = StackParts {
@@ -162,6 +176,7 @@ impl AgentClient {
                 name: name.into(),
                 base: config.url.clone(),
                 base_path: config.url.path().trim_end_matches('/').into(),
+                headers: config.header_map()?,
                 breaker: parts.breaker.handle(),
                 metrics: parts.metrics,
                 config,
@@ -206,22 +221,58 @@ impl AgentClient {
     /// it is resolved against the agent's URL. The body is read only once the breaker
     /// has admitted an attempt, as the agent takes it.
     pub async fn send(&self, mut req: Request<AgentBody>) -> Result<Response<Incoming>, BoxError> {
-        self.resolve(req.uri_mut())?;
+        self.prepare(&mut req)?;
         self.inner.streaming.clone().oneshot(req).await
     }
 
-    /// Sends `req` through the JSON stack: a 2xx must be JSON (else `bad_response`).
-    pub async fn call_json(
+    /// Sends `req` through the stage stack: a 2xx must be JSON (else `bad_response`) or
+    /// a stream (SSE or NDJSON), handed back unread at its head (SPEC §6).
+    pub async fn call_stage(
         &self,
         mut req: Request<AgentBody>,
-    ) -> Result<Response<Value>, BoxError> {
-        self.resolve(req.uri_mut())?;
+    ) -> Result<Response<StageAnswer>, BoxError> {
+        self.prepare(&mut req)?;
         self.inner.json.clone().oneshot(req).await
     }
 
-    /// The streaming stack as a tower service (URIs must already be absolute).
+    /// [`AgentClient::call_stage`] for callers that only take JSON: a streamed 2xx is a
+    /// `bad_response` (after the breaker counted its head as a success).
+    pub async fn call_json(&self, req: Request<AgentBody>) -> Result<Response<Value>, BoxError> {
+        let (parts, answer) = self.call_stage(req).await?.into_parts();
+        match answer {
+            StageAnswer::Json(value) => Ok(Response::from_parts(parts, value)),
+            StageAnswer::Stream(stream) => Err(BadResponse::new(format!(
+                "a streamed answer ({}) where JSON was expected",
+                stream.format()
+            ))
+            .into()),
+        }
+    }
+
+    /// The streaming stack as a tower service (URIs must already be absolute); it adds
+    /// the agent's `headers` as [`AgentClient::send`] does.
     pub fn streaming_service(&self) -> AgentService<Incoming> {
-        AgentService::new(self.inner.streaming.clone())
+        let this = self.clone();
+        let stack = self.inner.streaming.clone();
+        AgentService::new(stack.map_request(move |mut req: Request<AgentBody>| {
+            this.add_headers(req.headers_mut());
+            req
+        }))
+    }
+
+    /// Makes the request's URI absolute on this agent and adds the agent's `headers`.
+    fn prepare(&self, req: &mut Request<AgentBody>) -> Result<(), BoxError> {
+        self.resolve(req.uri_mut())?;
+        self.add_headers(req.headers_mut());
+        Ok(())
+    }
+
+    /// The configured headers replace any the caller set under the same names: a
+    /// client of the proxy cannot swap the agent's credentials.
+    fn add_headers(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.inner.headers {
+            headers.insert(name, value.clone());
+        }
     }
 
     /// Makes `uri` absolute on this agent (in place: the request is not moved).
@@ -256,6 +307,63 @@ impl fmt::Debug for AgentClient {
     }
 }
 
+/// The transport [`AgentClient::new`] puts under the stack for `config`: a pooled
+/// hyper-util client with the agent's own connector (see [`AgentClient`]) and HTTP
+/// version. Public for benchmarks that measure the stack against the bare transport.
+pub fn http_client(config: &AgentConfig) -> Result<HttpClient, AgentConfigError> {
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(config.pool_max_idle_per_host)
+        .pool_idle_timeout(config.pool_idle_timeout)
+        // "2" on http is prior knowledge; on https ALPN offers h2 alone.
+        .http2_only(config.http_version == HttpVersion::Http2)
+        .build(connector(config)?))
+}
+
+/// The agent's connector: TLS with the agent's `tls` settings and ALPN for an
+/// `https://` URL (and only TLS: `https_only`), plain TCP for `http://`.
+fn connector(config: &AgentConfig) -> Result<HttpsConnector<HttpConnector>, AgentConfigError> {
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(config.connect_timeout.min(config.timeout)));
+    tcp.enforce_http(false);
+    let within_tls = |p: agentgate_config::Invalid| p.within("tls");
+    let mut tls = config.tls.client_config().map_err(within_tls)?;
+    tls.alpn_protocols = match config.http_version {
+        HttpVersion::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        HttpVersion::Http2 => vec![b"h2".to_vec()],
+        HttpVersion::Http1 => vec![b"http/1.1".to_vec()],
+    };
+    let names: Arc<dyn ResolveServerName + Send + Sync> =
+        match config.tls.server_name().map_err(within_tls)? {
+            Some(name) => Arc::new(FixedServerNameResolver::new(name)),
+            None => Arc::new(DefaultServerNameResolver::default()),
+        };
+    let https_only = config.url.scheme_str() == Some("https");
+    Ok(HttpsConnector::new(tcp, tls, https_only, names))
+}
+
+/// Marks an error caused by rustls as a [`TlsFailure`] (class `connect`, kind `tls`),
+/// wherever rustls reported it: in the handshake, or (TLS 1.3) in the agent's alert
+/// refusing our certificate, read with the answer. Other errors pass unchanged.
+fn mark_tls(err: BoxError) -> BoxError {
+    if is_tls_error(&*err) && !is_caused_by::<RequestBodyError>(&*err) {
+        Box::new(TlsFailure::new(err))
+    } else {
+        err
+    }
+}
+
+/// A rustls error anywhere in the chain; or, under hyper's I/O error, an I/O error of
+/// kind `InvalidData`: over HTTP/2, h2 keeps an I/O error only as its kind and text,
+/// and rustls is what reports `InvalidData` on a connection (sockets never do).
+fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    if cause_ref::<rustls::Error>(err).is_some() {
+        return true;
+    }
+    let io = cause_ref::<hyper::Error>(err).and_then(|h| cause_ref::<std::io::Error>(h));
+    io.is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+}
+
 // === impl Transport ===
 
 impl tower_service::Service<Request<TransportBody>> for Transport {
@@ -288,8 +396,8 @@ impl Future for TransportFuture {
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            TransportProj::Hyper { fut } => fut.poll(cx).map_err(Into::into),
-            TransportProj::Custom { fut } => fut.poll(cx),
+            TransportProj::Hyper { fut } => fut.poll(cx).map_err(|e| mark_tls(e.into())),
+            TransportProj::Custom { fut } => fut.poll(cx).map_err(mark_tls),
         }
     }
 }

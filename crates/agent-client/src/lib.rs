@@ -1,4 +1,5 @@
-//! One client per agent: a pooled hyper-util client wrapped, in exactly one place
+//! One client per agent: a pooled hyper-util client (HTTP/1.1 or HTTP/2, plain or over
+//! rustls, with the agent's own connector and headers) wrapped, in exactly one place
 //! ([`stack`]), in agentgate's resilience stack:
 //!
 //! ```text
@@ -6,8 +7,10 @@
 //! ```
 //!
 //! [`AgentClient`] is built from an agent's config (SPEC §2 `[defaults]` merged with
-//! `[agents.X]`) and offers a streaming call (the reverse proxy) and a JSON call
-//! (pipeline stages: a 2xx that is not JSON is a `bad_response` the breaker counts).
+//! `[agents.X]`) and offers a streaming call (the reverse proxy) and a stage call
+//! (pipeline stages: a 2xx that is not JSON is a `bad_response` the breaker counts; an
+//! SSE or NDJSON answer is handed back at its head as a [`ChunkStream`], which reads it
+//! chunk by chunk, bounded per line and event, with `stream_idle_timeout`).
 //! Both share one breaker, one retry budget and one set of per-attempt metrics
 //! (`agentgate_agent_requests_total{agent,outcome}`,
 //! `agentgate_agent_request_duration_seconds{agent}`, `agentgate_agent_retries_total{agent}`).
@@ -35,13 +38,15 @@ mod config;
 mod json;
 mod metrics;
 mod stack;
+mod stream;
 
 pub use body::AgentBody;
 pub use bulkhead::{
     Bulkhead, BulkheadLayer, Overloaded, ResponseFuture as BulkheadFuture, OVERLOAD_REJECTED,
 };
-pub use client::{AgentClient, HttpClient, SharedClient};
-pub use config::{check_url, AgentConfig, AgentConfigError};
-pub use json::JsonBody;
-pub use metrics::{describe_metrics, AgentMetrics, AgentStats};
+pub use client::{http_client, AgentClient, HttpClient, SharedClient};
+pub use config::{check_url, AgentConfig, AgentConfigError, HttpVersion};
+pub use json::{JsonBody, StageAnswer};
+pub use metrics::{describe_metrics, AgentMetrics, AgentStats, LATENCY_BUCKETS};
 pub use stack::{layered, stack, AgentService, Stack, StackParts, TransportBody};
+pub use stream::{ChunkStream, StreamError, StreamFormat};

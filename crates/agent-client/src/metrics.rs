@@ -16,6 +16,16 @@ const REQUESTS: &str = "agentgate_agent_requests_total";
 const DURATION: &str = "agentgate_agent_request_duration_seconds";
 const RETRIES: &str = "agentgate_agent_retries_total";
 
+/// Upper bounds, in seconds, of the latency buckets (1 ms … 60 s): those of the
+/// gateway's Prometheus histograms and of [`AgentStats::latency_buckets`], so that the
+/// dashboard's p99 and Grafana's `histogram_quantile` agree.
+pub const LATENCY_BUCKETS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// One counter per bucket of [`LATENCY_BUCKETS`], plus one above the last bound.
+const BUCKETS: usize = LATENCY_BUCKETS.len() + 1;
+
 /// Registers help texts for the agent metrics with the installed recorder.
 pub fn describe_metrics() {
     metrics::describe_counter!(
@@ -55,6 +65,8 @@ pub struct AgentMetrics {
     rejected: AtomicU64,
     retries: AtomicU64,
     latency_micros: AtomicU64,
+    /// Timed attempts per latency bucket (not cumulative).
+    latency_buckets: [AtomicU64; BUCKETS],
 }
 
 /// A snapshot of one agent's figures (SPEC §4 `agents.{name}`, less the breaker).
@@ -74,6 +86,10 @@ pub struct AgentStats {
     pub retries: u64,
     /// Mean duration of attempts that reached the agent, in milliseconds.
     pub avg_latency_ms: f64,
+    /// Attempts that reached the agent and took at most `LATENCY_BUCKETS[i]`
+    /// (cumulative, as Prometheus' `le` buckets); the last entry counts all of them.
+    /// Differences between two snapshots give the latency distribution in between.
+    pub latency_buckets: [u64; BUCKETS],
 }
 
 // === impl AgentMetrics ===
@@ -97,6 +113,7 @@ impl AgentMetrics {
             rejected: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             latency_micros: AtomicU64::new(0),
+            latency_buckets: Default::default(),
         }
     }
 
@@ -108,6 +125,12 @@ impl AgentMetrics {
         let rejected = self.rejected.load(Ordering::Relaxed);
         // Every attempt but a rejected one reached the agent and was timed.
         let timed = successes + failures + timeouts;
+        let mut latency_buckets = [0; BUCKETS];
+        let mut below = 0;
+        for (cumulative, bucket) in latency_buckets.iter_mut().zip(&self.latency_buckets) {
+            below += bucket.load(Ordering::Relaxed);
+            *cumulative = below;
+        }
         AgentStats {
             requests: timed + rejected,
             successes,
@@ -120,6 +143,7 @@ impl AgentMetrics {
             } else {
                 self.latency_micros.load(Ordering::Relaxed) as f64 / timed as f64 / 1000.0
             },
+            latency_buckets,
         }
     }
 }
@@ -146,9 +170,53 @@ impl AttemptObserver for AgentMetrics {
         }
         // Rejections never reached the agent: their "latency" would only flatter it.
         if record.outcome != AttemptOutcome::Rejected {
-            self.duration.record(record.duration.as_secs_f64());
+            let secs = record.duration.as_secs_f64();
+            self.duration.record(secs);
             self.latency_micros
                 .fetch_add(record.duration.as_micros() as u64, Ordering::Relaxed);
+            // The first bucket whose bound is not below the duration (`le`).
+            let bucket = LATENCY_BUCKETS.partition_point(|bound| *bound < secs);
+            self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn attempt(outcome: AttemptOutcome, millis: f64) -> AttemptRecord {
+        AttemptRecord {
+            attempt: 1,
+            status: None,
+            error: None,
+            rejection: None,
+            tls: false,
+            duration: Duration::from_secs_f64(millis / 1000.0),
+            outcome,
+        }
+    }
+
+    #[test]
+    fn latency_buckets_are_cumulative_le_counts_of_timed_attempts() {
+        let m = AgentMetrics::new("buckets-test");
+        for (outcome, ms) in [
+            (AttemptOutcome::Success, 0.5),
+            (AttemptOutcome::Success, 1.0), // on a bound: that bucket (`le`)
+            (AttemptOutcome::Failure, 3.0),
+            (AttemptOutcome::Timeout, 90_000.0), // above the last bound
+            (AttemptOutcome::Rejected, 2.0),     // never reached the agent: not timed
+        ] {
+            m.attempt_finished(&attempt(outcome, ms));
+        }
+        let b = m.stats().latency_buckets;
+        assert_eq!(b.len(), LATENCY_BUCKETS.len() + 1);
+        // le 1 ms: 2; le 2.5 ms: 2; le 5 ms: 3; … le 60 s: 3; all: 4.
+        assert_eq!((b[0], b[1], b[2]), (2, 2, 3));
+        assert_eq!(b[LATENCY_BUCKETS.len() - 1], 3);
+        assert_eq!(b[LATENCY_BUCKETS.len()], 4);
+        assert!(b.windows(2).all(|w| w[0] <= w[1]), "{b:?}");
     }
 }

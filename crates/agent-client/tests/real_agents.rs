@@ -8,12 +8,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use agentgate_agent_client::AgentBody;
-use agentgate_agent_client::{AgentClient, AgentConfig};
+use agentgate_agent_client::{AgentClient, AgentConfig, StageAnswer, StreamFormat};
 use agentgate_circuit_breaker::{CircuitBreakerConfig, CircuitOpen, Reason, State};
 use agentgate_classify::{
     cause_ref, classify_error, is_caused_by, AttemptLedger, AttemptOutcome, BadResponse,
     FailureClass,
 };
+use agentgate_progress::StreamedAnswer;
 use agentgate_retry::{Jitter, RetryConfig};
 use http::Request;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -326,7 +327,7 @@ async fn uris_join_the_agent_base_path() {
         client.uri_for("/process?x=1").unwrap(),
         "http://127.0.0.1:9/api/v1/process?x=1"
     );
-    for bad in ["https://h", "h:80", "http://h/?q=1"] {
+    for bad in ["ftp://h", "h:80", "http://h/?q=1"] {
         let err = AgentClient::new("bad", AgentConfig::new(bad.parse().unwrap())).unwrap_err();
         assert!(err.to_string().starts_with("url = "), "{bad}: {err}");
     }
@@ -335,15 +336,10 @@ async fn uris_join_the_agent_base_path() {
 #[tokio::test(start_paused = true)]
 async fn a_transport_of_the_callers_gets_the_same_stack() {
     let agent = ScriptedAgent::start(vec![Step::Status(503), Step::Json(r#"{"ok":true}"#)]).await;
-    let client: agentgate_agent_client::HttpClient =
+    let client: hyper_util::client::legacy::Client<_, agentgate_agent_client::TransportBody> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
-    let client = AgentClient::with_transport(
-        "custom",
-        config(agent.url()),
-        agentgate_agent_client::SharedClient::new(client),
-    )
-    .unwrap();
+    let client = AgentClient::with_transport("custom", config(agent.url()), client).unwrap();
     let (req, ledger) = get("/process");
     let res = client.send(req).await.unwrap();
     assert_eq!(res.status(), 200);
@@ -354,4 +350,62 @@ async fn a_transport_of_the_callers_gets_the_same_stack() {
     assert_eq!(attempts, [None, Some("2".to_owned())]);
     assert_eq!(ledger.attempts(), 2);
     assert_eq!((client.stats().requests, client.stats().retries), (2, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_answer_is_handed_on_at_its_head() {
+    prometheus();
+    // Each event comes after longer than the per-attempt timeout (2 s): the timeout
+    // covers the time to the head only, `stream_idle_timeout` each silence.
+    let agent = ScriptedAgent::start(vec![Step::Sse {
+        every: ms(3000),
+        events: &[r#"{"delta":"a"}"#, "b"],
+        then_break: false,
+    }])
+    .await;
+    let mut cfg = config(agent.url());
+    cfg.stream_idle_timeout = ms(5000);
+    let client = AgentClient::new("streams", cfg).unwrap();
+    let (req, ledger) = get("/chat");
+    let res = client.call_stage(req).await.unwrap();
+    assert!(res.extensions().get::<StreamedAnswer>().is_some());
+    let StageAnswer::Stream(mut stream) = res.into_body() else {
+        panic!("a JSON answer")
+    };
+    assert_eq!(stream.format(), StreamFormat::Sse);
+    assert_eq!(ledger.records()[0].outcome, AttemptOutcome::Success);
+    let mut chunks = Vec::new();
+    while let Some(chunk) = stream.next_chunk().await.unwrap() {
+        chunks.push(chunk);
+    }
+    assert_eq!(chunks, [r#"{"delta":"a"}"#, "b"]);
+
+    // JSON-only callers are told it is not JSON.
+    let (req, _) = get("/chat");
+    let err = client.call_json(req).await.unwrap_err();
+    assert!(cause_ref::<BadResponse>(&*err).is_some(), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_that_breaks_after_its_head_is_not_retried_nor_counted_by_the_breaker() {
+    prometheus();
+    let agent = ScriptedAgent::start(vec![Step::Sse {
+        every: ms(10),
+        events: &["one"],
+        then_break: true,
+    }])
+    .await;
+    let mut cfg = config(agent.url());
+    cfg.circuit_breaker.consecutive_failures = 1;
+    let client = AgentClient::new("breaks", cfg).unwrap();
+    let (req, ledger) = get("/chat");
+    let StageAnswer::Stream(mut stream) = client.call_stage(req).await.unwrap().into_body() else {
+        panic!("a JSON answer")
+    };
+    assert_eq!(stream.next_chunk().await.unwrap().as_deref(), Some("one"));
+    let err = stream.next_chunk().await.unwrap_err();
+    assert!(err.is_broken(), "{err}");
+    assert_eq!(agent.hits(), 1, "the attempt ended at the head: no retry");
+    assert_eq!(ledger.records().len(), 1);
+    assert_eq!(client.breaker().snapshot().state, State::Closed);
 }

@@ -15,7 +15,8 @@ use std::time::Duration;
 use http::Response;
 
 use crate::{
-    cause_ref, classify_error, is_failure_status, BoxError, FailureClass, Rejected, Rejection,
+    cause_ref, classify_error, is_caused_by, is_failure_status, BoxError, FailureClass, Rejected,
+    Rejection, TlsFailure,
 };
 
 /// Which attempt a request is (request extension, set by the retry layer on every retry
@@ -59,6 +60,9 @@ pub struct AttemptRecord {
     pub error: Option<FailureClass>,
     /// Which of our layers refused it, for a rejected attempt.
     pub rejection: Option<Rejection>,
+    /// The attempt failed in the TLS handshake ([`crate::TlsFailure`]; class
+    /// `connect`, kind `tls`).
+    pub tls: bool,
     /// How long the attempt took.
     pub duration: Duration,
     /// The metric outcome.
@@ -123,6 +127,7 @@ impl AttemptRecord {
                     status: Some(res.status().as_u16()),
                     error: failed.then_some(FailureClass::Status),
                     rejection: None,
+                    tls: false,
                     duration,
                     outcome: if failed {
                         AttemptOutcome::Failure
@@ -156,17 +161,19 @@ impl AttemptRecord {
             status: None,
             error: Some(class),
             rejection,
+            tls: rejection.is_none() && is_caused_by::<TlsFailure>(err),
             duration,
             outcome,
         }
     }
 
-    /// The SPEC error kind of a failed attempt: the refusal (`circuit_open`, …), else the
-    /// failure class; `status` for any answer (even one the breaker calls a success,
+    /// The SPEC error kind of a failed attempt: the refusal (`circuit_open`, …), `tls`
+    /// for a TLS failure, else the failure class; `status` for any answer (even one the breaker calls a success,
     /// such as a 404, which still gives a pipeline stage no output). `None` for a 2xx.
     pub fn error_kind(&self) -> Option<&'static str> {
         match (self.rejection, self.error, self.status) {
             (Some(r), _, _) => Some(r.as_str()),
+            (None, Some(_), _) if self.tls => Some("tls"),
             (None, Some(class), _) => Some(class.as_str()),
             (None, None, Some(s)) if (200..300).contains(&s) => None,
             (None, None, _) => Some(FailureClass::Status.as_str()),
@@ -300,6 +307,21 @@ mod tests {
             (timeout.outcome, timeout.error_kind()),
             (AttemptOutcome::Timeout, Some("timeout"))
         );
+
+        let refused: Result<Response<()>, BoxError> = Err(Box::new(TlsFailure::new(
+            std::io::Error::other("unknown issuer"),
+        )));
+        let tls = AttemptRecord::from_result(1, &refused, ms(1));
+        assert_eq!(
+            (tls.outcome, tls.error, tls.tls, tls.error_kind()),
+            (
+                AttemptOutcome::Failure,
+                Some(FailureClass::Connect),
+                true,
+                Some("tls")
+            )
+        );
+        assert!(!timeout.tls);
     }
 
     #[derive(Debug, Default)]

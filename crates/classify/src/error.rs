@@ -8,6 +8,7 @@ use crate::FailureClass;
 ///
 /// - [`crate::Rejected`] (a refusal by one of our own layers) → `rejected`;
 /// - [`crate::RequestBodyError`] (the caller's own body failed) → `cancelled`;
+/// - [`crate::TlsFailure`] (the TLS handshake failed) → `connect`;
 /// - [`crate::BadResponse`] → `bad_response`;
 /// - a hyper-util client error that says it happened while connecting → `connect`
 ///   (nothing was sent);
@@ -23,6 +24,9 @@ pub fn classify_error(err: &(dyn Error + 'static)) -> FailureClass {
     }
     if is_caused_by::<crate::RequestBodyError>(err) {
         return FailureClass::Cancelled;
+    }
+    if is_caused_by::<crate::TlsFailure>(err) {
+        return FailureClass::Connect;
     }
     if let Some(e) = cause_ref::<hyper_util::client::legacy::Error>(err) {
         if e.is_connect() {
@@ -119,6 +123,18 @@ mod tests {
         )));
         // A reset of the caller's upload is not the agent's reset.
         assert_eq!(classify_error(&*body), FailureClass::Cancelled);
+    }
+
+    #[test]
+    fn tls_failures_are_connect_at_any_depth() {
+        // As a connector reports a refused certificate: wrapped, inside an io error.
+        let handshake = io::Error::new(io::ErrorKind::InvalidData, "invalid peer certificate");
+        let err: BoxError = Box::new(io::Error::other(crate::TlsFailure::new(handshake)));
+        assert_eq!(classify_error(&*err), FailureClass::Connect);
+        assert!(err.to_string().contains("tls: invalid peer certificate"));
+        // Unmarked, the same io error is only a reset.
+        let plain: BoxError = Box::new(io::Error::new(io::ErrorKind::InvalidData, "x"));
+        assert_eq!(classify_error(&*plain), FailureClass::Reset);
     }
 
     #[test]

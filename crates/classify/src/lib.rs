@@ -16,6 +16,8 @@
 //! - [`HttpClassifier`]: classify an HTTP response (5xx that count, `Retry-After`) and an
 //!   error. It implements [`tower_http::classify::ClassifyResponse`] so it plugs into
 //!   tower-http's tracing and metrics layers, and [`Classify`], the trait our own layers use.
+//! - [`TlsFailure`]: the marker a TLS transport wraps its handshake errors in (class
+//!   `connect`, kind `tls`), so no layer depends on a TLS library.
 //! - [`Rejected`]: the marker inside every refusal by one of our own layers (an open
 //!   breaker, a full bulkhead), so the retry and progress layers recognise it without
 //!   knowing the layer; [`RequestBodyError`]: the caller's own body failed.
@@ -45,6 +47,7 @@ mod error;
 mod http_classifier;
 mod rejected;
 mod retry_after;
+mod tls;
 
 pub use attempt::{AttemptLedger, AttemptNumber, AttemptObserver, AttemptOutcome, AttemptRecord};
 pub use bad_response::BadResponse;
@@ -54,6 +57,7 @@ pub use error::classify_error;
 pub use http_classifier::{is_failure_status, HttpClassifier, HttpFailure};
 pub use rejected::{Rejected, Rejection, RequestBodyError};
 pub use retry_after::{parse_retry_after, retry_after_from_headers};
+pub use tls::TlsFailure;
 
 /// A type-erased error, as returned by every agentgate layer.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

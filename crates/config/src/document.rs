@@ -1,6 +1,6 @@
 //! A TOML document read into config structs, with every problem told at its position.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
 use serde::de::DeserializeOwned;
@@ -42,6 +42,8 @@ pub struct Document {
     src: String,
     entries: Vec<Entry>,
     errors: BTreeMap<usize, String>,
+    /// The values, as written, that deserialized as [`Secret`](crate::Secret)s.
+    secrets: BTreeSet<String>,
 }
 
 /// A key or an array item of the document, as written.
@@ -82,6 +84,7 @@ impl Document {
             src: src.to_owned(),
             entries: Vec::new(),
             errors: BTreeMap::new(),
+            secrets: BTreeSet::new(),
         };
         match DeTable::parse(src) {
             Ok(root) => {
@@ -111,7 +114,10 @@ impl Document {
     ) -> (Option<T>, Vec<Vec<String>>) {
         let mut dropped: Vec<(Vec<String>, Span)> = Vec::new();
         loop {
-            let err = match T::deserialize(ValueDeserializer::from(value.clone())) {
+            let (result, secrets) =
+                crate::secret::recording(|| T::deserialize(ValueDeserializer::from(value.clone())));
+            self.secrets.extend(secrets);
+            let err = match result {
                 Ok(config) => return (Some(config), dropped.into_iter().map(|d| d.0).collect()),
                 Err(err) => err,
             };
@@ -321,13 +327,20 @@ impl Document {
     /// `agents.nlp.timeout = "0s"`: the key path and, if `value`, the value as written.
     ///
     /// This is the one place that prints a value. Secrets (SPEC §6: header values, keys)
-    /// are to be shown as `"***"`: their type will record the spans it deserializes,
-    /// and this will print those as `"***"`.
+    /// are shown as `"***"`: [`Secret`](crate::Secret) records the values it
+    /// deserializes, and a string written as one of those is not printed.
     fn show(&self, i: usize, value: bool) -> String {
         let entry = &self.entries[i];
         let text = self.src.get(entry.value.clone()).unwrap_or("").trim();
         if !value || entry.kind == "a table" || text.is_empty() || text.contains('\n') {
             return entry.path.clone();
+        }
+        if entry
+            .string
+            .as_ref()
+            .is_some_and(|s| self.secrets.contains(s))
+        {
+            return format!("{} = \"***\"", entry.path);
         }
         match text.char_indices().nth(57) {
             Some((end, _)) if text.chars().count() > 60 => {
@@ -570,6 +583,40 @@ mod tests {
             3,
             1,
             "duplicate key `min_idle`",
+        );
+    }
+
+    #[test]
+    fn secrets_are_shown_as_stars() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Hook {
+            token: crate::Secret<String>,
+        }
+        let told = |src: &str, blame: bool| {
+            let (mut doc, root) = Document::parse(src);
+            let Some(DeValue::Table(mut root)) = root.map(Spanned::into_inner) else {
+                unreachable!("valid TOML");
+            };
+            let hook = root.remove("hook").expect("a [hook]");
+            if let (Some(hook), _) = doc.deserialize::<Hook>(hook) {
+                assert_eq!(format!("{hook:?}"), "Hook { token: \"***\" }");
+                if blame {
+                    let p = Invalid::new("token", &hook.token, "is too short");
+                    doc.blame(&p, &["hook"]);
+                }
+            }
+            doc.first_error().expect("an error").message
+        };
+        assert_eq!(
+            told(
+                "[hook]\ntoken = \"Bearer ${AGENTGATE_DOC_TEST_UNSET}\"\n",
+                false
+            ),
+            "hook.token = \"***\": environment variable `AGENTGATE_DOC_TEST_UNSET` is not set"
+        );
+        assert_eq!(
+            told("[hook]\ntoken = \"s3cr3t\"\n", true),
+            "hook.token = \"***\": is too short"
         );
     }
 

@@ -43,6 +43,7 @@
 
 #[cfg(feature = "toml")]
 mod document;
+mod secret;
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -51,6 +52,7 @@ use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
 
 #[cfg(feature = "toml")]
 pub use document::{join, merge, suggest, Document, Entry, Located, Span, Value};
+pub use secret::{expand_env, Secret};
 
 /// A config value that cannot work: which key, its value, and why.
 ///

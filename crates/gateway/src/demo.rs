@@ -1,17 +1,18 @@
-//! `agentgate demo`: four in-process mock agents (nlp, its backup, data, viz) behind a
-//! three-stage pipeline, with breakers quick enough to watch trip and recover — the
-//! agents, the embedded configuration and what is printed, in one place (the binary
-//! only binds the listeners and serves).
+//! `agentgate demo`: five in-process mock agents (nlp, its backup, data, viz, and an
+//! "llm" that streams its answer token by token) behind a four-stage pipeline, with
+//! breakers quick enough to watch trip and recover and tokens arriving live on the
+//! WebSocket and the dashboard — the agents, the embedded configuration and what is
+//! printed, in one place (the binary only binds the listeners and serves).
 
 use std::time::Duration;
 
-use agentgate_mock_agent::{Behavior, MockAgent};
+use agentgate_mock_agent::{Behavior, MockAgent, StreamMode};
 
 use crate::Config;
 
-/// The demo config; `{nlp}`, `{nlp_backup}`, `{data}`, `{viz}`, `{listen}` and
+/// The demo config; `{nlp}`, `{nlp_backup}`, `{data}`, `{viz}`, `{llm}`, `{listen}` and
 /// `{admin_listen}` are filled in by [`demo_config`].
-pub const DEMO_CONFIG: &str = r#"# agentgate demo: three stages, one flaky agent with a backup.
+pub const DEMO_CONFIG: &str = r#"# agentgate demo: four stages, one flaky agent with a backup, one that streams.
 [server]
 listen = "{listen}"
 admin_listen = "{admin_listen}"
@@ -47,6 +48,11 @@ url = "{data}"
 [agents.viz]
 url = "{viz}"
 
+# Streams its answer (SSE): each token is an `output` event on the WebSocket.
+[agents.llm]
+url = "{llm}"
+stream_idle_timeout = "5s"
+
 [pipelines.default]
 deadline = "10s"
 retry_allowance = 4
@@ -55,21 +61,29 @@ retry_allowance = 4
 name = "nlp_processing"
 agent = "nlp"
 path = "/process"
-weight = 30
+weight = 20
 fallback = [ { agent = "nlp_backup" }, { static = { intent = "unknown" } } ]
 
 [[pipelines.default.stages]]
 name = "data_retrieval"
 agent = "data"
 path = "/query"
-weight = 40
+weight = 30
 
 [[pipelines.default.stages]]
 name = "visualization"
 agent = "viz"
 path = "/render"
-weight = 30
+weight = 20
 optional = true
+
+[[pipelines.default.stages]]
+name = "answer"
+agent = "llm"
+path = "/v1/chat"
+weight = 30
+stream_result = "concat"
+fallback = [ { static = "(the llm is unavailable)" } ]
 "#;
 
 /// Addresses to fill into [`DEMO_CONFIG`].
@@ -87,6 +101,8 @@ pub struct DemoAddrs {
     pub data: String,
     /// Base URL of the viz mock.
     pub viz: String,
+    /// Base URL of the streaming llm mock.
+    pub llm: String,
 }
 
 /// The demo config with `addrs` filled in.
@@ -98,6 +114,7 @@ pub fn demo_config(addrs: &DemoAddrs) -> String {
         .replace("{nlp}", &addrs.nlp)
         .replace("{data}", &addrs.data)
         .replace("{viz}", &addrs.viz)
+        .replace("{llm}", &addrs.llm)
 }
 
 /// The demo's mock agents and its config, ready to serve. Dropping it stops the agents.
@@ -153,6 +170,16 @@ impl Demo {
             ..Behavior::default()
         })
         .await?;
+        // llm streams a canned answer, a word every 60 ms (SSE).
+        let llm = start(Behavior {
+            name: "llm".into(),
+            latency: Duration::from_millis(100),
+            stream: StreamMode::Sse,
+            stream_chunks: 30,
+            stream_interval: Duration::from_millis(60),
+            ..Behavior::default()
+        })
+        .await?;
         let addrs = DemoAddrs {
             listen: listen.to_string(),
             admin_listen: admin_listen.to_string(),
@@ -160,13 +187,14 @@ impl Demo {
             nlp_backup: nlp_backup.url(),
             data: data.url(),
             viz: viz.url(),
+            llm: llm.url(),
         };
         let config =
             Config::from_toml(&demo_config(&addrs), "<demo>").map_err(|e| e.to_string())?;
         Ok(Self {
             config,
             addrs,
-            _agents: vec![nlp, nlp_backup, data, viz],
+            _agents: vec![nlp, nlp_backup, data, viz, llm],
         })
     }
 
@@ -179,11 +207,12 @@ impl Demo {
             nlp_backup,
             data,
             viz,
+            llm,
         } = &self.addrs;
         format!(
             "agentgate demo\n\
-             \n  gateway    http://{listen}\n  query      curl -s -X POST http://{listen}/api/query -H 'content-type: application/json' -d '{{\"query\":\"show sales by region\"}}'\n  proxy      curl -s http://{listen}/agents/data/query\n  websocket  ws://{listen}/ws  (send {{\"type\":\"query\",\"query\":\"...\"}})\n  dashboard  http://{admin_listen}/dashboard\n  metrics    http://{admin_listen}/metrics\n  JSON       http://{admin_listen}/api/orchestration/metrics\n  breakers   http://{admin_listen}/api/orchestration/circuit-breakers\n\
-             \n  mock agents: nlp {nlp} (flaky: down 15 s every 45 s), nlp_backup {nlp_backup}, data {data}, viz {viz}\n  Ctrl-C stops everything.\n"
+             \n  gateway    http://{listen}\n  query      curl -s -X POST http://{listen}/api/query -H 'content-type: application/json' -d '{{\"query\":\"show sales by region\"}}'\n  proxy      curl -s http://{listen}/agents/data/query\n  stream     curl -N http://{listen}/agents/llm/v1/chat  (SSE through the proxy, event by event)\n  websocket  ws://{listen}/ws  (send {{\"type\":\"query\",\"query\":\"...\"}}: the llm's tokens arrive as output events)\n  dashboard  http://{admin_listen}/dashboard\n  metrics    http://{admin_listen}/metrics\n  JSON       http://{admin_listen}/api/orchestration/metrics\n  breakers   http://{admin_listen}/api/orchestration/circuit-breakers\n\
+             \n  mock agents: nlp {nlp} (flaky: down 15 s every 45 s), nlp_backup {nlp_backup}, data {data}, viz {viz}, llm {llm} (streams SSE)\n  Ctrl-C stops everything.\n"
         )
     }
 }

@@ -269,6 +269,10 @@ impl ApiError {
         let message = match kind {
             ErrorKind::Timeout => format!("agent `{agent}` did not answer in time"),
             ErrorKind::Connect => format!("could not connect to agent `{agent}`"),
+            ErrorKind::Tls => {
+                tracing::warn!(agent, error = %err, "TLS handshake with agent failed");
+                format!("the TLS handshake with agent `{agent}` failed")
+            }
             other => {
                 tracing::warn!(agent, error = %err, "agent call failed");
                 format!("agent `{agent}` failed ({other})")

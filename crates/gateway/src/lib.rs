@@ -10,6 +10,8 @@
 //! - [`ws`]: `GET /ws` — queries, live progress, replay and metrics over a WebSocket.
 //! - [`server`]: [`run`]`(listener, admin_listener, config, shutdown)` — what the binary
 //!   calls and what tests start in-process on `127.0.0.1:0`.
+//! - [`transitions`]: the recent breaker transitions of every agent, kept so that a
+//!   dashboard opened after a trip still shows it.
 //! - [`demo`]: `agentgate demo`: its mock agents, its embedded config, what it prints.
 
 pub mod admission;
@@ -22,6 +24,7 @@ pub mod fuzz;
 pub mod routes;
 pub mod server;
 mod state;
+pub mod transitions;
 pub mod ws;
 
 pub use config::{Config, ConfigError};

@@ -7,20 +7,22 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use agentgate_agent_client::AgentClient;
-use agentgate_circuit_breaker::State as BreakerState;
+use agentgate_agent_client::{AgentClient, LATENCY_BUCKETS};
 use agentgate_pipeline::{Engine, EngineSettings};
 use agentgate_progress::{Backend, HubConfig, MemoryHub};
 use agentgate_progress_redis::{RedisBackend, RedisSettings};
 use axum::extract::ConnectInfo;
 use axum::Router;
+use http::uri::Scheme;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::admission::{Counted, StallTimeout, OVERLOAD_REJECTED};
@@ -31,10 +33,6 @@ use crate::AppState;
 /// How long a client may take to send a request's head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// At shutdown, how long WebSocket connections may at least take to deliver the last
-/// terminal events once running queries have ended.
-const WS_FLUSH_MIN: Duration = Duration::from_secs(2);
-
 /// How often the Prometheus recorder's histogram samples are folded into buckets.
 ///
 /// The recorder keeps every histogram sample it is given until it is drained: by a
@@ -44,10 +42,9 @@ const WS_FLUSH_MIN: Duration = Duration::from_secs(2);
 /// MEMORY=1`).
 const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// Histogram buckets for agent and query latencies: 1 ms … 60 s.
-const LATENCY_BUCKETS: [f64; 15] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
+/// At shutdown, how long WebSocket connections may at least take to deliver the last
+/// terminal events once running queries have ended.
+const WS_FLUSH_MIN: Duration = Duration::from_secs(2);
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +63,9 @@ pub enum GatewayError {
     /// A client's key could not be read (`key_env` unset since the config was checked).
     #[error("{0}")]
     Auth(#[from] agentgate_config::Invalid),
+    /// `[server.tls]` cannot be used (its files changed since the config was read).
+    #[error("server.{0}")]
+    Tls(agentgate_config::Invalid),
     /// Listening failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -78,6 +78,7 @@ pub fn prometheus() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
+                // Agent and query latencies alike: 1 ms … 60 s.
                 .set_buckets_for_metric(
                     Matcher::Suffix("duration_seconds".into()),
                     &LATENCY_BUCKETS,
@@ -102,6 +103,10 @@ fn describe_metrics() {
     agentgate_progress_redis::describe_metrics();
     crate::auth::describe_metrics();
     metrics::describe_gauge!("agentgate_health_score", "Health score 0..100");
+    metrics::describe_gauge!(
+        "agentgate_health_status",
+        "1 for the current health status (healthy, degraded, unhealthy), else 0"
+    );
 }
 
 /// Builds the gateway's state from `config`: one client per agent, the progress
@@ -138,6 +143,8 @@ pub fn build_state(config: Config) -> Result<AppState, GatewayError> {
         backend,
         EngineSettings {
             retention: config.server.query_retention,
+            // One line or event of a streamed stage answer is bounded like a request body.
+            max_chunk_bytes: config.server.max_body_bytes,
             max_running: config.server.max_running_queries,
             ..EngineSettings::default()
         },
@@ -166,8 +173,18 @@ pub async fn serve(
     admin_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), GatewayError> {
-    let mut loggers = spawn_transition_logs(&state);
-    loggers.push(tokio::spawn(metrics_upkeep(state.prometheus().clone())));
+    let tls = match &state.config().server.tls {
+        Some(tls) => {
+            let config = tls
+                .server_config(&[b"h2", b"http/1.1"])
+                .map_err(|p| GatewayError::Tls(p.within("tls")))?;
+            Some(TlsAcceptor::from(config))
+        }
+        None => None,
+    };
+    // Every transition is logged and kept from now on (the dashboard lists them).
+    let mut recorders = state.transitions().spawn_recorders();
+    recorders.push(tokio::spawn(metrics_upkeep(state.prometheus().clone())));
     let (stop_tx, stop_rx) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
     let server = &state.config().server;
@@ -177,6 +194,7 @@ pub async fn serve(
     };
     let mut accept = vec![tokio::spawn(accept_loop(
         listener,
+        tls,
         public_app(state.clone()),
         public,
         stop_rx.clone(),
@@ -190,6 +208,7 @@ pub async fn serve(
         };
         accept.push(tokio::spawn(accept_loop(
             admin,
+            None,
             admin_app(state.clone()),
             admin_limits,
             stop_rx.clone(),
@@ -214,7 +233,7 @@ pub async fn serve(
     for task in accept {
         let _ = task.await;
     }
-    for task in loggers {
+    for task in recorders {
         task.abort();
     }
     // What other replicas should still get of this one's last queries goes out now.
@@ -239,8 +258,13 @@ struct Limits {
     body_read_timeout: Duration,
 }
 
+/// Accepts connections on `listener` until `stop`; with `tls`, each one's handshake
+/// runs in its own task (a slow client never holds up the accept loop), bounded by
+/// the header read timeout, before HTTP (1.1, or 2 by ALPN) is served over it. Beyond
+/// the connection cap a new connection is closed at once (before any handshake).
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     app: Router,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
@@ -248,12 +272,15 @@ async fn accept_loop(
 ) {
     let refused = metrics::counter!(OVERLOAD_REJECTED, "scope" => "connections");
     let unlimited = Arc::new(AtomicUsize::new(0));
+    let body_timeout = limits.body_read_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
+    // WebSockets over HTTP/2 (RFC 8441), for clients that negotiated h2 by ALPN.
+    builder.http2().enable_connect_protocol();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -280,20 +307,61 @@ async fn accept_loop(
             None => Counted::admit(stream, &unlimited, usize::MAX).expect("no cap"),
         };
         let _ = stream.get_ref().set_nodelay(true);
-        let app = app.clone();
-        let body_timeout = limits.body_read_timeout;
-        let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-            app.clone()
-                .oneshot(req.map(|body| StallTimeout::new(body, body_timeout)))
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let Some(tls) = &tls else {
+            let conn = connection(&builder, stream, &app, peer, None, body_timeout, &graceful);
+            tokio::spawn(conn);
+            continue;
+        };
+        let (tls, builder, app, graceful) =
+            (tls.clone(), builder.clone(), app.clone(), graceful.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let https = Some(Scheme::HTTPS);
+                    let conn =
+                        connection(&builder, stream, &app, peer, https, body_timeout, &graceful);
+                    // Only the connection is watched from here: shutdown waits for no
+                    // handshake task.
+                    drop(graceful);
+                    conn.await;
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// Serves one connection (watched for graceful shutdown) with `app`; requests carry
+/// the peer's address and, over TLS, the `https` scheme (for `x-forwarded-proto`), and
+/// their bodies fail once they stall for `body_timeout`.
+fn connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    app: &Router,
+    peer: SocketAddr,
+    scheme: Option<Scheme>,
+    body_timeout: Duration,
+    graceful: &GracefulShutdown,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let app = app.clone();
+    let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+        if let Some(scheme) = &scheme {
+            req.extensions_mut().insert(scheme.clone());
+        }
+        app.clone()
+            .oneshot(req.map(|body| StallTimeout::new(body, body_timeout)))
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let conn = graceful.watch(conn.into_owned());
+    async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
+        }
     }
 }
 
@@ -305,36 +373,4 @@ async fn metrics_upkeep(handle: PrometheusHandle) {
         every.tick().await;
         handle.run_upkeep();
     }
-}
-
-/// Logs every breaker transition: `warn` when a breaker opens, `info` otherwise.
-fn spawn_transition_logs(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
-    state
-        .engine()
-        .agents()
-        .values()
-        .map(|agent| {
-            let mut events = agent.breaker().subscribe();
-            tokio::spawn(async move {
-                loop {
-                    match events.recv().await {
-                        Ok(t) => {
-                            if matches!(t.to, BreakerState::Open | BreakerState::ForcedOpen) {
-                                tracing::warn!(agent = %t.agent, from = %t.from, to = %t.to, reason = %t.reason,
-                                    calls_in_window = t.calls_in_window, failure_rate = t.failure_rate,
-                                    consecutive_failures = t.consecutive_failures, "circuit breaker opened");
-                            } else {
-                                tracing::info!(agent = %t.agent, from = %t.from, to = %t.to, reason = %t.reason,
-                                    "circuit breaker transition");
-                            }
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                            tracing::warn!(skipped = n, "breaker transition log fell behind");
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                    }
-                }
-            })
-        })
-        .collect()
 }

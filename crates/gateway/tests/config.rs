@@ -80,6 +80,7 @@ fn spec_example_gives_the_spec_values() {
             max_connections: 25_000,
             body_read_timeout: Duration::from_secs(30),
             ws_allowed_origins: vec![],
+            tls: None,
         }
     );
     assert_eq!(c.admin.token_env, "AGENTGATE_ADMIN_TOKEN");
@@ -821,9 +822,9 @@ budget_ratio = -0.5
 #[test]
 fn agent_urls() {
     let cases: &[(&str, usize, &str)] = &[
-        (r#""https://a:7001""#, 7, "agents.a.url = \"https://a:7001\": only http:// agents are supported; write e.g. \"http://127.0.0.1:7001\""),
-        (r#""127.0.0.1:7001""#, 7, "agents.a.url = \"127.0.0.1:7001\": must be an absolute http:// URL; write e.g. \"http://127.0.0.1:7001\""),
-        (r#""http://a/?x=1""#, 7, "agents.a.url = \"http://a/?x=1\": must not have a query string; write e.g. \"http://127.0.0.1:7001\""),
+        (r#""ftp://a:7001""#, 7, "agents.a.url = \"ftp://a:7001\": must be an http:// or https:// URL; write e.g. \"http://127.0.0.1:7001\" or \"https://llm.internal:8443\""),
+        (r#""127.0.0.1:7001""#, 7, "agents.a.url = \"127.0.0.1:7001\": must be an absolute http:// or https:// URL; write e.g. \"http://127.0.0.1:7001\" or \"https://llm.internal:8443\""),
+        (r#""http://a/?x=1""#, 7, "agents.a.url = \"http://a/?x=1\": must not have a query string; write e.g. \"http://127.0.0.1:7001\" or \"https://llm.internal:8443\""),
     ];
     for &(url, col, message) in cases {
         fails(&format!("[agents.a]\nurl = {url}\n"), 2, col, message);
@@ -1282,4 +1283,134 @@ fn unknown_keys_get_hints_from_the_struct_that_rejects_them() {
         ),
     ];
     fails_with_an_agent(cases);
+}
+
+// === SPEC §6: https agents, headers, http_version, tls ===
+
+#[test]
+fn real_agent_keys_are_read_and_secrets_never_shown() {
+    let pki = agentgate_tls::test_util::TestPki::new();
+    let client = pki.client("gateway");
+    let server = pki.server(&["localhost"]);
+    // PATH: a variable every test environment has (set_var would race other tests).
+    let path = std::env::var("PATH").unwrap();
+    let c = ok(&format!(
+        r#"
+[server.tls]
+cert_file = {:?}
+key_file = {:?}
+[defaults]
+headers = {{ x-team = "nlp" }}
+[agents.llm]
+url = "https://llm.internal:8443/v1"
+headers = {{ authorization = "Bearer ${{PATH}}" }}
+http_version = "2"
+[agents.llm.tls]
+ca_file = {:?}
+client_cert_file = {:?}
+client_key_file = {:?}
+server_name = "llm.internal"
+"#,
+        server.cert_file,
+        server.key_file,
+        pki.ca_file(),
+        client.cert_file,
+        client.key_file
+    ));
+    let llm = &c.agents["llm"];
+    assert_eq!(llm.url, "https://llm.internal:8443/v1");
+    assert_eq!(llm.http_version, agentgate_agent_client::HttpVersion::Http2);
+    assert_eq!(llm.tls.server_name.as_deref(), Some("llm.internal"));
+    let headers = llm.header_map().unwrap();
+    assert_eq!(headers["authorization"], format!("Bearer {path}").as_str());
+    assert_eq!(headers["x-team"], "nlp", "inherited from [defaults]");
+    assert!(c.server.tls.is_some());
+    let summary = c.summary();
+    assert!(summary.contains("listen 127.0.0.1:8080 (tls)"), "{summary}");
+    for shown in [summary, format!("{c:?}")] {
+        assert!(!shown.contains(&path), "{shown}");
+        assert!(!shown.contains("Bearer"), "{shown}");
+    }
+}
+
+#[test]
+fn real_agent_key_errors() {
+    fails(
+        r#"
+[agents.a]
+url = "https://a"
+headers = { authorization = "Bearer ${AGENTGATE_CONFIG_TEST_UNSET}" }
+"#,
+        3,
+        29,
+        "agents.a.headers.authorization = \"***\": environment variable `AGENTGATE_CONFIG_TEST_UNSET` is not set",
+    );
+    // A literal secret with a control character: told, never shown.
+    fails(
+        r#"
+[agents.a]
+url = "https://a"
+headers = { x-key = "s3cr3t\nx" }
+"#,
+        3,
+        21,
+        "agents.a.headers.x-key = \"***\": must be visible ASCII (no control characters such as newlines)",
+    );
+    fails(
+        r#"
+[defaults]
+headers = { host = "x" }
+[agents.a]
+url = "https://a"
+"#,
+        2,
+        20,
+        "defaults.headers.host: is set by agentgate itself and cannot be configured",
+    );
+    fails(
+        r#"
+[agents.a]
+url = "https://a"
+http_version = "3"
+"#,
+        3,
+        16,
+        "agents.a.http_version = \"3\": expected \"auto\", \"1.1\" or \"2\"",
+    );
+    fails_with_prefix(
+        r#"
+[agents.a]
+url = "https://a"
+[agents.a.tls]
+ca_file = "/nonexistent/ca.pem"
+"#,
+        4,
+        11,
+        "agents.a.tls.ca_file = \"/nonexistent/ca.pem\": cannot be read (",
+    );
+    fails(
+        r#"
+[agents.a]
+url = "https://a"
+[agents.a.tls]
+sni = "a"
+"#,
+        4,
+        1,
+        "unknown key `sni` in [agents.a.tls]",
+    );
+    let pki = agentgate_tls::test_util::TestPki::new();
+    let (one, two) = (pki.server(&["localhost"]), pki.server(&["localhost"]));
+    fails_with_prefix(
+        &format!(
+            "\n[server.tls]\ncert_file = {:?}\nkey_file = {:?}\n[agents.a]\nurl = \"http://a\"\n",
+            one.cert_file, two.key_file
+        ),
+        3,
+        12,
+        &format!(
+            "server.tls.key_file = {:?}: does not match cert_file (",
+            two.key_file
+        ),
+    );
 }

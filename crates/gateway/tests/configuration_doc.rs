@@ -16,6 +16,7 @@ use agentgate_gateway::config::{
 };
 use agentgate_pipeline::{PipelineConfig, StageConfig};
 use agentgate_retry::RetryConfig;
+use agentgate_tls::{ClientTlsConfig, ServerTlsConfig};
 use serde::de::DeserializeOwned;
 
 /// One row of a table: the key and its default as written (`None` for "(required)",
@@ -76,8 +77,12 @@ fn keys_of<T: DeserializeOwned>(required: &str) -> BTreeSet<String> {
 #[test]
 fn every_key_is_documented_and_every_documented_key_exists() {
     let tables = tables(&doc());
-    let sections: [(&str, BTreeSet<String>); 10] = [
+    let sections: [(&str, BTreeSet<String>); 12] = [
         ("`[server]`", keys_of::<ServerConfig>("")),
+        (
+            "`[server.tls]`",
+            keys_of::<ServerTlsConfig>("cert_file = \"a\"\nkey_file = \"b\""),
+        ),
         ("`[admin]`", keys_of::<AdminConfig>("")),
         ("`[auth]`", keys_of::<AuthConfig>("")),
         (
@@ -96,6 +101,10 @@ fn every_key_is_documented_and_every_documented_key_exists() {
         (
             "`retry` (of `[defaults]` or `[agents.NAME]`)",
             keys_of::<RetryConfig>(""),
+        ),
+        (
+            "`tls` (of `[defaults]` or `[agents.NAME]`)",
+            keys_of::<ClientTlsConfig>(""),
         ),
         ("`[pipelines.NAME]`", keys_of::<PipelineConfig>("")),
         ("`[[pipelines.NAME.stages]]`", keys_of::<StageConfig>("")),

@@ -36,6 +36,16 @@ async fn not_found_agent() -> std::net::SocketAddr {
     addr
 }
 
+/// A gateway state with one agent `a` (answering 404) in a one-stage pipeline.
+async fn one_agent_gateway() -> AppState {
+    let addr = not_found_agent().await;
+    let toml = format!(
+        "[agents.a]\nurl = \"http://{addr}\"\n[pipelines.default]\n\
+         [[pipelines.default.stages]]\nname = \"s\"\nagent = \"a\"\n"
+    );
+    build_state(Config::from_toml(&toml, "health.toml").unwrap()).unwrap()
+}
+
 async fn health(state: &AppState) -> Value {
     let req = Request::get("/api/orchestration/health")
         .body(axum::body::Body::empty())
@@ -47,12 +57,7 @@ async fn health(state: &AppState) -> Value {
 
 #[tokio::test(start_paused = true)]
 async fn a_burst_of_failures_stops_lowering_the_score_once_it_leaves_the_window() {
-    let addr = not_found_agent().await;
-    let toml = format!(
-        "[agents.a]\nurl = \"http://{addr}\"\n[pipelines.default]\n\
-         [[pipelines.default.stages]]\nname = \"s\"\nagent = \"a\"\n"
-    );
-    let state = build_state(Config::from_toml(&toml, "health.toml").unwrap()).unwrap();
+    let state = one_agent_gateway().await;
     assert_eq!(health(&state).await["score"], 100);
 
     for _ in 0..3 {
@@ -78,4 +83,54 @@ async fn a_burst_of_failures_stops_lowering_the_score_once_it_leaves_the_window(
     );
     assert_eq!(after["reasons"], Value::Array(vec![]));
     assert_eq!(state.engine().stats().failed, 3);
+}
+
+async fn metrics_text(state: &AppState) -> String {
+    let req = Request::get("/metrics")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let res = admin_app(state.clone()).oneshot(req).await.unwrap();
+    String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+}
+
+/// The value of `agentgate_health_status{status="…"}` for each status, in order.
+fn status_gauges(text: &str) -> Vec<(String, f64)> {
+    ["healthy", "degraded", "unhealthy"]
+        .iter()
+        .map(|s| {
+            let prefix = format!("agentgate_health_status{{status=\"{s}\"}} ");
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in\n{text}"));
+            ((*s).to_owned(), value.trim().parse().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_status_gauge_is_one_hot_for_alerts() {
+    let state = one_agent_gateway().await;
+    let one_hot = |want: &str| -> Vec<(String, f64)> {
+        ["healthy", "degraded", "unhealthy"]
+            .iter()
+            .map(|s| ((*s).to_owned(), if *s == want { 1.0 } else { 0.0 }))
+            .collect()
+    };
+    assert_eq!(
+        status_gauges(&metrics_text(&state).await),
+        one_hot("healthy")
+    );
+    // The only agent of a required stage is open: unhealthy (AgentgateRequiredStageDown).
+    let breaker = state.agent("a").unwrap().breaker();
+    breaker.force_open(None);
+    assert_eq!(
+        status_gauges(&metrics_text(&state).await),
+        one_hot("unhealthy")
+    );
+    breaker.reset();
+    assert_eq!(
+        status_gauges(&metrics_text(&state).await),
+        one_hot("healthy")
+    );
 }

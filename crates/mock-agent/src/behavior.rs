@@ -23,7 +23,10 @@ use serde::{Deserialize, Serialize};
 /// 4. **throttle** (`throttle_rate`) — `throttle_status` with `Retry-After: retry_after`.
 /// 5. **error** (`error_rate`) — `error_status` with `{"error": "injected"}`.
 /// 6. **bad JSON** (`bad_json_rate`) — `200` with `text/plain` `this is not json`.
-/// 7. otherwise the normal JSON echo.
+/// 7. otherwise the normal JSON echo; or, with `stream`, `stream_chunks` chunks one
+///    `stream_interval` apart (the connection broken after `stream_break_after` of
+///    them); or, for a request with `Upgrade: websocket`, a WebSocket that echoes every
+///    text and binary message.
 ///
 /// Transport faults come first because they pre-empt any answer; among the answers the
 /// explicit back-pressure signal (throttle) wins over a generic error, and the "successful
@@ -96,6 +99,39 @@ pub struct Behavior {
     /// Seed for the random draws; the same seed gives the same sequence of faults.
     #[arg(long, value_name = "SEED")]
     pub seed: Option<u64>,
+
+    /// Answer successful requests with a stream of chunks instead of one JSON body:
+    /// `sse` (`text/event-stream`, ending with `data: [DONE]`) or `ndjson`
+    /// (`application/x-ndjson`). Each chunk is `{"index","delta","ts_us"}`: a word of a
+    /// canned answer and the wall-clock time it was written (µs since the Unix epoch).
+    #[arg(long, value_enum, default_value = "none", value_name = "MODE")]
+    pub stream: StreamMode,
+
+    /// Chunks in a streamed answer.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub stream_chunks: u32,
+
+    /// Pause before each chunk of a streamed answer.
+    #[arg(long, default_value = "50ms", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
+    pub stream_interval: Duration,
+
+    /// Break the connection after this many chunks of a streamed answer.
+    #[arg(long, value_name = "N")]
+    pub stream_break_after: Option<u32>,
+}
+
+/// `stream`: how the mock agent answers successful requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamMode {
+    /// One JSON body (the echo).
+    #[default]
+    None,
+    /// Server-sent events.
+    Sse,
+    /// Newline-delimited JSON.
+    Ndjson,
 }
 
 /// Why a [`Behavior`] was rejected by [`Behavior::validate`].
@@ -171,6 +207,10 @@ impl Default for Behavior {
             outage_down: Duration::ZERO,
             outage_every: Duration::ZERO,
             seed: None,
+            stream: StreamMode::None,
+            stream_chunks: 10,
+            stream_interval: Duration::from_millis(50),
+            stream_break_after: None,
         }
     }
 }

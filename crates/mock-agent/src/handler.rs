@@ -4,15 +4,23 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use futures_util::{SinkExt, StreamExt};
+use http::header::{
+    HeaderName, HeaderValue, ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE,
+    RETRY_AFTER, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE,
+};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
 
 use crate::body::MockBody;
 use crate::fault::{retry_after_secs, Fault};
 use crate::state::{Plan, Shared};
+use crate::StreamMode;
 
 /// The control endpoint; `/_mock/stats` lives under it.
 pub(crate) const CONTROL_PATH: &str = "/_mock";
@@ -54,7 +62,7 @@ pub(crate) async fn handle(
 
 async fn agent(shared: &Shared, req: Request<Incoming>) -> Response<MockBody> {
     shared.counters().request();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let body = match read_body(body).await {
         Ok(body) => body,
         Err(res) => return res,
@@ -126,6 +134,26 @@ async fn agent(shared: &Shared, req: Request<Incoming>) -> Response<MockBody> {
                 .insert(CONTENT_LENGTH, HeaderValue::from(len));
             res
         }
+        Fault::None | Fault::Outage { .. } | Fault::Hang if wants_websocket(&parts.headers) => {
+            websocket_echo(&mut parts)
+        }
+        Fault::None | Fault::Outage { .. } | Fault::Hang if behavior.stream != StreamMode::None => {
+            let mut res = Response::new(MockBody::stream(
+                behavior.stream,
+                behavior.stream_chunks,
+                behavior.stream_interval,
+                behavior.stream_break_after,
+            ));
+            let media = match behavior.stream {
+                StreamMode::Sse => "text/event-stream",
+                _ => "application/x-ndjson",
+            };
+            res.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(media));
+            res.headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            res
+        }
         Fault::None | Fault::Outage { .. } | Fault::Hang => {
             let echo = echo(
                 &behavior.name,
@@ -137,6 +165,51 @@ async fn agent(shared: &Shared, req: Request<Incoming>) -> Response<MockBody> {
             json_response(StatusCode::OK, &echo)
         }
     }
+}
+
+/// Whether the request asks for a WebSocket (`Upgrade: websocket`).
+fn wants_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Accepts the WebSocket handshake (101) and echoes every text and binary message on
+/// the upgraded connection until the client closes it.
+fn websocket_echo(parts: &mut http::request::Parts) -> Response<MockBody> {
+    let (Some(key), Some(on_upgrade)) = (
+        parts.headers.get(SEC_WEBSOCKET_KEY),
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+    ) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "a WebSocket handshake needs Sec-WebSocket-Key (and an HTTP/1.1 connection)",
+        );
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let io = hyper_util::rt::TokioIo::new(upgraded);
+        let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut res = Response::new(MockBody::full(Bytes::new()));
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = res.headers_mut();
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    res
 }
 
 /// The normal answer: what the agent received, and an `output` a pipeline stage can use.

@@ -1,8 +1,9 @@
 //! A scriptable, fault-injecting HTTP agent.
 //!
 //! agentgate exists to survive agents that are slow, flaky, throttling or down. This crate
-//! is such an agent, on demand: a real hyper server on a TCP listener (HTTP/1.1,
-//! keep-alive) whose latency and failures follow a [`Behavior`]. The layer tests, the
+//! is such an agent, on demand: a real hyper server on a TCP listener (HTTP/1.1 with
+//! keep-alive, or HTTP/2; plain or over TLS with [`MockAgent::start_tls`] or
+//! `--tls-cert/--tls-key`) whose latency and failures follow a [`Behavior`]. The layer tests, the
 //! end-to-end tests, the benchmarks and `agentgate demo` start it in-process with
 //! [`MockAgent::start`]; `agentgate mock-agent` runs it on its own through [`serve`] and
 //! [`MockAgentArgs`], so users can test their own setups against it.
@@ -66,6 +67,6 @@ mod state;
 mod stats;
 
 pub use args::MockAgentArgs;
-pub use behavior::{Behavior, BehaviorError};
-pub use server::{serve, MockAgent};
+pub use behavior::{Behavior, BehaviorError, StreamMode};
+pub use server::{serve, serve_tls, MockAgent};
 pub use stats::Stats;

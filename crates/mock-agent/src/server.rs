@@ -7,12 +7,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use agentgate_tls::rustls::ServerConfig;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 
 use crate::handler::handle;
 use crate::state::Shared;
@@ -25,6 +28,7 @@ use crate::{Behavior, BehaviorError, Stats};
 /// connection task (including hung requests), so tests never leak servers.
 pub struct MockAgent {
     addr: SocketAddr,
+    tls: bool,
     shared: Arc<Shared>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -46,16 +50,39 @@ impl MockAgent {
     ///
     /// Fails with [`io::ErrorKind::InvalidInput`] when `behavior` does not validate.
     pub async fn start_on(listener: TcpListener, behavior: Behavior) -> io::Result<MockAgent> {
+        Self::start_with(listener, behavior, None).await
+    }
+
+    /// Starts an agent on `127.0.0.1` that speaks TLS with `tls` (HTTP/2 when the
+    /// client picks `h2` by ALPN and `tls` offers it).
+    pub async fn start_tls(behavior: Behavior, tls: Arc<ServerConfig>) -> io::Result<MockAgent> {
+        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+        Self::start_with(listener, behavior, Some(tls)).await
+    }
+
+    async fn start_with(
+        listener: TcpListener,
+        behavior: Behavior,
+        tls: Option<Arc<ServerConfig>>,
+    ) -> io::Result<MockAgent> {
         behavior.validate().map_err(invalid_input)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(behavior));
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(accept_loop(listener, shared.clone(), async move {
-            // A dropped sender also means "stop".
-            let _ = rx.await;
-        }));
+        let is_tls = tls.is_some();
+        let acceptor = tls.map(TlsAcceptor::from);
+        let task = tokio::spawn(accept_loop(
+            listener,
+            acceptor,
+            shared.clone(),
+            async move {
+                // A dropped sender also means "stop".
+                let _ = rx.await;
+            },
+        ));
         Ok(MockAgent {
             addr,
+            tls: is_tls,
             shared,
             shutdown: Some(tx),
             task: Some(task),
@@ -67,9 +94,11 @@ impl MockAgent {
         self.addr
     }
 
-    /// The agent's base URL, e.g. `http://127.0.0.1:40123` (no trailing slash).
+    /// The agent's base URL, e.g. `http://127.0.0.1:40123` (`https://` with TLS; no
+    /// trailing slash).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The current behavior.
@@ -129,18 +158,47 @@ pub async fn serve<F>(listener: TcpListener, behavior: Behavior, shutdown: F) ->
 where
     F: Future<Output = ()>,
 {
+    serve_tls(listener, behavior, None, shutdown).await
+}
+
+/// [`serve`], speaking TLS with `tls` when given (`agentgate mock-agent --tls-cert …
+/// --tls-key …`).
+pub async fn serve_tls<F>(
+    listener: TcpListener,
+    behavior: Behavior,
+    tls: Option<Arc<ServerConfig>>,
+    shutdown: F,
+) -> io::Result<()>
+where
+    F: Future<Output = ()>,
+{
     behavior.validate().map_err(invalid_input)?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, agent = %behavior.name, "mock agent listening");
-    accept_loop(listener, Arc::new(Shared::new(behavior)), shutdown).await;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, agent = %behavior.name, "mock agent listening");
+    let acceptor = tls.map(TlsAcceptor::from);
+    accept_loop(
+        listener,
+        acceptor,
+        Arc::new(Shared::new(behavior)),
+        shutdown,
+    )
+    .await;
     tracing::info!(%addr, "mock agent stopped");
     Ok(())
 }
 
+/// How long a client may take over the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accepts connections until `shutdown` resolves. Each connection runs in `connections`,
 /// which aborts them all when it is dropped on the way out.
-async fn accept_loop<F>(listener: TcpListener, shared: Arc<Shared>, shutdown: F)
-where
+async fn accept_loop<F>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    shutdown: F,
+) where
     F: Future<Output = ()>,
 {
     let mut connections = JoinSet::new();
@@ -155,14 +213,15 @@ where
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let shared = shared.clone();
+                    let tls = tls.clone();
                     connections.spawn(async move {
-                        let service = service_fn(move |req| handle(shared.clone(), req));
-                        let conn = http1::Builder::new()
-                            .keep_alive(true)
-                            .serve_connection(TokioIo::new(stream), service);
-                        if let Err(e) = conn.await {
-                            // Injected resets end here on purpose; nothing to report loudly.
-                            tracing::debug!(%peer, error = %e, "mock agent connection ended");
+                        let Some(tls) = tls else {
+                            return serve_connection(stream, shared, peer).await;
+                        };
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => serve_connection(stream, shared, peer).await,
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         }
                     });
                 }
@@ -178,6 +237,23 @@ where
         }
     }
     connections.abort_all();
+}
+
+/// Serves one connection: HTTP/1.1, or HTTP/2 (by ALPN over TLS, by its preface
+/// otherwise).
+async fn serve_connection<I>(io: I, shared: Arc<Shared>, peer: SocketAddr)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| handle(shared.clone(), req));
+    let builder = auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .await
+    {
+        // Injected resets end here on purpose; nothing to report loudly.
+        tracing::debug!(%peer, error = %e, "mock agent connection ended");
+    }
 }
 
 fn is_per_connection(e: &io::Error) -> bool {

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use agentgate_agent_client::AgentBody;
+use agentgate_agent_client::{AgentBody, StageAnswer};
 use agentgate_classify::{
     cause_ref, is_failure_status, AttemptLedger, AttemptObserver, AttemptRecord, Rejected,
     Rejection,
@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::query::QueryRun;
 use crate::record::{millis, AttemptJson};
+use crate::stream::StreamAt;
 use crate::ErrorKind;
 
 /// How a call ended when it produced no output.
@@ -133,7 +134,7 @@ impl QueryRun {
             progress_end: progress.1,
         });
 
-        let result = tokio::time::timeout_at(self.deadline, client.call_json(req)).await;
+        let result = tokio::time::timeout_at(self.deadline, client.call_stage(req)).await;
 
         let records = ledger.records();
         attempts.extend(records.iter().map(AttemptJson::from_record));
@@ -171,9 +172,20 @@ impl QueryRun {
                     format!("agent `{agent}` did not answer before the query deadline"),
                 )
             }
-            Ok(Ok(res)) if res.status().is_success() => {
-                Call::Output(JsonText::from(res.into_body()))
-            }
+            Ok(Ok(res)) if res.status().is_success() => match res.into_body() {
+                StageAnswer::Json(value) => Call::Output(JsonText::from(value)),
+                StageAnswer::Stream(stream) => {
+                    let at = StreamAt {
+                        stage: &stage.name,
+                        agent,
+                        attempt: made.max(1),
+                        progress_end: progress.1,
+                        max_bytes: client.config().max_response_bytes,
+                    };
+                    self.read_stream(at, stream, stage.stream_result, attempts)
+                        .await
+                }
+            },
             Ok(Ok(res)) => {
                 let status = res.status();
                 Call::Failed(Failure {
@@ -211,6 +223,11 @@ impl QueryRun {
                 tracing::debug!(query_id = %self.query_id, stage = %stage.name, agent, error = %err, "stage call failed");
                 let reason = match kind {
                     ErrorKind::Connect => format!("could not connect to agent `{agent}`"),
+                    ErrorKind::Tls => {
+                        // A certificate or trust problem: the operator's to fix.
+                        tracing::warn!(agent, error = %err, "TLS handshake with agent failed");
+                        format!("the TLS handshake with agent `{agent}` failed")
+                    }
                     ErrorKind::Timeout => format!("agent `{agent}` timed out"),
                     ErrorKind::Reset => format!("the connection to agent `{agent}` broke"),
                     ErrorKind::BadResponse => {
@@ -224,7 +241,7 @@ impl QueryRun {
     }
 }
 
-fn failed(kind: ErrorKind, message: String) -> Call {
+pub(crate) fn failed(kind: ErrorKind, message: String) -> Call {
     Call::Failed(Failure {
         kind,
         message,

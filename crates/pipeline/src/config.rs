@@ -42,6 +42,23 @@ pub struct StageConfig {
     /// Tried in order when the stage fails after its retries or its breaker is open.
     #[serde(default, deserialize_with = "fallbacks")]
     pub fallback: Vec<Fallback>,
+    /// What the stage's output is when its agent streams its answer (SPEC §6).
+    #[serde(default)]
+    pub stream_result: StreamResult,
+}
+
+/// `stream_result`: a streamed answer's chunks made into the stage's output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamResult {
+    /// `"array"` (default): every chunk, in order (`[]` when there was none).
+    #[default]
+    Array,
+    /// `"last"`: the last chunk (`null` when there was none).
+    Last,
+    /// `"concat"`: one string, the string chunks and the `text`, `delta` or `content`
+    /// string field of object chunks joined (`""` when there was none).
+    Concat,
 }
 
 /// A fallback: another agent (same path and body), or a static output. Written
@@ -245,9 +262,15 @@ mod tests {
             weight = 30
             optional = false
             fallback = [ { agent = "nlp_backup" }, { static = { intent = "unknown" } } ]
+            [[stages]]
+            name = "answer"
+            agent = "nlp"
+            stream_result = "concat"
             "#,
         )
         .unwrap();
+        assert_eq!(p.stages[0].stream_result, StreamResult::Array);
+        assert_eq!(p.stages[1].stream_result, StreamResult::Concat);
         assert_eq!(
             p.stages[0].fallback[0],
             Fallback::Agent("nlp_backup".into())
@@ -327,6 +350,10 @@ mod tests {
         let stage = "[[stages]]\nname = \"a\"\nagent = \"nlp\"\n";
         for (src, want) in [
             ("retries = 2", "unknown field `retries`"),
+            (
+                "stream_result = \"first\"",
+                "unknown variant `first`, expected one of `array`, `last`, `concat`",
+            ),
             (
                 "fallback = [ {} ]",
                 "expected { agent = \"NAME\" } or { static = VALUE }",

@@ -65,6 +65,9 @@ pub struct EngineSettings {
     pub max_record_bytes: usize,
     /// The pipeline of queries that name none.
     pub default_pipeline: String,
+    /// The longest line or event of a streamed stage answer (`[server] max_body_bytes`);
+    /// a longer one fails the stage with `bad_response`.
+    pub max_chunk_bytes: usize,
     /// Queries running at once, all clients together; beyond, [`SubmitError::Overloaded`]
     /// (`[server] max_running_queries`). Bounds the memory an async submit loop can take.
     pub max_running: usize,
@@ -159,6 +162,7 @@ impl Default for EngineSettings {
             max_record_bytes: 64 * 1024 * 1024,
             default_pipeline: "default".to_owned(),
             max_running: 10_000,
+            max_chunk_bytes: 1024 * 1024,
         }
     }
 }
@@ -317,6 +321,7 @@ impl Engine {
             plan,
             publisher,
             high_water: 0,
+            max_chunk_bytes: inner.settings.max_chunk_bytes,
         };
         let guard = FinishOnDrop {
             inner: inner.clone(),

@@ -3,7 +3,8 @@
 use std::fmt;
 
 use agentgate_classify::{
-    cause_ref, classify_error, AttemptRecord, FailureClass, Rejected, Rejection,
+    cause_ref, classify_error, is_caused_by, AttemptRecord, FailureClass, Rejected, Rejection,
+    TlsFailure,
 };
 use agentgate_progress::{BackendError, QuotaRefusal};
 use serde::{Deserialize, Serialize};
@@ -21,14 +22,21 @@ use crate::QueryRecord;
 pub enum ErrorKind {
     /// The agent could not be reached (nothing was sent).
     Connect,
+    /// The TLS handshake with the agent failed: its certificate did not verify, it
+    /// refused ours, or no protocol was shared (class `connect`: nothing was sent).
+    Tls,
     /// The connection to the agent broke.
     Reset,
     /// The agent did not answer within the per-attempt timeout.
     Timeout,
     /// The agent answered with a status other than 2xx.
     Status,
-    /// The agent answered 2xx with a body that is not usable JSON.
+    /// The agent answered 2xx with a body that is not usable JSON (or a streamed answer
+    /// that is not usable: malformed, a line too long, not UTF-8).
     BadResponse,
+    /// The agent's streamed answer broke off (the connection, `stream_idle_timeout`)
+    /// after its head: the attempt is not retried, since chunks may have been published.
+    StreamBroken,
     /// The agent's circuit breaker refused the call.
     CircuitOpen,
     /// The agent's concurrency limit was full.
@@ -50,10 +58,12 @@ impl ErrorKind {
     pub const fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Connect => "connect",
+            ErrorKind::Tls => "tls",
             ErrorKind::Reset => "reset",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Status => "status",
             ErrorKind::BadResponse => "bad_response",
+            ErrorKind::StreamBroken => "stream_broken",
             ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::Deadline => "deadline",
@@ -64,10 +74,11 @@ impl ErrorKind {
     }
 
     /// The kind of a failed call's error: a refusal by one of our layers by its reason,
-    /// anything else by its failure class.
+    /// a TLS failure as `tls`, anything else by its failure class.
     pub fn of_error(err: &(dyn std::error::Error + 'static)) -> Self {
         match cause_ref::<Rejected>(err) {
             Some(rejected) => Self::of_rejection(rejected.reason()),
+            None if is_caused_by::<TlsFailure>(err) => ErrorKind::Tls,
             None => Self::of_class(classify_error(err)),
         }
     }
@@ -76,6 +87,9 @@ impl ErrorKind {
     pub fn of_attempt(record: &AttemptRecord) -> Option<Self> {
         if let Some(rejection) = record.rejection {
             return Some(Self::of_rejection(rejection));
+        }
+        if record.tls {
+            return Some(ErrorKind::Tls);
         }
         match (record.error, record.status) {
             (Some(class), _) => Some(Self::of_class(class)),

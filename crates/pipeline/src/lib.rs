@@ -14,7 +14,8 @@
 //!   `x-agentgate-stage`, `x-agentgate-deadline-ms`, an `idempotency-key` of
 //!   `"{query_id}:{stage}"` (the same for every retry and fallback, so agents can
 //!   deduplicate, and so the retry layer may retry the POST) and the client's
-//!   `traceparent`. A 2xx JSON answer is the stage's output;
+//!   `traceparent`. A 2xx JSON answer is the stage's output; so is a 2xx streamed
+//!   answer (SPEC §6), whose chunks are published as `output` events as they come;
 //! - **fallbacks**: when a stage fails after its retries, or its breaker is open, its
 //!   `fallback` entries are tried in order — another agent (same path, body and key),
 //!   then a static value. If all fail, an `optional` stage is skipped and the query goes
@@ -120,6 +121,8 @@
 //!   replica), drain; ends each query exactly once;
 //! - `query`: running one query's stages, fallbacks and skips;
 //! - `call`: one stage call to one agent, under the deadline;
+//! - `stream`: a streamed answer (SSE, NDJSON) read chunk by chunk, each published as
+//!   an `output` event, made into the stage's output as `stream_result` says;
 //! - `record`: the JSON records clients read, and the retention store;
 //! - `plan`, `stats`, `metrics`: progress ranges, [`QueryStats`], Prometheus series.
 //!
@@ -135,9 +138,10 @@ mod plan;
 mod query;
 mod record;
 mod stats;
+mod stream;
 
 pub use agentgate_progress::JsonText;
-pub use config::{Fallback, PipelineConfig, PipelineConfigError, StageConfig};
+pub use config::{Fallback, PipelineConfig, PipelineConfigError, StageConfig, StreamResult};
 pub use engine::{Caller, Cancellation, Engine, EngineSettings, LiveQuery, Submitted};
 pub use error::{CancelError, ErrorKind, SubmitError};
 pub use metrics::describe_metrics;

@@ -70,6 +70,8 @@ pub(crate) struct QueryRun {
     pub(crate) traceparent: Option<HeaderValue>,
     /// The highest `progress` reported so far.
     pub(crate) high_water: u8,
+    /// The longest line or event of a streamed answer.
+    pub(crate) max_chunk_bytes: usize,
 }
 
 /// The body every stage receives.

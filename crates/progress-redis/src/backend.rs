@@ -144,6 +144,10 @@ impl RedisBackend {
         };
         // Replica leases (SPEC §9) are a third task here: renewing this replica's lease
         // and ending the queries of replicas whose lease expired.
+        // The counters exist (at 0) from the start, so that rate() and alerts see them
+        // before the first failure.
+        metrics::counter!("agentgate_progress_redis_dropped_total").increment(0);
+        metrics::counter!("agentgate_progress_redis_errors_total").increment(0);
         let writer = tokio::spawn(writer::run(backend.clone(), rx));
         let reader = tokio::spawn(reader::run(backend.clone()));
         lock(&backend.inner.tasks).extend([writer, reader]);

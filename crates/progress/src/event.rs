@@ -65,6 +65,19 @@ pub enum EventKind {
         /// What failed.
         error: ErrorInfo,
     },
+    /// One chunk of a stage's streamed answer (SPEC §6), published the moment it is
+    /// parsed. Not terminal, and never part of a query's record.
+    Output {
+        /// The stage name.
+        stage: String,
+        /// The attempt whose answer streams (1-based; a fallback agent's attempts count
+        /// from 1 again), so clients can tell a fallback's chunks from the primary's.
+        attempt: u32,
+        /// 0, 1, 2, … per attempt.
+        index: u64,
+        /// The chunk: its JSON when it parses as JSON, else the string.
+        chunk: JsonText,
+    },
     /// Terminal: the query's result.
     Completed {
         /// `{stage: output}`, as JSON text (written into the event as it is).
@@ -105,6 +118,8 @@ pub struct ProgressEvent {
 pub struct Published {
     seq: u64,
     terminal: bool,
+    /// An `output` event (subscriptions may leave those out).
+    output: bool,
     /// `serde_json::to_string(&event)`.
     pub json: Arc<str>,
     /// [`Published::json_bytes`], made the first time it is asked for.
@@ -232,6 +247,7 @@ impl EventKind {
         match self {
             EventKind::Progress { .. } => "progress",
             EventKind::Error { .. } => "error",
+            EventKind::Output { .. } => "output",
             EventKind::Completed { .. } => "completed",
             EventKind::Failed { .. } => "failed",
             EventKind::Cancelled {} => "cancelled",
@@ -250,6 +266,7 @@ impl Published {
         Self {
             seq: event.seq,
             terminal: event.kind.is_terminal(),
+            output: matches!(event.kind, EventKind::Output { .. }),
             json,
             bytes: OnceLock::new(),
         }
@@ -279,6 +296,7 @@ impl Published {
             Self {
                 seq: head.seq,
                 terminal,
+                output: head.kind == "output",
                 json,
                 bytes: OnceLock::new(),
             },
@@ -311,6 +329,11 @@ impl Published {
         self.terminal
     }
 
+    /// Whether this is an `output` event (a chunk of a streamed answer).
+    pub fn is_output(&self) -> bool {
+        self.output
+    }
+
     /// The `result` of a `completed` event, as a slice of this event's text (no copy).
     /// `None` for every other event.
     pub fn completed_result(&self) -> Option<JsonText> {
@@ -332,7 +355,10 @@ impl Published {
 
 impl PartialEq for Published {
     fn eq(&self, other: &Self) -> bool {
-        self.seq == other.seq && self.terminal == other.terminal && self.json == other.json
+        self.seq == other.seq
+            && self.terminal == other.terminal
+            && self.output == other.output
+            && self.json == other.json
     }
 }
 
@@ -443,9 +469,39 @@ mod tests {
                    "error":{"stage":"nlp","kind":"connect","message":"m"}})
         );
         assert_eq!(
+            event(EventKind::Output {
+                stage: "llm".into(),
+                attempt: 2,
+                index: 0,
+                chunk: JsonText::from(json!({"delta": "Hel"})),
+            }),
+            json!({"type":"output","query_id":"q1","seq":3,"ts":"2026-11-25T12:00:00.250Z",
+                   "stage":"llm","attempt":2,"index":0,"chunk":{"delta":"Hel"}})
+        );
+        assert_eq!(
             event(EventKind::Cancelled {}),
             json!({"type":"cancelled","query_id":"q1","seq":3,"ts":"2026-11-25T12:00:00.250Z"})
         );
+    }
+
+    #[test]
+    fn output_events_are_marked_here_and_when_read_back() {
+        let chunk = published(EventKind::Output {
+            stage: "llm".into(),
+            attempt: 1,
+            index: 4,
+            chunk: JsonText::new("lo").unwrap(),
+        });
+        assert!(chunk.is_output() && !chunk.is_terminal());
+        let (_, back) = Published::from_json(chunk.json.clone()).unwrap();
+        assert!(back.is_output());
+        assert_eq!(back, chunk);
+        let other = published(EventKind::Cancelled {});
+        assert!(!other.is_output());
+        assert!(!Published::from_json(other.json.clone())
+            .unwrap()
+            .1
+            .is_output());
     }
 
     #[test]

@@ -33,11 +33,17 @@ pub struct ProgressContext {
     pub progress_end: u8,
 }
 
+/// A response extension saying that the answer goes on streaming after its head (SPEC
+/// §6: an SSE or NDJSON stage answer). [`ProgressLayer`] then does not report the stage
+/// `completed` when the head arrives: whoever reads the stream does, at its end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamedAnswer;
+
 /// Emits, for each call carrying a [`ProgressContext`]: `progress/started` (attempt 1),
 /// an `error` event for every failed attempt, `progress/retrying` (attempt n, with
 /// `{"delay_ms"}`) for every retry, and `progress/completed` when the agent answered
-/// with a 2xx. Fallback, skip, stage failure and the terminal events
-/// belong to the pipeline, which knows what comes next.
+/// with a 2xx (unless the answer is a [`StreamedAnswer`]). Fallback, skip, stage failure
+/// and the terminal events belong to the pipeline, which knows what comes next.
 ///
 /// Attempts and retries are learnt from the request's
 /// [`AttemptLedger`](agentgate_classify::AttemptLedger), which a retry layer below tells
@@ -147,8 +153,11 @@ where
             }
             let ctx = &watch.observer.ctx;
             // Only a 2xx completes a stage: the pipeline treats any other answer as a
-            // failure and goes on to fallbacks.
-            if result.as_ref().is_ok_and(|res| res.status().is_success()) {
+            // failure and goes on to fallbacks. A streamed one completes at its end.
+            let done = |res: &Response<RB>| {
+                res.status().is_success() && res.extensions().get::<StreamedAnswer>().is_none()
+            };
+            if result.as_ref().is_ok_and(done) {
                 ctx.emit(StageStatus::Completed, ctx.progress_end, None, None);
             }
         }

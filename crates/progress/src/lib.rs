@@ -1,7 +1,7 @@
 //! Progress events for queries: what clients watch over the WebSocket.
 //!
 //! - [`event`]: the JSON shapes of SPEC §3 (`progress`, `error`, `completed`, `failed`,
-//!   `cancelled`), each serialized once into a [`Published`] however many clients get it.
+//!   `cancelled`) and §6 (`output`: a chunk of a streamed stage answer), each serialized once into a [`Published`] however many clients get it.
 //!   A `completed` event's result is a [`JsonText`]: JSON kept as shared text, so the
 //!   query's record can hold the same bytes ([`Published::completed_result`]).
 //! - [`Backend`]: everything that differs between one process and several replicas —
@@ -61,6 +61,6 @@ pub use hub::{
     HubStats, Mirrored, OpenError, PublishError, PublishHook, QueryPublisher, SubscribeError,
     Subscription, SubscriptionItem,
 };
-pub use layer::{ProgressContext, ProgressFuture, ProgressLayer, ProgressService};
+pub use layer::{ProgressContext, ProgressFuture, ProgressLayer, ProgressService, StreamedAnswer};
 pub use memory::{HubConfig, MemoryHub};
 pub use quota::{LocalQuotas, Quota, QuotaRefusal};

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentgate_progress::{
-    EventKind, HubConfig, MemoryHub, ProgressContext, ProgressLayer, SubscriptionItem,
+    EventKind, HubConfig, MemoryHub, ProgressContext, ProgressLayer, StreamedAnswer,
+    SubscriptionItem,
 };
 use agentgate_retry::{Jitter, ReplayBody, RetryConfig, RetryLayer, RetryPolicy};
 use bytes::Bytes;
@@ -121,4 +122,35 @@ async fn without_a_retry_layer_the_call_is_the_one_attempt() {
     assert_eq!(got[0]["status"], "started");
     assert_eq!(got[1]["error"]["kind"], "connect");
     assert_eq!(got[1]["error"]["message"], "attempt 1 failed: connect");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_answer_is_not_completed_at_its_head() {
+    let hub = MemoryHub::new(HubConfig::default());
+    let publisher = hub.open("q3").unwrap();
+    let mut sub = hub.subscribe("q3", 0).unwrap();
+    let agent = tower::service_fn(|_req: Request<()>| async {
+        let mut res = Response::new(());
+        res.extensions_mut().insert(StreamedAnswer);
+        Ok::<_, std::io::Error>(res)
+    });
+    let mut req = Request::new(());
+    req.extensions_mut().insert(ProgressContext {
+        publisher: publisher.clone(),
+        stage: "llm".into(),
+        progress_start: 0,
+        progress_end: 50,
+    });
+    let res = ProgressLayer::new()
+        .layer(agent)
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    publisher.publish(EventKind::Cancelled {}).unwrap();
+    let got = events(&mut sub).await;
+    let types: Vec<_> = got.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    // Started, and nothing more from the layer: the stream's reader completes the stage.
+    assert_eq!(types, ["progress", "cancelled"]);
+    assert_eq!(got[0]["status"], "started");
 }

@@ -76,6 +76,9 @@ pub enum NoRetry {
     Allowance,
     /// The agent's retry budget is used up.
     Budget,
+    /// A protocol upgrade (`Upgrade: websocket`): a handshake is sent once, the client
+    /// that asked for it decides whether to try again.
+    Upgrade,
 }
 
 /// The instant by which the whole call must be done (request extension). The retry
@@ -197,6 +200,9 @@ impl RetryPolicy {
         };
         if a.attempt >= cfg.max_attempts {
             return Err(NoRetry::Attempts);
+        }
+        if a.head.headers.contains_key(http::header::UPGRADE) {
+            return Err(NoRetry::Upgrade);
         }
         if !(nothing_sent || cfg.retry_non_idempotent || is_idempotent(a.head)) {
             return Err(NoRetry::NotIdempotent);

@@ -226,6 +226,19 @@ async fn statuses_not_listed_are_not_retried() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn protocol_upgrades_are_never_retried() {
+    for first in [Ok(503), Err(std::io::ErrorKind::ConnectionRefused)] {
+        let (svc, seen) = agent(vec![first, Ok(101)], None);
+        let mut req = get();
+        req.headers_mut()
+            .insert("upgrade", http::HeaderValue::from_static("websocket"));
+        let res = retry(config(Jitter::None)).layer(svc).oneshot(req).await;
+        assert_eq!(seen.lock().unwrap().len(), 1, "{first:?}");
+        assert_eq!(res.map(|r| r.status().as_u16()).ok(), first.ok());
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn retry_after_is_a_floor_in_both_forms() {
     let (svc, seen) = agent(vec![Ok(503), Ok(200)], Some("3"));
     retry(config(Jitter::None))

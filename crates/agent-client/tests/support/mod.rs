@@ -34,6 +34,13 @@ pub enum Step {
     Hang,
     /// Send the head and a first chunk, then break the connection.
     ResetMidBody,
+    /// Answer 200 `text/event-stream` at once, then each of `events` as an SSE event,
+    /// one `every` apart; then end the stream, or break the connection.
+    Sse {
+        every: Duration,
+        events: &'static [&'static str],
+        then_break: bool,
+    },
 }
 
 /// One request as the agent saw it.
@@ -152,6 +159,31 @@ async fn answer(
             .body(full(json))
             .unwrap(),
         Step::Hang => std::future::pending().await,
+        Step::Sse {
+            every,
+            events,
+            then_break,
+        } => {
+            let frames = futures_util::stream::unfold(0, move |i| async move {
+                let frame = match events.get(i) {
+                    Some(event) => {
+                        tokio::time::sleep(every).await;
+                        Ok(Frame::data(Bytes::from(format!("data: {event}\n\n"))))
+                    }
+                    None if then_break && i == events.len() => {
+                        // A pause first, so the last event is flushed before the break.
+                        tokio::time::sleep(every).await;
+                        Err(std::io::Error::other("agent crashed"))
+                    }
+                    None => return None,
+                };
+                Some((frame, i + 1))
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(StreamBody::new(frames).boxed())
+                .unwrap()
+        }
         Step::ResetMidBody => {
             let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
                 Ok(Frame::data(Bytes::from_static(b"{\"partial\":"))),

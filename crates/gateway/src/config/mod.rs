@@ -33,6 +33,7 @@ use std::time::Duration;
 use agentgate_agent_client::AgentConfig;
 use agentgate_config::{Invalid, Validate};
 use agentgate_pipeline::PipelineConfig;
+use agentgate_tls::ServerTlsConfig;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
@@ -97,6 +98,9 @@ pub struct ServerConfig {
     /// When not empty, WebSocket upgrades whose `Origin` is not listed answer 403
     /// (SPEC §7). Default: empty (any origin).
     pub ws_allowed_origins: Vec<String>,
+    /// `[server.tls]`: the public listener serves HTTPS and WSS with this certificate
+    /// (the admin listener stays plain: keep it on a private address). Default none.
+    pub tls: Option<ServerTlsConfig>,
 }
 
 /// The `[admin]` section.
@@ -196,8 +200,13 @@ impl Config {
             Some(admin) => admin.to_string(),
             None => "on listen (token required)".to_owned(),
         };
+        let tls = if self.server.tls.is_some() {
+            " (tls)"
+        } else {
+            ""
+        };
         let mut out = format!(
-            "ok: {agents}, {pipelines}, listen {}, admin {admin}",
+            "ok: {agents}, {pipelines}, listen {}{tls}, admin {admin}",
             self.server.listen
         );
         if self.progress.backend == ProgressBackend::Redis {
@@ -230,6 +239,7 @@ impl Default for ServerConfig {
             max_connections: 25_000,
             body_read_timeout: Duration::from_secs(30),
             ws_allowed_origins: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -271,6 +281,9 @@ impl Validate for ServerConfig {
                 self.listen
             );
             out.push(Invalid::new("admin_listen", format!("\"{admin}\""), reason));
+        }
+        if let Some(tls) = &self.tls {
+            out.extend(tls.problems().into_iter().map(|p| p.within("tls")));
         }
         out
     }

@@ -33,13 +33,25 @@ pub(crate) async fn prometheus(State(state): State<AppState>) -> Response {
 }
 
 /// Applies time-driven breaker changes (open → half_open) so gauges are current, and
-/// updates the health gauge.
+/// updates the health gauges.
 fn refresh(state: &AppState) {
     for agent in state.engine().agents().values() {
         agent.breaker().snapshot();
     }
-    metrics::gauge!("agentgate_health_score").set(f64::from(health(state).0));
+    let (score, status, _) = health(state);
+    metrics::gauge!("agentgate_health_score").set(f64::from(score));
+    // One-hot, like the breaker state: alerts select a status without knowing scores.
+    for s in HEALTH_STATUSES {
+        metrics::gauge!("agentgate_health_status", "status" => s).set(if s == status {
+            1.0
+        } else {
+            0.0
+        });
+    }
 }
+
+/// The values of `health.status`, worst last.
+const HEALTH_STATUSES: [&str; 3] = ["healthy", "degraded", "unhealthy"];
 
 /// `GET /api/orchestration/metrics`.
 pub(crate) async fn metrics_json(State(state): State<AppState>) -> Json<Value> {
@@ -62,6 +74,10 @@ pub fn metrics_value(state: &AppState) -> Value {
                 "rejected": s.rejected,
                 "retries": s.retries,
                 "avg_latency_ms": round2(s.avg_latency_ms),
+                "latency_histogram": {
+                    "le_ms": latency_bounds_ms(),
+                    "counts": s.latency_buckets,
+                },
                 "circuit_breaker": breaker_json(&agent.breaker().snapshot()),
             }),
         );
@@ -96,6 +112,15 @@ pub fn metrics_value(state: &AppState) -> Value {
 
 /// How many running queries `live_queries` lists (the oldest first).
 pub(crate) const LIVE_QUERIES: usize = 20;
+
+/// The bounds of `latency_histogram.counts`, in milliseconds (`counts` has one more
+/// entry: every timed attempt, as Prometheus' `+Inf` bucket).
+fn latency_bounds_ms() -> Vec<f64> {
+    agentgate_agent_client::LATENCY_BUCKETS
+        .iter()
+        .map(|s| round2(s * 1000.0))
+        .collect()
+}
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
@@ -230,6 +255,19 @@ pub(crate) async fn breakers(State(state): State<AppState>) -> Json<Value> {
             "failure_rate_threshold": cfg.failure_rate_threshold,
             "consecutive_failures": cfg.consecutive_failures,
         });
+        v["recent_transitions"] = state
+            .transitions()
+            .recent_of(name)
+            .iter()
+            .map(|t| {
+                json!({
+                    "from": t.from.as_str(),
+                    "to": t.to.as_str(),
+                    "reason": t.reason.as_str(),
+                    "ts": rfc3339(t.wall),
+                })
+            })
+            .collect();
         out.insert(name.clone(), v);
     }
     Json(Value::Object(out))

@@ -1,4 +1,11 @@
 //! `ANY /agents/{agent}/{*path}`: a streaming reverse proxy through the agent's stack.
+//!
+//! Bodies stream both ways, frame by frame: nothing here buffers an answer, so an SSE
+//! event reaches the client as soon as the agent writes it (SPEC §6). A request with
+//! `Upgrade: websocket` is a handshake sent through the agent's stack like any request
+//! (the breaker admits or refuses it and counts a failed one; it is never retried); when
+//! the agent switches protocols (101), the client's and the agent's upgraded
+//! connections are spliced until either side closes.
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -7,9 +14,11 @@ use agentgate_agent_client::AgentBody;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::uri::PathAndQuery;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::Limited;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use percent_encoding::percent_decode_str;
 
 use crate::auth::Client;
@@ -72,8 +81,18 @@ async fn forward(state: &AppState, req: Request) -> Result<Response, ApiError> {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let original_host = parts.headers.remove(header::HOST);
+    let original = parts.headers.clone();
     strip_hop_by_hop(&mut parts.headers);
-    add_forwarded(&mut parts.headers, peer, original_host);
+    let tls = parts.extensions.get::<http::uri::Scheme>() == Some(&http::uri::Scheme::HTTPS);
+    add_forwarded(&mut parts.headers, peer, original_host, tls);
+    // A WebSocket handshake: the client's side of the upgrade, and the two headers
+    // that ask for it (hop-by-hop, so stripped above).
+    let upgrade = wants_websocket(&original)
+        .then(|| parts.extensions.remove::<OnUpgrade>())
+        .flatten();
+    if upgrade.is_some() {
+        ask_for_websocket(&mut parts.headers);
+    }
     // What axum and the server put there is for this hop only (and the retry layer
     // copies the extensions of a request it may send again).
     parts.extensions = http::Extensions::new();
@@ -87,9 +106,17 @@ async fn forward(state: &AppState, req: Request) -> Result<Response, ApiError> {
 
     // Boxed: the stack's future is large, and this handler's future is moved by every
     // layer above it (axum boxes it, hyper's dispatcher holds it).
-    let res = Box::pin(agent.send(upstream))
+    let mut res = Box::pin(agent.send(upstream))
         .await
         .map_err(|e| ApiError::from_agent_error(agent_name, &e, limit))?;
+    if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, res.status()) {
+        let agent_side = hyper::upgrade::on(&mut res);
+        tokio::spawn(splice(client, agent_side, agent_name.to_owned()));
+        let (mut parts, _) = res.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        ask_for_websocket(&mut parts.headers);
+        return Ok(Response::from_parts(parts, Body::empty()));
+    }
     let (mut parts, body) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, Body::new(body)))
@@ -108,8 +135,48 @@ pub(crate) fn prepare(
     let path_and_query = target.path_and_query()?;
     let host = headers.remove(header::HOST);
     strip_hop_by_hop(headers);
-    add_forwarded(headers, peer, host);
+    add_forwarded(headers, peer, host, false);
     Ok((agent, path_and_query))
+}
+
+/// Whether the client asks to switch to WebSocket (`Connection: upgrade` and
+/// `Upgrade: websocket`).
+fn wants_websocket(headers: &HeaderMap) -> bool {
+    let has = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket")
+}
+
+/// Puts back the two hop-by-hop headers of a WebSocket handshake (and of its 101).
+fn ask_for_websocket(headers: &mut HeaderMap) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+}
+
+/// Copies bytes both ways between the client's and the agent's upgraded connections
+/// until either closes. The frames pass as they are: the agent and the client speak
+/// WebSocket to each other, and this hop only carries the bytes.
+async fn splice(client: OnUpgrade, agent: OnUpgrade, agent_name: String) {
+    let (client, agent) = match tokio::try_join!(client, agent) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(agent = %agent_name, error = %e, "WebSocket upgrade through the proxy failed");
+            return;
+        }
+    };
+    let (mut client, mut agent) = (TokioIo::new(client), TokioIo::new(agent));
+    match tokio::io::copy_bidirectional(&mut client, &mut agent).await {
+        Ok((up, down)) => {
+            tracing::debug!(agent = %agent_name, up, down, "WebSocket tunnel closed")
+        }
+        Err(e) => tracing::debug!(agent = %agent_name, error = %e, "WebSocket tunnel broke"),
+    }
 }
 
 /// Where a proxied request goes: `/agents/{agent}{rest}[?query]`, split.
@@ -224,7 +291,12 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-fn add_forwarded(headers: &mut HeaderMap, peer: Option<IpAddr>, host: Option<HeaderValue>) {
+fn add_forwarded(
+    headers: &mut HeaderMap,
+    peer: Option<IpAddr>,
+    host: Option<HeaderValue>,
+    tls: bool,
+) {
     if let Some(ip) = peer {
         let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
             Some(prior) => {
@@ -244,7 +316,8 @@ fn add_forwarded(headers: &mut HeaderMap, peer: Option<IpAddr>, host: Option<Hea
             headers.insert(X_FORWARDED_FOR, v);
         }
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if tls { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST, host);
     }
@@ -321,7 +394,7 @@ mod tests {
     #[test]
     fn forwarded_for_appends_the_peer() {
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, Some("10.0.255.7".parse().unwrap()), None);
+        add_forwarded(&mut h, Some("10.0.255.7".parse().unwrap()), None, false);
         assert_eq!(h["x-forwarded-for"], "10.0.255.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert!(!h.contains_key("x-forwarded-host"));
@@ -329,9 +402,11 @@ mod tests {
             &mut h,
             Some("::1".parse().unwrap()),
             Some(HeaderValue::from_static("gw:8080")),
+            true,
         );
         assert_eq!(h["x-forwarded-for"], "10.0.255.7, ::1");
         assert_eq!(h["x-forwarded-host"], "gw:8080");
+        assert_eq!(h["x-forwarded-proto"], "https");
         for ip in ["0.0.0.0", "1.20.100.255", "192.168.1.9"] {
             let mut v = Vec::new();
             write_ip(&mut v, ip.parse().unwrap());

@@ -225,7 +225,7 @@ pub(crate) async fn serve(socket: WebSocket, setup: Setup) {
         draining: false,
     };
     if let Some((query_id, after_seq)) = subscribe {
-        if let Err(e) = Box::pin(conn.subscribe(query_id, after_seq)).await {
+        if let Err(e) = Box::pin(conn.subscribe(query_id, after_seq, true)).await {
             conn.error(e).await;
         }
     }
@@ -378,12 +378,13 @@ impl Connection {
                     .await
                     .map_err(|_| FrameError::unknown_query(&query_id))?;
                 let frame = protocol::accepted(request_id.as_ref(), &query_id);
-                self.start(frame, query_id, sub).await;
+                self.start(frame, query_id, sub, true).await;
             }
             ClientFrame::Subscribe {
                 query_id,
                 after_seq,
-            } => self.subscribe(query_id, after_seq).await?,
+                outputs,
+            } => self.subscribe(query_id, after_seq, outputs).await?,
             ClientFrame::Unsubscribe { query_id } => {
                 self.stop(&query_id).await;
                 self.send(Outgoing::Frame(protocol::unsubscribed(&query_id)))
@@ -425,8 +426,14 @@ impl Connection {
     }
 
     /// Subscribes to `query_id` from `after_seq` (replacing a subscription to the same
-    /// query, which is how a client recovers after `lagged`).
-    async fn subscribe(&mut self, query_id: String, after_seq: u64) -> Result<(), FrameError> {
+    /// query, which is how a client recovers after `lagged`), with or without `output`
+    /// events.
+    async fn subscribe(
+        &mut self,
+        query_id: String,
+        after_seq: u64,
+        outputs: bool,
+    ) -> Result<(), FrameError> {
         self.check_room(Some(&query_id))?;
         // Wherever the query runs: the backend loads another replica's on demand.
         let sub = self
@@ -436,7 +443,7 @@ impl Connection {
             .await
             .map_err(|_| FrameError::unknown_query(&query_id))?;
         let frame = protocol::subscribed(&query_id, after_seq);
-        self.start(frame, query_id, sub).await;
+        self.start(frame, query_id, sub, outputs).await;
         Ok(())
     }
 
@@ -465,14 +472,14 @@ impl Connection {
     }
 
     /// Hands a subscription to the writer, which writes `frame` and then its events.
-    async fn start(&mut self, frame: String, query_id: String, sub: Subscription) {
+    async fn start(&mut self, frame: String, query_id: String, sub: Subscription, outputs: bool) {
         self.generation += 1;
         let ended = Ended {
             set: self.live.clone(),
             query_id: query_id.clone(),
             generation: self.generation,
         };
-        let frames = deliveries(sub, self.ws.clone(), self.ws.queue_capacity());
+        let frames = deliveries(sub, self.ws.clone(), self.ws.queue_capacity(), outputs);
         self.live.lock().insert(query_id.clone(), self.generation);
         let live = Live {
             query_id,
@@ -832,6 +839,7 @@ fn deliveries(
     sub: Subscription,
     ws: WsRegistry,
     max_behind: usize,
+    outputs: bool,
 ) -> BoxStream<'static, Delivery> {
     let state = Follow {
         _live: ws.subscription(),
@@ -839,6 +847,7 @@ fn deliveries(
         ws,
         max_behind: max_behind.max(1),
         terminal: None,
+        outputs,
     };
     futures_util::stream::unfold(state, |mut state| async move {
         let delivery = state.next().await?;
@@ -855,6 +864,8 @@ struct Follow {
     max_behind: usize,
     /// The terminal event found while skipping ahead, delivered next.
     terminal: Option<Arc<Published>>,
+    /// Whether `output` events (chunks of streamed answers) are delivered.
+    outputs: bool,
     _live: SubscriptionGuard,
 }
 
@@ -866,7 +877,12 @@ impl Follow {
                 terminal: true,
             });
         }
-        let item = self.sub.recv().await;
+        let item = loop {
+            match self.sub.recv().await {
+                Some(SubscriptionItem::Event(e)) if !self.outputs && e.is_output() => {}
+                item => break item,
+            }
+        };
         // Events the live channel overwrote before we read them (the client was more
         // than the channel's buffer behind): the subscription yields `lagged` for them.
         self.ws.dropped(self.sub.take_missed());
@@ -947,57 +963,69 @@ fn text(json: Bytes) -> Utf8Bytes {
 
 // === the metrics task ===
 
-/// `subscribe_metrics`: a `metrics` frame every `every` (the first at once), and every
-/// breaker transition as a `circuit_breaker` event.
+/// `subscribe_metrics`: a `metrics` frame every `every` (the first at once), then the
+/// breaker transitions the gateway kept (`"replayed": true`, oldest first), then every
+/// later transition as a `circuit_breaker` event.
 async fn metrics(state: AppState, out: mpsc::Sender<Outgoing>, every: Duration) {
-    let mut breakers: Vec<broadcast::Receiver<Transition>> = state
-        .engine()
-        .agents()
-        .values()
-        .map(|a| a.breaker().subscribe())
-        .collect();
+    // Taken before the first frame: a transition after it is in `live`, never lost.
+    let (kept, mut live) = state.transitions().follow();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    tick.tick().await;
+    if !send_metrics(&state, &out) {
+        return;
+    }
+    for t in &kept {
+        if !send_transition(&state, &out, t, true) {
+            return;
+        }
+    }
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let frame = protocol::metrics(metrics_value(&state));
-                // A snapshot: when the queue is full this one is skipped; the next comes.
-                if let Err(TrySendError::Closed(_)) = out.try_send(Outgoing::Frame(frame)) {
+                if !send_metrics(&state, &out) {
                     return;
                 }
             }
-            t = next_transition(&mut breakers) => {
-                match out.try_send(Outgoing::Notice(protocol::circuit_breaker(&t))) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(_)) => state.ws().dropped(1),
-                    Err(TrySendError::Closed(_)) => return,
+            t = live.recv() => match t {
+                Ok(t) => {
+                    if !send_transition(&state, &out, &t, false) {
+                        return;
+                    }
                 }
-            }
+                // Transitions missed by falling behind are skipped; metrics frames carry state.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
         }
     }
 }
 
-/// The next transition of any breaker (cancel-safe: broadcast receivers keep their place).
-async fn next_transition(breakers: &mut Vec<broadcast::Receiver<Transition>>) -> Transition {
-    loop {
-        if breakers.is_empty() {
-            return std::future::pending().await;
+/// Queues a `metrics` frame; `false` once the connection is gone. A snapshot: when the
+/// queue is full this one is skipped, the next one comes.
+fn send_metrics(state: &AppState, out: &mpsc::Sender<Outgoing>) -> bool {
+    let frame = protocol::metrics(metrics_value(state));
+    !matches!(
+        out.try_send(Outgoing::Frame(frame)),
+        Err(TrySendError::Closed(_))
+    )
+}
+
+/// Queues a `circuit_breaker` event (counted as dropped when the queue is full);
+/// `false` once the connection is gone.
+fn send_transition(
+    state: &AppState,
+    out: &mpsc::Sender<Outgoing>,
+    t: &Transition,
+    replayed: bool,
+) -> bool {
+    match out.try_send(Outgoing::Notice(protocol::circuit_breaker(t, replayed))) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_)) => {
+            state.ws().dropped(1);
+            true
         }
-        let (result, index) = {
-            let (result, index, _) =
-                futures_util::future::select_all(breakers.iter_mut().map(|b| Box::pin(b.recv())))
-                    .await;
-            (result, index)
-        };
-        match result {
-            Ok(t) => return t,
-            // Transitions missed by falling behind are skipped; metrics frames carry state.
-            Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(broadcast::error::RecvError::Closed) => {
-                breakers.swap_remove(index);
-            }
-        }
+        Err(TrySendError::Closed(_)) => false,
     }
 }
 
@@ -1054,7 +1082,7 @@ mod tests {
             ..HubConfig::default()
         });
         let publisher = hub.open("q").unwrap();
-        let frames = deliveries(hub.subscribe("q", 0).unwrap(), ws.clone(), max_behind);
+        let frames = deliveries(hub.subscribe("q", 0).unwrap(), ws.clone(), max_behind, true);
         (publisher, frames)
     }
 
@@ -1087,6 +1115,30 @@ mod tests {
         publisher.publish(done()).unwrap();
         assert_eq!(follow(frames).await, vec![1, 2, 3]);
         assert_eq!(ws.stats().events_dropped, 0);
+    }
+
+    #[tokio::test]
+    async fn a_subscription_without_outputs_skips_only_output_events() {
+        let ws = WsRegistry::new(10);
+        let hub = MemoryHub::new(HubConfig::default());
+        let publisher = hub.open("q").unwrap();
+        let without = deliveries(hub.subscribe("q", 0).unwrap(), ws.clone(), 100, false);
+        let with = deliveries(hub.subscribe("q", 0).unwrap(), ws.clone(), 100, true);
+        started(&publisher, 1);
+        for index in 0..3 {
+            let chunk = agentgate_progress::JsonText::new("tok").unwrap();
+            let stage = "s".to_owned();
+            let output = EventKind::Output {
+                stage,
+                attempt: 1,
+                index,
+                chunk,
+            };
+            publisher.publish(output).unwrap();
+        }
+        publisher.publish(done()).unwrap();
+        assert_eq!(follow(without).await, vec![1, 5]);
+        assert_eq!(follow(with).await, vec![1, 2, 3, 4, 5]);
     }
 
     #[tokio::test]

@@ -15,7 +15,9 @@
 //!   subscription skips to the newest event and sends `lagged` with the seq delivery
 //!   resumes at; `subscribe` again with `after_seq` recovers what the hub still retains
 //!   (subscribing to a query already subscribed replaces that subscription).
-//! - `subscribe_metrics` sends its first `metrics` frame at once (that is its answer).
+//! - `subscribe_metrics` sends its first `metrics` frame at once (that is its answer),
+//!   then the breaker transitions the gateway kept (the last 20 per agent) marked
+//!   `"replayed": true`, so a dashboard opened after a trip still shows it.
 //! - `cancel` of a query that already ended is a no-op; `unsubscribe` of a query not
 //!   subscribed answers `unsubscribed` anyway.
 //! - Error frames also carry `request_id` / `query_id` when the refused frame had them;

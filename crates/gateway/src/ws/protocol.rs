@@ -28,8 +28,13 @@ pub(crate) enum ClientFrame {
         input: QueryInput,
         request_id: Option<Value>,
     },
-    /// `{"type":"subscribe","query_id","after_seq"?}`.
-    Subscribe { query_id: String, after_seq: u64 },
+    /// `{"type":"subscribe","query_id","after_seq"?,"outputs"?}` (`outputs: false`
+    /// leaves out the `output` events of streamed answers).
+    Subscribe {
+        query_id: String,
+        after_seq: u64,
+        outputs: bool,
+    },
     /// `{"type":"unsubscribe","query_id"}`.
     Unsubscribe { query_id: String },
     /// `{"type":"cancel","query_id"}`.
@@ -91,6 +96,12 @@ struct SubscribeFrame {
     query_id: String,
     #[serde(default)]
     after_seq: u64,
+    #[serde(default = "yes")]
+    outputs: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -219,6 +230,7 @@ pub(crate) fn parse(text: &str) -> Result<ClientFrame, FrameError> {
             Ok(ClientFrame::Subscribe {
                 query_id: f.query_id,
                 after_seq: f.after_seq.min(MAX_AFTER_SEQ),
+                outputs: f.outputs,
             })
         }
         "unsubscribe" => {
@@ -301,17 +313,22 @@ pub(crate) fn metrics(mut value: Value) -> String {
     value.to_string()
 }
 
-/// `{"type":"circuit_breaker","agent","from","to","reason","ts"}`.
-pub(crate) fn circuit_breaker(t: &Transition) -> String {
-    json!({
+/// `{"type":"circuit_breaker","agent","from","to","reason","ts","replayed"?}`.
+pub(crate) fn circuit_breaker(t: &Transition, replayed: bool) -> String {
+    let mut frame = json!({
         "type": "circuit_breaker",
         "agent": &*t.agent,
         "from": t.from.as_str(),
         "to": t.to.as_str(),
         "reason": t.reason.as_str(),
         "ts": rfc3339::format(t.wall),
-    })
-    .to_string()
+    });
+    if replayed {
+        // Kept from before the subscription: history, not news (a client must not
+        // alert on it, nor take its `to` as the state now).
+        frame["replayed"] = true.into();
+    }
+    frame.to_string()
 }
 
 #[cfg(test)]
@@ -342,15 +359,26 @@ mod tests {
             parse(r#"{"type":"subscribe","query_id":"q"}"#).unwrap(),
             ClientFrame::Subscribe {
                 query_id: "q".into(),
-                after_seq: 0
+                after_seq: 0,
+                outputs: true,
             }
         );
+        assert_eq!(
+            parse(r#"{"type":"subscribe","query_id":"q","outputs":false}"#).unwrap(),
+            ClientFrame::Subscribe {
+                query_id: "q".into(),
+                after_seq: 0,
+                outputs: false,
+            }
+        );
+        assert!(parse(r#"{"type":"subscribe","query_id":"q","outputs":"no"}"#).is_err());
         assert_eq!(
             parse(r#"{"type":"subscribe","query_id":"q","after_seq":18446744073709551615}"#)
                 .unwrap(),
             ClientFrame::Subscribe {
                 query_id: "q".into(),
-                after_seq: MAX_AFTER_SEQ
+                after_seq: MAX_AFTER_SEQ,
+                outputs: true,
             }
         );
         assert_eq!(

@@ -220,7 +220,7 @@ impl WsRegistry {
     /// the ones left with 1001 at once and waits a little more.
     pub async fn shutdown(&self, wait: Duration) {
         self.start_draining();
-        let mut open = self.inner.connections.subscribe();
+        let mut open = self.connections();
         if tokio::time::timeout(wait, open.wait_for(|n| *n == 0))
             .await
             .is_ok()
@@ -241,6 +241,12 @@ impl WsRegistry {
                 "some WebSocket connections did not close in time"
             );
         }
+    }
+
+    /// The number of open connections, as it changes: for whatever must wait until
+    /// connections have closed (shutdown does).
+    pub fn connections(&self) -> watch::Receiver<usize> {
+        self.inner.connections.subscribe()
     }
 }
 

@@ -41,6 +41,19 @@ pub enum Reply {
     Hang,
     /// Wait, then reply.
     After(Duration, Box<Reply>),
+    /// 200 with this content type at once, then each frame after its pause; then the
+    /// end of the body, or a broken connection.
+    Stream {
+        content_type: &'static str,
+        frames: Vec<(Duration, Bytes)>,
+        then_break: bool,
+    },
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|e| match e {}).boxed()
 }
 
 /// One request as the agent saw it.
@@ -128,7 +141,7 @@ async fn answer(
     seen: &Mutex<Vec<Seen>>,
     dropped: &Arc<AtomicUsize>,
     script: &[Reply],
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -150,22 +163,51 @@ async fn answer(
     reply(step, dropped).await
 }
 
-async fn reply(mut step: Reply, dropped: &Arc<AtomicUsize>) -> Response<Full<Bytes>> {
+async fn reply(mut step: Reply, dropped: &Arc<AtomicUsize>) -> Response<Body> {
     loop {
         return match step {
             Reply::Json(v) => Response::builder()
                 .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(v.to_string())))
+                .body(full(v.to_string()))
                 .unwrap(),
             Reply::Status(code) => Response::builder()
                 .status(code)
                 .header("content-type", "application/json")
-                .body(Full::new(Bytes::from_static(b"{}")))
+                .body(full(Bytes::from_static(b"{}")))
                 .unwrap(),
             Reply::Text(t) => Response::builder()
                 .header("content-type", "text/plain")
-                .body(Full::new(Bytes::from_static(t.as_bytes())))
+                .body(full(Bytes::from_static(t.as_bytes())))
                 .unwrap(),
+            Reply::Stream {
+                content_type,
+                frames,
+                then_break,
+            } => {
+                let frames = futures_util::stream::unfold(
+                    (frames.into_iter(), then_break),
+                    |(mut frames, then_break)| async move {
+                        let frame = match frames.next() {
+                            Some((pause, data)) => {
+                                tokio::time::sleep(pause).await;
+                                Ok(http_body::Frame::data(data))
+                            }
+                            // A pause first, so the last frame is flushed before the break.
+                            None if then_break => {
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                                Err(std::io::Error::other("agent crashed"))
+                            }
+                            None => return None,
+                        };
+                        let more = then_break && frame.is_ok();
+                        Some((frame, (frames, more)))
+                    },
+                );
+                Response::builder()
+                    .header("content-type", content_type)
+                    .body(http_body_util::StreamBody::new(frames).boxed())
+                    .unwrap()
+            }
             Reply::Hang => {
                 let _count = DropCount(dropped.clone());
                 std::future::pending().await
