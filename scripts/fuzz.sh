@@ -2,7 +2,7 @@
 # Runs one cargo-fuzz target for a while: scripts/fuzz.sh TARGET SECONDS
 #
 # Targets (fuzz/fuzz_targets/, their checks in crates/gateway/src/fuzz.rs): config,
-# ws_frame, retry_after, proxy_request. Needs a nightly toolchain (`cargo +nightly`);
+# ws_frame, retry_after, proxy_request, stream_chunks. Needs a nightly toolchain (`cargo +nightly`);
 # installs cargo-fuzz when it is missing. New interesting inputs go to
 # target/fuzz-corpus/TARGET (the seeds in fuzz/corpus/TARGET are read, never written);
 # a crash is saved under fuzz/artifacts/TARGET/ and the script fails: copy the file
@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-targets="config ws_frame retry_after proxy_request"
+targets="config ws_frame retry_after proxy_request stream_chunks"
 usage="usage: scripts/fuzz.sh TARGET SECONDS (targets: $targets)"
 target=${1:?$usage}
 seconds=${2:?$usage}

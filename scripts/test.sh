@@ -83,7 +83,7 @@ log "fuzz targets, 10 s each"
 # cargo-fuzz needs nightly. Without one the targets' checks still ran above: the
 # gateway's unit tests feed them every file of fuzz/corpus/ on stable.
 if cargo +nightly --version >/dev/null 2>&1; then
-    for target in config ws_frame retry_after proxy_request; do
+    for target in config ws_frame retry_after proxy_request stream_chunks; do
         scripts/fuzz.sh "$target" 10
     done
 else

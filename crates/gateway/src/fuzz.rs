@@ -6,6 +6,10 @@
 //! tests below feed each function its seed corpus (`fuzz/corpus/TARGET/`) and every
 //! crash the fuzzer ever found (kept there as well), so a crash once found stays a
 //! regular regression test. `scripts/fuzz.sh TARGET SECONDS` runs a target on nightly.
+//!
+//! Targets: the config loader, a WebSocket client frame, `Retry-After`, the reverse
+//! proxy's request target and headers, and the SSE/NDJSON chunk parser of streamed
+//! stage answers.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, SystemTime};
@@ -19,11 +23,12 @@ use crate::ws::protocol;
 pub type Target = fn(&[u8]);
 
 /// The targets, by name: what `fuzz/fuzz_targets/{name}.rs` calls.
-pub const TARGETS: [(&str, Target); 4] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("config", config),
     ("ws_frame", ws_frame),
     ("retry_after", retry_after),
     ("proxy_request", proxy_request),
+    ("stream_chunks", stream_chunks),
 ];
 
 /// The config loader: any text is a config or one `file:line:col: message`.
@@ -110,6 +115,52 @@ pub fn proxy_request(data: &[u8]) {
         }
         assert!(headers.contains_key("x-forwarded-for"));
     }
+}
+
+/// A streamed stage answer (SPEC §6, SSE or NDJSON) as an agent may send it: the
+/// first byte picks the format and the limit per line or event (1…128 bytes), the
+/// second how the rest is cut into body frames (1…16 bytes each). Reading it ends, with
+/// chunks no longer than the limit, or with an error.
+pub fn stream_chunks(data: &[u8]) {
+    use agentgate_agent_client::{ChunkStream, StreamFormat};
+    use futures_util::stream;
+    use http_body_util::StreamBody;
+
+    let [head, cut, rest @ ..] = data else {
+        return;
+    };
+    let format = if head & 1 == 0 {
+        StreamFormat::Sse
+    } else {
+        StreamFormat::Ndjson
+    };
+    let max = usize::from(head >> 1) + 1;
+    let frames: Vec<Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>> = rest
+        .chunks(usize::from(cut % 16) + 1)
+        .map(|c| Ok(http_body::Frame::data(bytes::Bytes::copy_from_slice(c))))
+        .collect();
+    let body = StreamBody::new(stream::iter(frames));
+    let mut chunks = ChunkStream::new(format, body, Duration::from_secs(60)).max_bytes(max);
+    RUNTIME.with(|rt| {
+        rt.block_on(async {
+            // Each chunk takes at least one byte of input: more reads than bytes is a loop.
+            for _ in 0..=rest.len() + 1 {
+                match chunks.next_chunk().await {
+                    Ok(Some(chunk)) => assert!(chunk.len() <= max, "{} > {max}", chunk.len()),
+                    Ok(None) | Err(_) => return,
+                }
+            }
+            panic!("the stream never ended");
+        });
+    });
+}
+
+thread_local! {
+    /// One runtime per fuzzing thread: building one per input would dominate.
+    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a tokio runtime");
 }
 
 #[cfg(test)]
