@@ -255,25 +255,16 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
         for (status, (due, sent)) in by_status {
             let (d, s) = (summarise(due), summarise(sent));
             let rate = d.n as f64 / elapsed.as_secs_f64().max(1e-9);
+            let (n, label) = (d.n, &args.label);
+            let (p50, p99, max) = (us(d.p50), us(d.p99), us(d.max));
+            let (sent_p50, sent_p99) = (us(s.p50), us(s.p99));
             println!(
-                "{}: status {status}: n {} ({rate:.0}/s); latency from due: p50 {:.1} us, p99 {:.1} us, max {:.1} us; from sent: p50 {:.1} us, p99 {:.1} us",
-                args.label,
-                d.n,
-                us(d.p50),
-                us(d.p99),
-                us(d.max),
-                us(s.p50),
-                us(s.p99)
+                "{label}: status {status}: n {n} ({rate:.0}/s); latency from due: p50 {p50:.1} us, \
+                 p99 {p99:.1} us, max {max:.1} us; from sent: p50 {sent_p50:.1} us, p99 {sent_p99:.1} us"
             );
             println!(
-                "RESULT label={} status={status} n={} rate={rate:.0} p50_us={:.1} p99_us={:.1} max_us={:.1} sent_p50_us={:.1} sent_p99_us={:.1}",
-                args.label,
-                d.n,
-                us(d.p50),
-                us(d.p99),
-                us(d.max),
-                us(s.p50),
-                us(s.p99)
+                "RESULT label={label} status={status} n={n} rate={rate:.0} p50_us={p50:.1} \
+                 p99_us={p99:.1} max_us={max:.1} sent_p50_us={sent_p50:.1} sent_p99_us={sent_p99:.1}"
             );
         }
     }
