@@ -40,20 +40,6 @@ wait_http() { # url [what]: up to 10 s for a 200
     die "${2:-$1} did not answer 200 within 10 s (logs in $TMP)"
 }
 
-echo_agent_toml() { # listen admin_listen backend_port: one agent `echo`, 30 s timeout, no retries
-    cat <<TOML
-[server]
-listen = "$1"
-admin_listen = "$2"
-
-[agents.echo]
-url = "http://127.0.0.1:$3"
-timeout = "30s"
-[agents.echo.retry]
-max_attempts = 1
-TOML
-}
-
 render() { # template NAME=value...: prints the template with each @NAME@ replaced by its
     # value; dies if a @NAME@ is left (the template and its caller disagree)
     local template=$1 text pair
