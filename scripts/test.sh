@@ -79,6 +79,17 @@ log "README's first command resolves the agentgate binary"
 # the tests just made, so this costs no extra compile.
 cargo run --locked -q -- demo --help >/dev/null
 
+log "fuzz targets, 10 s each"
+# cargo-fuzz needs nightly. Without one the targets' checks still ran above: the
+# gateway's unit tests feed them every file of fuzz/corpus/ on stable.
+if cargo +nightly --version >/dev/null 2>&1; then
+    for target in config ws_frame retry_after proxy_request stream_chunks; do
+        scripts/fuzz.sh "$target" 10
+    done
+else
+    echo "fuzz: SKIPPED: no nightly toolchain here (cargo +nightly fails); the seed corpus ran as unit tests"
+fi
+
 log "benches compile"
 cargo bench --workspace --locked --no-run
 

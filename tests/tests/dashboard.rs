@@ -389,14 +389,19 @@ async fn the_page_is_self_contained_and_served_where_the_admin_routes_are() {
     let public = gw.call("GET", "/dashboard", &[], "").await;
     assert_eq!(public.status, StatusCode::NOT_FOUND);
 
-    // Admin routes on the public listener: the page is there too; its feed needs the token.
+    // Admin routes on the public listener: the page is there too, and like every admin
+    // read there (SPEC §7) it needs the token, which `?token=` carries to its feed.
+    std::env::set_var(TOKEN_ENV, TOKEN);
     let shared = Gateway::start(&format!(
-        "{}\n[agents.nlp]\nurl = \"{}\"\n[pipelines.default]\n[[pipelines.default.stages]]\nname = \"s\"\nagent = \"nlp\"\n",
+        "{}\n[admin]\ntoken_env = \"{TOKEN_ENV}\"\n[agents.nlp]\nurl = \"{}\"\n[pipelines.default]\n[[pipelines.default.stages]]\nname = \"s\"\nagent = \"nlp\"\n",
         base_config("", "2s"),
         nlp.url()
     ))
     .await;
     let page = shared.call("GET", "/dashboard", &[], "").await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    let with_token = format!("/dashboard?token={TOKEN}");
+    let page = shared.call("GET", &with_token, &[], "").await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(String::from_utf8_lossy(&page.body).contains("subscribe_metrics"));
 }

@@ -478,7 +478,7 @@ async fn bad_frames_get_error_frames_and_the_connection_stays_open() {
 
     gw.state
         .engine()
-        .cancel(&ids[1], Duration::ZERO)
+        .cancel(&ids[1], Duration::ZERO, agentgate_pipeline::Caller::Anyone)
         .await
         .unwrap();
     assert_eq!(

@@ -199,6 +199,7 @@ pub fn default_parts(name: &str) -> agentgate_agent_client::StackParts {
     agentgate_agent_client::StackParts {
         metrics: std::sync::Arc::new(agentgate_agent_client::AgentMetrics::new(name)),
         retry: RetryPolicy::try_new(name, RetryConfig::default()).unwrap(),
+        bulkhead: agentgate_agent_client::BulkheadLayer::new(name, 0, Duration::ZERO),
         breaker: CircuitBreakerLayer::try_new(name, CircuitBreakerConfig::default()).unwrap(),
         timeout: Duration::from_secs(30),
         // As `AgentClient::send` (the reverse proxy's stack) has it.

@@ -44,9 +44,13 @@ impl Conn {
         self.request(Method::POST, path, headers, body).await
     }
 
-    /// GETs `path` and returns the status and the whole answer.
-    pub(crate) async fn get(&mut self, path: &str) -> Result<(StatusCode, Bytes), BoxError> {
-        self.request(Method::GET, path, &[], Bytes::new()).await
+    /// GETs `path` with `headers` and returns the status and the whole answer.
+    pub(crate) async fn get_with(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, Bytes), BoxError> {
+        self.request(Method::GET, path, headers, Bytes::new()).await
     }
 
     async fn request(

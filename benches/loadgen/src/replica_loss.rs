@@ -182,7 +182,7 @@ impl Replica {
     }
 
     async fn get(&self, path: &str) -> Result<(StatusCode, Bytes), BoxError> {
-        Conn::open(&self.uri()).await?.get(path).await
+        Conn::open(&self.uri()).await?.get_with(path, &[]).await
     }
 
     /// Submits a query (`Prefer: respond-async`); returns its id.

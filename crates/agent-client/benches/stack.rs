@@ -66,6 +66,7 @@ fn in_memory_stack(c: &mut Criterion) {
     let parts = StackParts {
         metrics: Arc::new(AgentMetrics::new("bench")),
         retry: RetryPolicy::try_new("bench", RetryConfig::default()).unwrap(),
+        bulkhead: agentgate_agent_client::BulkheadLayer::new("bench", 0, Duration::ZERO),
         breaker: CircuitBreakerLayer::try_new("bench", CircuitBreakerConfig::default()).unwrap(),
         timeout: Duration::from_secs(30),
         attempt_header: agentgate_retry::AttemptHeader::Always,

@@ -23,6 +23,7 @@ use serde_json::Value;
 use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 
+use crate::bulkhead::BulkheadLayer;
 use crate::stack::{layered, AgentService, Stack, StackParts, TransportBody};
 use crate::{
     AgentBody, AgentConfig, AgentConfigError, AgentMetrics, AgentStats, HttpVersion, JsonBody,
@@ -218,6 +219,7 @@ impl AgentClient {
         let parts = StackParts {
             metrics: metrics.unwrap_or_else(|| Arc::new(AgentMetrics::new(name))),
             retry: RetryPolicy::try_new(name, config.retry.clone())?,
+            bulkhead: BulkheadLayer::new(name, config.max_concurrency, config.queue_timeout),
             breaker,
             timeout: config.timeout,
             attempt_header: AttemptHeader::Always,

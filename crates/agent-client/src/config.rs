@@ -59,6 +59,14 @@ pub struct AgentConfig {
     /// streamed answer, the most its chunks may add up to in the stage's output.
     #[serde(default = "defaults::max_response_bytes")]
     pub max_response_bytes: usize,
+    /// Requests in flight to this agent at once (`max_concurrency`, SPEC §8); 0 means
+    /// no limit. A bulkhead: one slow agent cannot take every connection and task.
+    #[serde(default)]
+    pub max_concurrency: usize,
+    /// How long a request waits for a free slot under `max_concurrency` before it is
+    /// refused (`overloaded`); 0 refuses at once.
+    #[serde(with = "humantime_serde", default)]
+    pub queue_timeout: Duration,
     /// Streamed answers (SSE, NDJSON): the longest silence between two reads
     /// (`stream_idle_timeout`); the per-attempt `timeout` covers the time to the head.
     #[serde(with = "humantime_serde", default = "defaults::stream_idle_timeout")]
@@ -119,6 +127,8 @@ impl AgentConfig {
             pool_idle_timeout: defaults::pool_idle_timeout(),
             connect_timeout: defaults::connect_timeout(),
             max_response_bytes: defaults::max_response_bytes(),
+            max_concurrency: 0,
+            queue_timeout: Duration::ZERO,
             stream_idle_timeout: defaults::stream_idle_timeout(),
         }
     }

@@ -3,7 +3,7 @@
 //! ([`stack`]), in agentgate's resilience stack:
 //!
 //! ```text
-//! progress → retry (→ metrics) → circuit breaker → per-attempt timeout → client
+//! progress → retry (→ metrics) → bulkhead → circuit breaker → per-attempt timeout → client
 //! ```
 //!
 //! [`AgentClient`] is built from an agent's config (SPEC §2 `[defaults]` merged with
@@ -32,6 +32,7 @@
 //! ```
 
 mod body;
+mod bulkhead;
 mod client;
 mod config;
 mod json;
@@ -40,6 +41,9 @@ mod stack;
 mod stream;
 
 pub use body::AgentBody;
+pub use bulkhead::{
+    Bulkhead, BulkheadLayer, Overloaded, ResponseFuture as BulkheadFuture, OVERLOAD_REJECTED,
+};
 pub use client::{http_client, AgentClient, HttpClient, SharedClient};
 pub use config::{check_url, AgentConfig, AgentConfigError, HttpVersion};
 pub use json::{JsonBody, StageAnswer};

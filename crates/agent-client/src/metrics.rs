@@ -38,6 +38,14 @@ pub fn describe_metrics() {
         "Duration of each attempt to an agent"
     );
     metrics::describe_counter!(RETRIES, "Retries scheduled for calls to an agent");
+    metrics::describe_gauge!(
+        crate::bulkhead::IN_FLIGHT,
+        "Requests in flight to an agent with max_concurrency (holding a slot)"
+    );
+    metrics::describe_counter!(
+        crate::bulkhead::OVERLOAD_REJECTED,
+        "Requests refused by admission control, by scope (global, agent, connections)"
+    );
 }
 
 /// One agent's counters. Shared by every request to that agent.

@@ -13,6 +13,7 @@ use tower::util::BoxCloneSyncService;
 use tower::ServiceBuilder;
 use tower_service::Service;
 
+use crate::bulkhead::{Bulkhead, BulkheadLayer};
 use crate::{AgentBody, AgentMetrics};
 
 /// A boxed stack: what [`crate::AgentClient::streaming_service`] hands out.
@@ -20,7 +21,7 @@ pub type AgentService<B> = BoxCloneSyncService<Request<AgentBody>, Response<B>, 
 
 /// The stack over `S` as [`layered`] builds it, unboxed: what [`crate::AgentClient`]
 /// calls, so a call costs no allocation for a boxed service or a boxed future.
-pub type Stack<S> = ProgressService<Retry<CircuitBreaker<Timeout<S>, HttpClassifier>>>;
+pub type Stack<S> = ProgressService<Retry<Bulkhead<CircuitBreaker<Timeout<S>, HttpClassifier>>>>;
 
 /// What the transport under a stack is sent: the caller's body, made replayable.
 pub type TransportBody = ReplayBody<AgentBody>;
@@ -34,6 +35,8 @@ pub struct StackParts {
     pub metrics: Arc<AgentMetrics>,
     /// Retry policy (budget and RNG shared by clones).
     pub retry: RetryPolicy,
+    /// The agent's bulkhead (`max_concurrency`, `queue_timeout`).
+    pub bulkhead: BulkheadLayer,
     /// The agent's breaker.
     pub breaker: CircuitBreakerLayer,
     /// Per-attempt timeout.
@@ -46,7 +49,7 @@ pub struct StackParts {
 /// Wraps `inner` (the agent's transport) in the full stack, outermost first:
 ///
 /// ```text
-/// progress → retry (→ metrics) → circuit breaker → per-attempt timeout → inner
+/// progress → retry (→ metrics) → bulkhead → circuit breaker → per-attempt timeout → inner
 /// ```
 ///
 /// - progress outermost: it sees the whole call and, through the request's attempt
@@ -57,6 +60,9 @@ pub struct StackParts {
 /// - metrics are the retry layer's observer: it tells of each attempt, breaker refusals
 ///   included, so one outcome is counted per attempt (SPEC §4) without a layer or any
 ///   per-request state of their own;
+/// - the bulkhead (SPEC §8) between retry and breaker: its refusal is `rejected`
+///   (`overloaded`), so retry does not retry it and the pipeline takes the fallback,
+///   and the breaker never sees it (a busy agent is not a failing one);
 /// - the timeout inside the breaker, so a timed-out attempt counts as a failure.
 pub fn layered<S>(parts: &StackParts, inner: S) -> Stack<S> {
     ServiceBuilder::new()
@@ -66,6 +72,7 @@ pub fn layered<S>(parts: &StackParts, inner: S) -> Stack<S> {
                 .on_attempt(parts.metrics.clone())
                 .attempt_header(parts.attempt_header),
         )
+        .layer(parts.bulkhead.clone())
         .layer(parts.breaker.clone())
         .layer(TimeoutLayer::new(parts.timeout))
         .service(inner)

@@ -11,9 +11,10 @@ use tower_http::request_id::{
 
 use crate::error::{ApiError, Problem};
 use crate::routes::{admin, dashboard, health, proxy, query};
-use crate::{ws, AppState};
+use crate::{auth, ws, AppState};
 
-/// The public listener's routes. When the config has no `admin_listen`, the admin
+/// The public listener's routes. Every one but `/healthz` and `/readyz` goes through
+/// [`auth::authenticate`] (SPEC §7). When the config has no `admin_listen`, the admin
 /// routes are served here too, and then reading them also needs the admin token.
 pub fn public_app(state: AppState) -> Router {
     let mut router = Router::new()
@@ -23,32 +24,43 @@ pub fn public_app(state: AppState) -> Router {
         .route("/agents/{agent}", any(proxy::proxy))
         .route("/agents/{agent}/", any(proxy::proxy))
         .route("/agents/{agent}/{*path}", any(proxy::proxy))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     if state.runtime().config().server.admin_listen.is_none() {
-        router = router
-            .merge(
-                admin_routes()
-                    .route_layer(middleware::from_fn_with_state(state.clone(), require_token)),
-            )
-            .route("/dashboard", get(dashboard::dashboard));
+        router = router.merge(
+            admin_routes()
+                .route("/metrics", get(admin::prometheus))
+                .route("/dashboard", get(dashboard::dashboard))
+                .route_layer(middleware::from_fn_with_state(state.clone(), require_token)),
+        );
     }
     finish(router, state)
 }
 
-/// The admin listener's routes.
+/// The admin listener's routes. With `[admin] protect_reads`, reading them (all but
+/// `/metrics`, `/healthz` and `/readyz`) needs the admin token too.
 pub fn admin_app(state: AppState) -> Router {
-    let router = admin_routes()
+    let mut reads = admin_routes()
         .route("/ws", get(ws::admin_handler))
-        .route("/dashboard", get(dashboard::dashboard))
+        .route("/dashboard", get(dashboard::dashboard));
+    if state.runtime().config().admin.protect_reads {
+        reads = reads.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    }
+    let router = reads
+        .route("/metrics", get(admin::prometheus))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     finish(router, state)
 }
 
+/// The JSON admin API. `/metrics` is not among them: on the admin listener Prometheus
+/// scrapes it without a token even with `protect_reads`.
 fn admin_routes() -> Router<AppState> {
     Router::new()
-        .route("/metrics", get(admin::prometheus))
         .route("/api/orchestration/metrics", get(admin::metrics_json))
         .route("/api/orchestration/health", get(admin::health_json))
         .route("/api/orchestration/circuit-breakers", get(admin::breakers))
@@ -72,8 +84,20 @@ fn finish(router: Router<AppState>, state: AppState) -> Router {
         .layer(SetRequestIdLayer::x_request_id(SequentialRequestId::new()))
 }
 
+/// The admin token as `Authorization: Bearer`, or as `?token=` on `GET`s (the
+/// dashboard page and its WebSocket: browsers cannot set headers on either).
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match admin::authorize(&state, req.headers()) {
+    let mut authorized = admin::authorize(&state, req.headers());
+    if authorized.is_err() && req.method() == http::Method::GET {
+        if let Some(token) = auth::query_param(req.uri().query().unwrap_or(""), "token") {
+            let bearer = http::HeaderValue::from_str(&format!("Bearer {token}"));
+            if let Ok(bearer) = bearer {
+                let headers = http::HeaderMap::from_iter([(http::header::AUTHORIZATION, bearer)]);
+                authorized = admin::authorize(&state, &headers);
+            }
+        }
+    }
+    match authorized {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
     }

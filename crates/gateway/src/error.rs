@@ -9,7 +9,8 @@
 use std::time::Duration;
 
 use agentgate_classify::{cause_ref, is_caused_by, BoxError, RequestBodyError};
-use agentgate_pipeline::{ErrorKind, QueryRecord};
+use agentgate_pipeline::{ErrorKind, QueryRecord, SubmitError};
+use agentgate_progress::QuotaRefusal;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -53,6 +54,14 @@ pub enum Problem {
     TooManyConnections,
     /// 503: other replicas' queries cannot be reached (the progress backend is down).
     BackendUnavailable,
+    /// 503: `max_running_queries` queries are running, all clients together (SPEC §8).
+    Overloaded,
+    /// 429: the client runs its `max_running_queries` already (SPEC §7).
+    TooManyQueries,
+    /// 429: the client is over its `rate` (SPEC §7).
+    RateLimited,
+    /// 408: the request body stalled longer than `body_read_timeout` (SPEC §8).
+    RequestTimeout,
     /// A call to an agent through the reverse proxy failed this way.
     Agent(ErrorKind),
 }
@@ -86,9 +95,12 @@ impl Problem {
             Problem::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             Problem::Unauthorized => StatusCode::UNAUTHORIZED,
             Problem::Forbidden => StatusCode::FORBIDDEN,
-            Problem::ShuttingDown | Problem::TooManyConnections | Problem::BackendUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Problem::ShuttingDown
+            | Problem::TooManyConnections
+            | Problem::BackendUnavailable
+            | Problem::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Problem::TooManyQueries | Problem::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Problem::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Problem::Agent(kind) => proxied_status(kind),
         }
     }
@@ -113,6 +125,13 @@ impl Problem {
             Problem::ShuttingDown => "shutting_down",
             Problem::TooManyConnections => "too_many_connections",
             Problem::BackendUnavailable => "backend_unavailable",
+            Problem::Overloaded => "overloaded",
+            Problem::TooManyQueries => "too_many_queries",
+            Problem::RateLimited => "rate_limited",
+            Problem::RequestTimeout => "request_timeout",
+            // SPEC §8: the proxy tells a full bulkhead apart from the gateway's own
+            // `overloaded`.
+            Problem::Agent(ErrorKind::Overloaded) => "agent_overloaded",
             Problem::Agent(kind) => kind.as_str(),
         }
     }
@@ -202,6 +221,41 @@ impl ApiError {
         Self::new(problem, err.to_string())
     }
 
+    /// 408 for a request body that stalled longer than `body_read_timeout`; the
+    /// connection is closed after the answer.
+    pub fn body_timeout() -> Self {
+        Self::new(
+            Problem::RequestTimeout,
+            "the request body stalled: send it without long pauses",
+        )
+    }
+
+    /// What a failed submit answers: 404 for an unknown pipeline, 503 while shutting
+    /// down or over the global `max_running_queries`, 429 over the client's quota.
+    pub fn from_submit_error(e: &SubmitError) -> Self {
+        match e {
+            SubmitError::UnknownPipeline(name) => Self::new(
+                Problem::UnknownPipeline,
+                format!("no pipeline named `{name}`"),
+            ),
+            SubmitError::ShuttingDown => Self::draining(),
+            SubmitError::Overloaded(max) => Self::new(
+                Problem::Overloaded,
+                format!("the gateway runs its maximum of {max} queries: try again shortly"),
+            )
+            .retry_after(Duration::from_secs(1)),
+            SubmitError::Quota(QuotaRefusal::TooManyQueries) => Self::new(
+                Problem::TooManyQueries,
+                "this client runs its maximum of queries (max_running_queries): wait for one to end",
+            ),
+            SubmitError::Quota(QuotaRefusal::RateLimited { retry_after }) => Self::new(
+                Problem::RateLimited,
+                "this client starts queries faster than its rate allows",
+            )
+            .retry_after(*retry_after),
+        }
+    }
+
     /// 503 while the gateway shuts down.
     pub fn draining() -> Self {
         Self::new(Problem::ShuttingDown, "the gateway is shutting down")
@@ -215,6 +269,9 @@ impl ApiError {
     pub fn from_agent_error(agent: &str, err: &BoxError, body_limit: usize) -> Self {
         if cause_ref::<LengthLimitError>(&**err).is_some() {
             return Self::too_large(body_limit);
+        }
+        if is_caused_by::<crate::admission::BodyStalled>(&**err) {
+            return Self::body_timeout();
         }
         if is_caused_by::<RequestBodyError>(&**err) {
             return Self::bad_request("the request body could not be read");
@@ -254,6 +311,18 @@ impl IntoResponse for ApiError {
         if let Some(d) = self.retry_after {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, retry_after_value(d));
+        }
+        match self.problem {
+            Problem::Unauthorized => {
+                res.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // The rest of a stalled body cannot be trusted to arrive: close.
+            Problem::RequestTimeout => {
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         res
     }
@@ -319,6 +388,11 @@ mod tests {
             assert_eq!(Problem::Agent(kind).status().as_u16(), status, "{kind}");
             assert_eq!(Problem::Agent(kind).kind(), kind.as_str());
         }
+        let full = Problem::Agent(Overloaded);
+        assert_eq!(
+            (full.status().as_u16(), full.kind()),
+            (503, "agent_overloaded")
+        );
         let err: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         let answer = ApiError::from_agent_error("nlp", &err, 10);
         assert_eq!(

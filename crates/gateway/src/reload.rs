@@ -3,7 +3,8 @@
 //!
 //! An invalid file changes nothing: the old configuration stays, the error is logged
 //! and returned (`file:line:col: message`). A valid one becomes the [`Runtime`] of new
-//! requests, as one unit: agents, pipelines, the admin token. Requests and queries in
+//! requests, as one unit: agents, pipelines, the admin token, the `[auth]` clients and
+//! their quotas, the `[[notify]]` hooks. Requests and queries in
 //! flight keep the runtime they started with (a query its pipeline and agents to the
 //! end). An agent whose `url` and `circuit_breaker` keys are unchanged keeps its breaker
 //! (state, window, open period) and, with its pool keys unchanged, its pool of
@@ -12,7 +13,9 @@
 //!
 //! Some keys are read once at startup, as Envoy and Linkerd treat listeners:
 //! `server.listen`, `server.admin_listen`, `server.max_ws_connections`,
-//! `server.query_retention`, `[progress]`, and whether `[server.tls]` is there at all. A
+//! `server.query_retention`, `server.max_running_queries`, `server.max_connections`,
+//! `server.body_read_timeout`, `admin.protect_reads`, `[progress]`, and whether
+//! `[server.tls]` is there at all. A
 //! reload that changes them keeps their running values, says so in its answer
 //! (`restart_required`) and in a warning. `[server.tls]`'s certificate and key files
 //! are read again by every reload: new connections get the new certificate.
@@ -25,7 +28,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ConfigError};
 use crate::notify::Notifier;
-use crate::runtime::{build_agents, AgentChanges, Runtime};
+use crate::runtime::{build_agents, Access, AgentChanges, Runtime};
 use crate::server::{tls_acceptor, GatewayError};
 use crate::AppState;
 
@@ -100,6 +103,7 @@ impl AppState {
         for name in changes.added.iter().chain(&changes.rebuilt) {
             self.transitions().watch(agents[name].breaker());
         }
+        let access = Access::read(&config)?;
         let notifier = Notifier::build(&config.notify, Some(old.notifier()))?;
         let tls = tls_reloaded(&mut config, old.config(), &mut restart_required)?;
         let agents = self.engine().reconfigure(config.pipelines.clone(), agents);
@@ -109,7 +113,7 @@ impl AppState {
             pipelines: config.pipelines.keys().cloned().collect(),
             restart_required,
         };
-        self.install(Runtime::new(config, agents, notifier));
+        self.install(Runtime::new(config, agents, access, notifier));
         if let Some(tls) = tls {
             self.set_tls_acceptor(Some(tls));
         }
@@ -154,8 +158,15 @@ fn keep_startup_values(new: &mut Config, running: &Config) -> Vec<&'static str> 
         listen => "server.listen",
         admin_listen => "server.admin_listen",
         max_ws_connections => "server.max_ws_connections",
-        query_retention => "server.query_retention"
+        query_retention => "server.query_retention",
+        max_running_queries => "server.max_running_queries",
+        max_connections => "server.max_connections",
+        body_read_timeout => "server.body_read_timeout"
     );
+    if new.admin.protect_reads != running.admin.protect_reads {
+        changed.push("admin.protect_reads");
+        new.admin.protect_reads = running.admin.protect_reads;
+    }
     if new.progress != running.progress {
         changed.push("progress");
         new.progress = running.progress.clone();

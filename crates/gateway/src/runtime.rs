@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use agentgate_agent_client::AgentClient;
 
+use crate::auth::Clients;
 use crate::config::Config;
 use crate::notify::Notifier;
 use crate::server::GatewayError;
@@ -20,8 +21,16 @@ use crate::server::GatewayError;
 pub struct Runtime {
     config: Config,
     agents: Arc<BTreeMap<String, AgentClient>>,
-    admin_token: Option<String>,
+    access: Access,
     notifier: Notifier,
+}
+
+/// Who may call: the admin token and the clients' keys and quotas (SPEC §7), read from
+/// the environment (`token_env`, `key_env`) when the config is (re)loaded.
+#[derive(Debug)]
+pub(crate) struct Access {
+    admin_token: Option<String>,
+    clients: Clients,
 }
 
 /// How each agent of a new runtime relates to the previous one's.
@@ -41,17 +50,18 @@ pub struct AgentChanges {
 
 impl Runtime {
     /// The runtime of `config`, whose agents' clients are `agents` (the map the engine
-    /// hands out) and whose hooks are `notifier`. The admin token is read from the
-    /// environment now.
+    /// hands out), whose callers are `access` ([`Access::read`] of `config`) and whose
+    /// hooks are `notifier`.
     pub(crate) fn new(
         config: Config,
         agents: Arc<BTreeMap<String, AgentClient>>,
+        access: Access,
         notifier: Notifier,
     ) -> Self {
         Self {
-            admin_token: config.admin.token(),
             config,
             agents,
+            access,
             notifier,
         }
     }
@@ -73,12 +83,33 @@ impl Runtime {
 
     /// The admin bearer token, if configured.
     pub fn admin_token(&self) -> Option<&str> {
-        self.admin_token.as_deref()
+        self.access.admin_token.as_deref()
+    }
+
+    /// The clients (`[auth]`): who may call, and their quotas.
+    pub fn clients(&self) -> &Clients {
+        &self.access.clients
     }
 
     /// The `[[notify]]` hooks.
     pub fn notifier(&self) -> &Notifier {
         &self.notifier
+    }
+}
+
+// === impl Access ===
+
+impl Access {
+    /// The admin token and the clients of `config`, read from the environment now:
+    /// fails when a client's key cannot be (`key_env` unset since the config was
+    /// checked).
+    pub(crate) fn read(config: &Config) -> Result<Self, GatewayError> {
+        let admin_token = config.admin.token();
+        let clients = Clients::new(&config.auth, admin_token.as_deref())?;
+        Ok(Self {
+            admin_token,
+            clients,
+        })
     }
 }
 

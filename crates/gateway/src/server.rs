@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::admission::{Counted, StallTimeout, OVERLOAD_REJECTED};
 use crate::app::{admin_app, public_app};
 use crate::config::{Config, ProgressBackend};
 use crate::runtime::build_agents;
@@ -30,6 +32,15 @@ use crate::AppState;
 
 /// How long a client may take to send a request's head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the Prometheus recorder's histogram samples are folded into buckets.
+///
+/// The recorder keeps every histogram sample it is given until it is drained: by a
+/// scrape of `/metrics`, or by this upkeep. Without it, a gateway that nobody scrapes
+/// grew by a few bytes per recorded latency without end — issue 20's chaos run, 1,300
+/// queries/s for 600 s, from 48 MB to 61 MB and still climbing (`benches/admission.sh
+/// MEMORY=1`).
+const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// At shutdown, how long WebSocket connections may at least take to deliver the last
 /// terminal events once running queries have ended.
@@ -52,6 +63,9 @@ pub enum GatewayError {
     /// `progress.redis_ca_file` could not be read.
     #[error("progress.redis_ca_file: {0}")]
     RedisCaFile(String),
+    /// A client's key could not be read (`key_env` unset since the config was checked).
+    #[error("{0}")]
+    Auth(#[from] agentgate_config::Invalid),
     /// `[server.tls]` cannot be used (its files changed since the config was read).
     #[error("server.{0}")]
     Tls(agentgate_config::Invalid),
@@ -92,6 +106,7 @@ fn describe_metrics() {
     agentgate_progress_redis::describe_metrics();
     crate::reload::describe_metrics();
     crate::notify::describe_metrics();
+    crate::auth::describe_metrics();
     metrics::describe_gauge!("agentgate_health_score", "Health score 0..100");
     metrics::describe_gauge!(
         "agentgate_health_status",
@@ -140,6 +155,7 @@ pub fn build_state(config: Config) -> Result<AppState, GatewayError> {
             retention: config.server.query_retention,
             // One line or event of a streamed stage answer is bounded like a request body.
             max_chunk_bytes: config.server.max_body_bytes,
+            max_running: config.server.max_running_queries,
             ..EngineSettings::default()
         },
     );
@@ -173,22 +189,36 @@ pub async fn serve(
     // Every transition is logged and kept from now on (the dashboard lists them), those
     // since the state was built included, and the hooks are told what they asked for.
     let sources = crate::notify::Sources::new(&state);
-    let recorders = state.transitions().spawn_recorders();
+    let mut recorders = state.transitions().spawn_recorders();
+    recorders.push(tokio::spawn(metrics_upkeep(state.prometheus().clone())));
     let notifications = tokio::spawn(sources.run(state.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
+    let runtime = state.runtime();
+    let server = &runtime.config().server;
+    let public = Limits {
+        connections: Some((state.connection_count().clone(), server.max_connections)),
+        body_read_timeout: server.body_read_timeout,
+    };
     let mut accept = vec![tokio::spawn(accept_loop(
         listener,
         https.then(|| state.clone()),
         public_app(state.clone()),
+        public,
         stop_rx.clone(),
         graceful.clone(),
     ))];
     if let Some(admin) = admin_listener {
+        // Operators' connections are not capped: they must get in when clients flood.
+        let admin_limits = Limits {
+            connections: None,
+            body_read_timeout: server.body_read_timeout,
+        };
         accept.push(tokio::spawn(accept_loop(
             admin,
             None,
             admin_app(state.clone()),
+            admin_limits,
             stop_rx.clone(),
             graceful.clone(),
         )));
@@ -241,17 +271,30 @@ pub(crate) fn tls_acceptor(config: &Config) -> Result<Option<TlsAcceptor>, Gatew
     Ok(Some(TlsAcceptor::from(config)))
 }
 
+/// What a listener admits (SPEC §8).
+struct Limits {
+    /// The count of open connections and its cap.
+    connections: Option<(Arc<AtomicUsize>, usize)>,
+    /// Longest silence of a request body.
+    body_read_timeout: Duration,
+}
+
 /// Accepts connections on `listener` until `stop`; with `tls` (the state whose TLS
 /// acceptor, which a reload may replace, each connection uses), each one's handshake
 /// runs in its own task (a slow client never holds up the accept loop), bounded by
-/// the header read timeout, before HTTP (1.1, or 2 by ALPN) is served over it.
+/// the header read timeout, before HTTP (1.1, or 2 by ALPN) is served over it. Beyond
+/// the connection cap a new connection is closed at once (before any handshake).
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<AppState>,
     app: Router,
+    limits: Limits,
     mut stop: watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
 ) {
+    let refused = metrics::counter!(OVERLOAD_REJECTED, "scope" => "connections");
+    let unlimited = Arc::new(AtomicUsize::new(0));
+    let body_timeout = limits.body_read_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -273,17 +316,31 @@ async fn accept_loop(
             },
             () = async { let _ = stop.wait_for(|stop| *stop).await; } => break,
         };
-        let _ = stream.set_nodelay(true);
+        let stream = match &limits.connections {
+            Some((count, max)) => match Counted::admit(stream, count, *max) {
+                Some(stream) => stream,
+                None => {
+                    // Accepted and closed at once: cheaper than leaving it in the backlog,
+                    // where the client would wait for a timeout.
+                    refused.increment(1);
+                    continue;
+                }
+            },
+            None => Counted::admit(stream, &unlimited, usize::MAX).expect("no cap"),
+        };
+        let _ = stream.get_ref().set_nodelay(true);
         let Some(tls) = tls.as_ref().and_then(AppState::tls_acceptor) else {
-            tokio::spawn(connection(&builder, stream, &app, peer, None, &graceful));
+            let conn = connection(&builder, stream, &app, peer, None, body_timeout, &graceful);
+            tokio::spawn(conn);
             continue;
         };
         let (builder, app, graceful) = (builder.clone(), app.clone(), graceful.clone());
         tokio::spawn(async move {
             match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(stream)).await {
                 Ok(Ok(stream)) => {
+                    let https = Some(Scheme::HTTPS);
                     let conn =
-                        connection(&builder, stream, &app, peer, Some(Scheme::HTTPS), &graceful);
+                        connection(&builder, stream, &app, peer, https, body_timeout, &graceful);
                     // Only the connection is watched from here: shutdown waits for no
                     // handshake task.
                     drop(graceful);
@@ -297,13 +354,15 @@ async fn accept_loop(
 }
 
 /// Serves one connection (watched for graceful shutdown) with `app`; requests carry
-/// the peer's address and, over TLS, the `https` scheme (for `x-forwarded-proto`).
+/// the peer's address and, over TLS, the `https` scheme (for `x-forwarded-proto`), and
+/// their bodies fail once they stall for `body_timeout`.
 fn connection<I>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     app: &Router,
     peer: SocketAddr,
     scheme: Option<Scheme>,
+    body_timeout: Duration,
     graceful: &GracefulShutdown,
 ) -> impl Future<Output = ()> + Send + 'static
 where
@@ -315,7 +374,8 @@ where
         if let Some(scheme) = &scheme {
             req.extensions_mut().insert(scheme.clone());
         }
-        app.clone().oneshot(req)
+        app.clone()
+            .oneshot(req.map(|body| StallTimeout::new(body, body_timeout)))
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     let conn = graceful.watch(conn.into_owned());
@@ -323,5 +383,15 @@ where
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, %peer, "connection ended with an error");
         }
+    }
+}
+
+/// Drains the recorder's histogram samples every [`METRICS_UPKEEP_EVERY`].
+async fn metrics_upkeep(handle: PrometheusHandle) {
+    let mut every = tokio::time::interval(METRICS_UPKEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        handle.run_upkeep();
     }
 }

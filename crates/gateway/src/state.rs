@@ -12,7 +12,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::notify::Notifier;
-use crate::runtime::Runtime;
+use crate::runtime::{Access, Runtime};
 use crate::server::GatewayError;
 use crate::transitions::{TransitionLog, RECENT_PER_AGENT};
 use crate::ws::WsRegistry;
@@ -38,6 +38,8 @@ struct Inner {
     started: Instant,
     ws: WsRegistry,
     transitions: TransitionLog,
+    /// Open connections on the public listener (`max_connections`).
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     /// The public listener's TLS (`[server.tls]`): set when serving starts, replaced by
     /// a reload, which reads the certificate files again.
     tls: PublicTls,
@@ -58,7 +60,8 @@ impl AppState {
     /// and whose progress backend decides what is shared with other replicas).
     ///
     /// Starts the delivery tasks of `config`'s `[[notify]]` hooks: call it within a
-    /// tokio runtime when it has any.
+    /// tokio runtime when it has any. Fails when a client's key cannot be read
+    /// (`key_env` unset since the config was checked).
     pub fn new(
         config: Config,
         engine: Engine,
@@ -69,9 +72,11 @@ impl AppState {
         let transitions =
             TransitionLog::new(RECENT_PER_AGENT, agents.values().map(|a| a.breaker()));
         let notifier = Notifier::build(&config.notify, None)?;
+        let access = Access::read(&config)?;
+        let runtime = Runtime::new(config, agents, access, notifier);
         Ok(Self {
             inner: Arc::new(Inner {
-                runtime: ArcSwap::from_pointee(Runtime::new(config, agents, notifier)),
+                runtime: ArcSwap::from_pointee(runtime),
                 reloading: Mutex::new(()),
                 engine,
                 prometheus,
@@ -81,6 +86,7 @@ impl AppState {
                 ws,
                 transitions,
                 tls: PublicTls(ArcSwapOption::empty()),
+                connections: Arc::default(),
             }),
         })
     }
@@ -173,5 +179,14 @@ impl AppState {
     /// the live ones.
     pub fn transitions(&self) -> &TransitionLog {
         &self.inner.transitions
+    }
+
+    /// Open connections on the public listener.
+    pub fn connections(&self) -> usize {
+        self.inner.connections.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn connection_count(&self) -> &Arc<std::sync::atomic::AtomicUsize> {
+        &self.inner.connections
     }
 }

@@ -77,6 +77,10 @@ fn spec_example_gives_the_spec_values() {
             ws_max_message_bytes: 65_536,
             ws_max_subscriptions: 100,
             query_retention: Duration::from_secs(600),
+            max_running_queries: 10_000,
+            max_connections: 25_000,
+            body_read_timeout: Duration::from_secs(30),
+            ws_allowed_origins: vec![],
             tls: None,
         }
     );

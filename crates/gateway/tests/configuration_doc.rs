@@ -11,7 +11,9 @@ use std::path::Path;
 
 use agentgate_agent_client::AgentConfig;
 use agentgate_circuit_breaker::CircuitBreakerConfig;
-use agentgate_gateway::config::{AdminConfig, Config, ProgressConfig, ServerConfig};
+use agentgate_gateway::config::{
+    AdminConfig, AuthConfig, ClientConfig, Config, ProgressConfig, ServerConfig,
+};
 use agentgate_gateway::notify::NotifyConfig;
 use agentgate_pipeline::{PipelineConfig, StageConfig};
 use agentgate_retry::RetryConfig;
@@ -76,13 +78,18 @@ fn keys_of<T: DeserializeOwned>(required: &str) -> BTreeSet<String> {
 #[test]
 fn every_key_is_documented_and_every_documented_key_exists() {
     let tables = tables(&doc());
-    let sections: [(&str, BTreeSet<String>); 11] = [
+    let sections: [(&str, BTreeSet<String>); 13] = [
         ("`[server]`", keys_of::<ServerConfig>("")),
         (
             "`[server.tls]`",
             keys_of::<ServerTlsConfig>("cert_file = \"a\"\nkey_file = \"b\""),
         ),
         ("`[admin]`", keys_of::<AdminConfig>("")),
+        ("`[auth]`", keys_of::<AuthConfig>("")),
+        (
+            "`[[auth.clients]]`",
+            keys_of::<ClientConfig>("name = \"x\""),
+        ),
         ("`[progress]`", keys_of::<ProgressConfig>("")),
         (
             "`[agents.NAME]` and `[defaults]`",
@@ -129,13 +136,14 @@ fn every_documented_default_is_the_default() {
     };
     let agent = "`[agents.NAME]` and `[defaults]`";
     let explicit = format!(
-        "[server]\n{}\n[admin]\n{}\n[progress]\n{}\n\
+        "[server]\n{}\n[admin]\n{}\n[auth]\n{}\n[progress]\n{}\n\
          [defaults]\n{}\n[defaults.circuit_breaker]\n{}\n[defaults.retry]\n{}\n\
          [agents.a]\nurl = \"http://a\"\n\
          [pipelines.p]\n{}\n[[pipelines.p.stages]]\nname = \"s\"\nagent = \"a\"\n{}\n\
          [[notify]]\nurl = \"http://h\"\n{}",
         defaults("`[server]`"),
         defaults("`[admin]`"),
+        defaults("`[auth]`"),
         defaults("`[progress]`"),
         defaults(agent),
         defaults("`circuit_breaker` (of `[defaults]` or `[agents.NAME]`)"),

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use agentgate_agent_client::AgentClient;
 use agentgate_progress::{
     Backend, BackendError, Ending, ErrorInfo, EventKind, LostQuery, QueryControl, QueryPublisher,
-    SubscribeError, Subscription,
+    Quota, SubscribeError, Subscription,
 };
 use agentgate_retry::RetryAllowance;
 use arc_swap::ArcSwap;
@@ -46,6 +46,10 @@ use crate::{
 /// Stands in for deadlines too far away to represent.
 const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 86_400);
 
+/// A query counts against its client's running quota for at most its deadline and
+/// this much, should its replica die before releasing it.
+const QUOTA_HOLD_MARGIN: Duration = Duration::from_secs(30);
+
 /// Runs queries through pipelines of agent stages. Cheap to clone; clones share
 /// everything.
 #[derive(Clone)]
@@ -61,11 +65,28 @@ pub struct EngineSettings {
     /// At most this many records are kept; the oldest finished ones go first. Running
     /// queries are never dropped, even beyond this.
     pub max_records: usize,
+    /// … and finished ones holding at most about this many bytes (large results reach
+    /// this before `max_records`).
+    pub max_record_bytes: usize,
     /// The pipeline of queries that name none.
     pub default_pipeline: String,
     /// The longest line or event of a streamed stage answer (`[server] max_body_bytes`);
     /// a longer one fails the stage with `bad_response`.
     pub max_chunk_bytes: usize,
+    /// Queries running at once, all clients together; beyond, [`SubmitError::Overloaded`]
+    /// (`[server] max_running_queries`). Bounds the memory an async submit loop can take.
+    pub max_running: usize,
+}
+
+/// Who asks about a query (SPEC §7): a client sees only the queries it started, as if
+/// no other query existed; the admin token, and everyone when `[auth]` is off, sees
+/// every query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller<'a> {
+    /// Sees every query.
+    Anyone,
+    /// Sees only the queries whose record names this client.
+    Client(&'a str),
 }
 
 /// A running query as [`Engine::live`] sees it.
@@ -123,6 +144,12 @@ struct Inner {
     running: watch::Sender<u64>,
 }
 
+/// What an admitted query starts with: its plan and the agents of the same catalog.
+struct Admitted {
+    plan: Arc<Plan>,
+    agents: Arc<BTreeMap<String, AgentClient>>,
+}
+
 /// The pipelines and agents queries start with, as one unit.
 #[derive(Debug)]
 struct Catalog {
@@ -151,7 +178,9 @@ impl Default for EngineSettings {
         Self {
             retention: Duration::from_secs(600),
             max_records: 10_000,
+            max_record_bytes: 64 * 1024 * 1024,
             default_pipeline: "default".to_owned(),
+            max_running: 10_000,
             max_chunk_bytes: 1024 * 1024,
         }
     }
@@ -176,7 +205,11 @@ impl Engine {
             catalog: ArcSwap::from_pointee(Catalog::new(pipelines, agents)),
             share_records: backend.is_shared(),
             backend,
-            records: Mutex::new(Records::new(settings.retention, settings.max_records)),
+            records: Mutex::new(Records::new(
+                settings.retention,
+                settings.max_records,
+                settings.max_record_bytes,
+            )),
             settings,
             stats: StatsCollector::default(),
             closed: AtomicBool::new(false),
@@ -191,26 +224,91 @@ impl Engine {
     /// Starts a query on its own task and returns at once.
     ///
     /// The query's deadline (its pipeline's `deadline`) counts from here. Must be called
-    /// within a tokio runtime.
+    /// within a tokio runtime. Refused beyond [`EngineSettings::max_running`]; no client
+    /// quota applies (see [`Engine::submit_with_quota`]).
     pub fn submit(&self, input: QueryInput) -> Result<Submitted, SubmitError> {
+        let admitted = self.admit(&input)?;
+        Ok(self.start(input, admitted, new_query_id(), None))
+    }
+
+    /// [`Engine::submit`] for a query of `input.client` under that client's `quota`
+    /// (SPEC §7), counted by the backend, so across replicas when it is shared. Nothing
+    /// is started or counted for a refused query: the checks run in the order unknown
+    /// pipeline, shutdown, [`EngineSettings::max_running`], then the quota.
+    pub async fn submit_with_quota(
+        &self,
+        input: QueryInput,
+        quota: Quota,
+    ) -> Result<Submitted, SubmitError> {
+        let admitted = self.admit(&input)?;
+        let query_id = new_query_id();
+        let slot = match (&input.client, quota.is_limited()) {
+            (Some(client), true) => {
+                let deadline = admitted.plan.config.deadline;
+                let hold = deadline.saturating_add(QUOTA_HOLD_MARGIN);
+                let admitted = self
+                    .inner
+                    .backend
+                    .admit(client, &query_id, quota, hold)
+                    .await;
+                if let Err(refusal) = admitted {
+                    self.inner.running.send_modify(|n| *n = n.saturating_sub(1));
+                    return Err(SubmitError::Quota(refusal));
+                }
+                quota.max_running.map(|_| Arc::<str>::from(client.as_str()))
+            }
+            _ => None,
+        };
+        Ok(self.start(input, admitted, query_id, slot))
+    }
+
+    /// The checks every submit makes; on success the query holds one of the
+    /// [`EngineSettings::max_running`] places (taken atomically with the check, so
+    /// racing submits cannot go over).
+    fn admit(&self, input: &QueryInput) -> Result<Admitted, SubmitError> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
         }
         let name = input
             .pipeline
-            .clone()
-            .unwrap_or_else(|| inner.settings.default_pipeline.clone());
+            .as_deref()
+            .unwrap_or(&inner.settings.default_pipeline);
         let catalog = inner.catalog.load();
         let plan = catalog
             .pipelines
-            .get(&name)
-            .ok_or(SubmitError::UnknownPipeline(name))?
+            .get(name)
+            .ok_or_else(|| SubmitError::UnknownPipeline(name.to_owned()))?
             .clone();
-        let (query_id, publisher) = open(&*inner.backend);
+        let max = inner.settings.max_running;
+        let taken = inner.running.send_if_modified(|n| {
+            let room = *n < max as u64;
+            *n += u64::from(room);
+            room
+        });
+        if !taken {
+            return Err(SubmitError::Overloaded(max));
+        }
+        Ok(Admitted {
+            plan,
+            agents: catalog.agents.clone(),
+        })
+    }
+
+    /// Starts an admitted query (its place in the running count is taken).
+    fn start(
+        &self,
+        input: QueryInput,
+        Admitted { plan, agents }: Admitted,
+        query_id: String,
+        quota_slot: Option<Arc<str>>,
+    ) -> Submitted {
+        let inner = &self.inner;
+        let (query_id, publisher) = open(&*inner.backend, query_id);
         let started = Instant::now();
         let (done_tx, done) = watch::channel(None);
         let mut record = QueryRecord::running(query_id.clone(), plan.name.clone());
+        record.client = input.client;
         record.stages.reserve_exact(plan.config.stages.len());
         inner.share(&record);
         inner.lock().insert(
@@ -223,11 +321,11 @@ impl Engine {
                     done: done_tx,
                     abort: None,
                     plan: plan.clone(),
+                    quota_slot,
                 })),
             },
         );
         inner.stats.submitted();
-        inner.running.send_modify(|n| *n += 1);
         tracing::debug!(%query_id, pipeline = %plan.name, "query submitted");
 
         let run = QueryRun {
@@ -239,7 +337,7 @@ impl Engine {
                 .unwrap_or_else(|| started + FAR_FUTURE),
             allowance: RetryAllowance::new(plan.config.retry_allowance),
             traceparent: traceparent_value(input.traceparent.as_deref()),
-            agents: catalog.agents.clone(),
+            agents,
             plan,
             publisher,
             high_water: 0,
@@ -268,7 +366,7 @@ impl Engine {
                 None => task.abort(),
             }
         }
-        Ok(Submitted { query_id, done })
+        Submitted { query_id, done }
     }
 
     /// The record of a query run here, running or finished and still retained.
@@ -278,27 +376,45 @@ impl Engine {
         records.get(query_id).map(|e| e.record.clone())
     }
 
-    /// The record of a query run here or on another replica (`GET /api/query/{id}`).
+    /// The record of a query run here or on another replica (`GET /api/query/{id}`),
+    /// if `caller` may see it: another client's query is `None`, as an unknown one.
     /// Fails only when another replica's records cannot be read right now.
-    pub async fn record(&self, query_id: &str) -> Result<Option<QueryRecord>, BackendError> {
-        match self.get(query_id) {
-            Some(record) => Ok(Some(record)),
-            None => self.record_elsewhere(query_id).await,
-        }
+    pub async fn record(
+        &self,
+        query_id: &str,
+        caller: Caller<'_>,
+    ) -> Result<Option<QueryRecord>, BackendError> {
+        let record = match self.get(query_id) {
+            Some(record) => Some(record),
+            None => self.record_elsewhere(query_id).await?,
+        };
+        Ok(record.filter(|r| caller.may_see(r)))
     }
 
     /// Subscribes to a query's events, wherever it runs: those with `seq > after_seq`
-    /// still retained, then the live ones.
+    /// still retained, then the live ones. Another client's query is
+    /// [`SubscribeError`] as an unknown one.
     pub async fn subscribe(
         &self,
         query_id: &str,
         after_seq: u64,
+        caller: Caller<'_>,
     ) -> Result<Subscription, SubscribeError> {
-        self.inner.backend.subscribe(query_id, after_seq).await
+        let sub = self.inner.backend.subscribe(query_id, after_seq).await?;
+        if let Caller::Client(_) = caller {
+            // Subscribing first loads another replica's query, record included (it
+            // travels ahead of the events), so the owner is known after it.
+            let visible = self.record(query_id, caller).await.ok().flatten().is_some();
+            if !visible {
+                return Err(SubscribeError::UnknownQuery(query_id.to_owned()));
+            }
+        }
+        Ok(sub)
     }
 
     /// Cancels a running query, wherever it runs: the one path of `DELETE
-    /// /api/query/{id}` and the WebSocket `cancel`.
+    /// /api/query/{id}` and the WebSocket `cancel`. Another client's query is
+    /// [`CancelError::NotFound`], running or not.
     ///
     /// A query of this replica stops at once (its task is dropped, with any request in
     /// flight to an agent) and its terminal event is `cancelled`. A query of another
@@ -310,14 +426,19 @@ impl Engine {
         &self,
         query_id: &str,
         wait: Duration,
+        caller: Caller<'_>,
     ) -> Result<Cancellation, CancelError> {
-        if let Some(record) = self.inner.finish(query_id, End::Cancelled) {
-            return Ok(Cancellation::Cancelled(record));
+        match self.get(query_id) {
+            Some(record) if !caller.may_see(&record) => Err(CancelError::NotFound),
+            Some(_) => match self.inner.finish(query_id, End::Cancelled) {
+                Some(record) => Ok(Cancellation::Cancelled(record)),
+                None => match self.get(query_id) {
+                    Some(record) => Err(CancelError::AlreadyFinished(record)),
+                    None => Err(CancelError::NotFound),
+                },
+            },
+            None => self.cancel_elsewhere(query_id, wait, caller).await,
         }
-        if let Some(record) = self.get(query_id) {
-            return Err(CancelError::AlreadyFinished(record));
-        }
-        self.cancel_elsewhere(query_id, wait).await
     }
 
     /// The running queries, oldest first, at most `limit` of them: where each one is
@@ -366,6 +487,11 @@ impl Engine {
     /// with).
     pub fn agents(&self) -> Arc<BTreeMap<String, AgentClient>> {
         self.inner.catalog.load().agents.clone()
+    }
+
+    /// The pipeline of queries that name none.
+    pub fn default_pipeline(&self) -> &str {
+        &self.inner.settings.default_pipeline
     }
 
     /// The configured pipelines' names, sorted.
@@ -442,9 +568,11 @@ impl Engine {
         &self,
         query_id: &str,
         wait: Duration,
+        caller: Caller<'_>,
     ) -> Result<Cancellation, CancelError> {
         let unavailable = CancelError::Unavailable;
-        match self.record_elsewhere(query_id).await.map_err(unavailable)? {
+        let record = self.record_elsewhere(query_id).await.map_err(unavailable)?;
+        match record.filter(|r| caller.may_see(r)) {
             None => return Err(CancelError::NotFound),
             Some(r) if r.status.is_finished() => return Err(CancelError::AlreadyFinished(r)),
             Some(_) => {}
@@ -489,13 +617,29 @@ impl fmt::Debug for Engine {
     }
 }
 
-/// Opens the query's progress stream under a fresh id. A v4 UUID collides only when
-/// the RNG is broken, so a refused id is simply replaced.
-fn open(backend: &dyn Backend) -> (String, QueryPublisher) {
+fn new_query_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Opens the query's progress stream under `id`. A v4 UUID collides only when the RNG
+/// is broken, so a refused id is simply replaced.
+fn open(backend: &dyn Backend, mut id: String) -> (String, QueryPublisher) {
     loop {
-        let id = uuid::Uuid::new_v4().to_string();
         if let Ok(publisher) = backend.open(&id) {
             return (id, publisher);
+        }
+        id = new_query_id();
+    }
+}
+
+// === impl Caller ===
+
+impl Caller<'_> {
+    /// Whether the caller may see `record`'s query at all.
+    pub fn may_see(&self, record: &QueryRecord) -> bool {
+        match self {
+            Caller::Anyone => true,
+            Caller::Client(client) => record.client.as_deref() == Some(*client),
         }
     }
 }
@@ -585,8 +729,12 @@ impl Inner {
             done,
             abort,
             plan,
+            quota_slot,
             ..
         } = *running;
+        if let Some(client) = quota_slot {
+            self.backend.release(&client, query_id);
+        }
         // Stop the task first, so a cancelled query sends nothing more to its agents.
         if let (true, Some(abort)) = (cancelled, abort) {
             abort.abort();
@@ -603,6 +751,9 @@ impl Inner {
 
         plan.metrics.finished(record.status, duration);
         self.stats.finished(record.status, duration);
+        if let Some(client) = &record.client {
+            crate::metrics::client_finished(client, record.status);
+        }
         tracing::debug!(
             query_id,
             pipeline = %record.pipeline,

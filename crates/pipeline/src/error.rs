@@ -6,7 +6,7 @@ use agentgate_classify::{
     cause_ref, classify_error, is_caused_by, AttemptRecord, FailureClass, Rejected, Rejection,
     TlsFailure,
 };
-use agentgate_progress::BackendError;
+use agentgate_progress::{BackendError, QuotaRefusal};
 use serde::{Deserialize, Serialize};
 
 use crate::QueryRecord;
@@ -146,6 +146,13 @@ pub enum SubmitError {
     /// The engine is closed for new work: the gateway is shutting down (HTTP 503).
     #[error("shutting down: not accepting new queries")]
     ShuttingDown,
+    /// `max_running` queries are running already, all clients together (HTTP 503
+    /// `overloaded`).
+    #[error("overloaded: {0} queries are running")]
+    Overloaded(usize),
+    /// The client's quota refused it (HTTP 429).
+    #[error(transparent)]
+    Quota(#[from] QuotaRefusal),
 }
 
 /// Why a query was not cancelled.

@@ -45,10 +45,18 @@
 //!   are kept as JSON text ([`JsonText`]), never as parsed values, and a finished
 //!   record's result shares its bytes with the terminal `completed` event: a retained
 //!   query costs about the JSON text of its record and events (`tests/memory.rs`);
+//! - **clients and admission** (SPEC §7, §8): a query carries the client that started
+//!   it ([`QueryInput::client`], the record's `client`); [`Engine::record`],
+//!   [`Engine::subscribe`] and [`Engine::cancel`] take the [`Caller`], and another
+//!   client's query is to them exactly an unknown one. [`Engine::submit_with_quota`]
+//!   admits a client's query under its quota through the backend (across replicas when
+//!   shared), and every submit takes one of [`EngineSettings::max_running`] places, so
+//!   a refused query starts nothing;
 //! - **figures**: [`QueryStats`] for the JSON metrics API and the Prometheus series
 //!   `agentgate_queries_total{pipeline,outcome}`,
 //!   `agentgate_query_duration_seconds{pipeline}` and
-//!   `agentgate_stage_fallbacks_total{pipeline,stage}` ([`describe_metrics`]).
+//!   `agentgate_stage_fallbacks_total{pipeline,stage}`,
+//!   `agentgate_client_queries_total{client,outcome}` ([`describe_metrics`]).
 //!
 //! Cancelling a query ([`Engine::cancel`], or [`Engine::drain`] when the grace period
 //! is over) stops its task at once: the request in flight to an agent is dropped, and
@@ -134,7 +142,7 @@ mod stream;
 
 pub use agentgate_progress::JsonText;
 pub use config::{Fallback, PipelineConfig, PipelineConfigError, StageConfig, StreamResult};
-pub use engine::{Cancellation, Engine, EngineSettings, LiveQuery, Submitted};
+pub use engine::{Caller, Cancellation, Engine, EngineSettings, LiveQuery, Submitted};
 pub use error::{CancelError, ErrorKind, SubmitError};
 pub use metrics::describe_metrics;
 pub use query::QueryInput;

@@ -13,6 +13,7 @@ use crate::{PipelineConfig, QueryStatus};
 const QUERIES: &str = "agentgate_queries_total";
 const DURATION: &str = "agentgate_query_duration_seconds";
 const FALLBACKS: &str = "agentgate_stage_fallbacks_total";
+const CLIENT_QUERIES: &str = "agentgate_client_queries_total";
 
 /// Registers help texts for the query metrics with the installed recorder.
 pub fn describe_metrics() {
@@ -24,6 +25,10 @@ pub fn describe_metrics() {
         DURATION,
         metrics::Unit::Seconds,
         "Duration of completed and failed queries, submit to end"
+    );
+    metrics::describe_counter!(
+        CLIENT_QUERIES,
+        "Queries finished, by client (SPEC §7) and outcome (completed, failed, cancelled)"
     );
     metrics::describe_counter!(
         FALLBACKS,
@@ -78,4 +83,11 @@ impl PipelineMetrics {
             c.increment(1);
         }
     }
+}
+
+/// A query of `client` ended (`agentgate_client_queries_total{client,outcome}`). Client
+/// names come from the config, so the series are bounded.
+pub(crate) fn client_finished(client: &str, status: QueryStatus) {
+    metrics::counter!(CLIENT_QUERIES, "client" => client.to_owned(), "outcome" => status.as_str())
+        .increment(1);
 }

@@ -38,6 +38,10 @@ pub struct QueryInput {
     /// The client's W3C `traceparent` header, passed on to every agent.
     #[serde(skip)]
     pub traceparent: Option<String>,
+    /// The client that submits it (SPEC §7): the record's `client`, the owner that
+    /// alone may read, watch and cancel it. `None` without `[auth]`.
+    #[serde(skip)]
+    pub client: Option<String>,
 }
 
 /// How a query's run ended.

@@ -52,6 +52,10 @@ pub struct QueryRecord {
     pub status: QueryStatus,
     /// The pipeline it runs.
     pub pipeline: String,
+    /// The client that started it (SPEC §7); absent without `[auth]`. Other clients
+    /// cannot see the query at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     /// `{stage: output}`, when completed. Skipped stages have no entry.
     ///
     /// Kept as JSON text, shared with the query's terminal `completed` event (see
@@ -124,7 +128,7 @@ pub struct AttemptJson {
 ///
 /// Running records are never evicted. Finished ones are dropped once older than
 /// `retention`, and the oldest finished go first whenever more than `max_records`
-/// records are held.
+/// records, or more than about `max_bytes` of finished ones, are held.
 ///
 /// A finished query may be held for minutes, up to `max_records` of them, so it keeps
 /// only its record (whose result is shared text, see [`JsonText`]); the id that keys
@@ -133,11 +137,14 @@ pub struct AttemptJson {
 pub(crate) struct Records {
     retention: Duration,
     max_records: usize,
+    max_bytes: usize,
     /// Boxed: a map keeps spare slots (up to half of them empty after it grows), and an
     /// empty slot then costs a pointer, not a whole entry.
     entries: HashMap<Arc<str>, Box<Entry>>,
-    /// Finished queries, oldest first.
-    finished: VecDeque<(Instant, Arc<str>)>,
+    /// Finished queries, oldest first, with the bytes each holds (about).
+    finished: VecDeque<(Instant, Arc<str>, usize)>,
+    /// Their sum.
+    finished_bytes: usize,
 }
 
 /// One query's record, and while it runs, what it takes to finish it.
@@ -156,6 +163,9 @@ pub(crate) struct Running {
     pub(crate) publisher: QueryPublisher,
     /// Tells `Submitted::finished` the final record.
     pub(crate) done: watch::Sender<Option<QueryRecord>>,
+    /// The client whose running count this query holds in the backend (released when
+    /// it ends).
+    pub(crate) quota_slot: Option<Arc<str>>,
     /// Stops the query's task, once it is spawned.
     pub(crate) abort: Option<AbortHandle>,
     /// The plan it runs (kept across a reload that changes its pipeline).
@@ -190,12 +200,41 @@ impl QueryRecord {
             query_id,
             status: QueryStatus::Running,
             pipeline,
+            client: None,
             result: None,
             error: None,
             stages: Vec::new(),
             duration_ms: None,
             retry_at: None,
         }
+    }
+
+    /// About how many bytes the record holds: its text and its structures (the
+    /// eviction of finished records counts this against a byte budget).
+    pub(crate) fn approx_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let text = |s: &str| s.len();
+        let stages: usize = self
+            .stages
+            .iter()
+            .map(|s| {
+                size_of::<StageRecord>()
+                    + text(&s.name)
+                    + text(&s.agent)
+                    + s.fallback.as_deref().map_or(0, text)
+                    + s.attempts.capacity() * size_of::<AttemptJson>()
+            })
+            .sum();
+        size_of::<Entry>()
+            + text(&self.query_id)
+            + text(&self.pipeline)
+            + self.client.as_deref().map_or(0, text)
+            + self.result.as_ref().map_or(0, |r| r.get().len())
+            + self
+                .error
+                .as_ref()
+                .map_or(0, |e| text(&e.stage) + text(&e.message))
+            + stages
     }
 
     pub(crate) fn set_retry_at(&mut self, at: Option<Instant>) {
@@ -249,12 +288,14 @@ pub(crate) fn millis(d: Duration) -> u64 {
 // === impl Records ===
 
 impl Records {
-    pub(crate) fn new(retention: Duration, max_records: usize) -> Self {
+    pub(crate) fn new(retention: Duration, max_records: usize, max_bytes: usize) -> Self {
         Self {
             retention,
             max_records,
+            max_bytes,
             entries: HashMap::new(),
             finished: VecDeque::new(),
+            finished_bytes: 0,
         }
     }
 
@@ -290,21 +331,27 @@ impl Records {
 
     /// Records that `query_id` finished `at`, then evicts what is due.
     pub(crate) fn finished(&mut self, query_id: &str, at: Instant) {
-        if let Some((id, _)) = self.entries.get_key_value(query_id) {
-            self.finished.push_back((at, id.clone()));
+        if let Some((id, entry)) = self.entries.get_key_value(query_id) {
+            let bytes = entry.record.approx_bytes();
+            self.finished.push_back((at, id.clone(), bytes));
+            self.finished_bytes += bytes;
         }
         self.evict(at);
     }
 
     /// Drops finished records past their retention, and the oldest finished ones while
-    /// more than `max_records` are held.
+    /// more than `max_records` records, or more than `max_bytes` of finished ones, are
+    /// held.
     pub(crate) fn evict(&mut self, now: Instant) {
-        while let Some((at, _)) = self.finished.front() {
+        while let Some((at, _, _)) = self.finished.front() {
             let expired = now.saturating_duration_since(*at) >= self.retention;
-            if !expired && self.entries.len() <= self.max_records {
+            let full =
+                self.entries.len() > self.max_records || self.finished_bytes > self.max_bytes;
+            if !expired && !full {
                 break;
             }
-            if let Some((_, id)) = self.finished.pop_front() {
+            if let Some((_, id, bytes)) = self.finished.pop_front() {
+                self.finished_bytes -= bytes;
                 self.entries.remove(&id);
             }
         }
@@ -403,13 +450,14 @@ mod tests {
                 done: watch::channel(None).0,
                 abort: None,
                 plan: Arc::new(Plan::new("p".into(), config)),
+                quota_slot: None,
             })),
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn eviction_keeps_running_records_and_drops_oldest_finished() {
-        let mut records = Records::new(Duration::from_secs(60), 3);
+        let mut records = Records::new(Duration::from_secs(60), 3, usize::MAX);
         records.insert("running".into(), entry("running", QueryStatus::Running));
         for id in ["a", "b", "c"] {
             records.insert(id.into(), entry(id, QueryStatus::Completed));
@@ -424,5 +472,28 @@ mod tests {
         records.evict(Instant::now());
         assert_eq!(records.running(), ["running"]);
         assert_eq!(records.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn large_finished_records_are_bounded_by_bytes_too() {
+        let big = JsonText::new(&json!({ "x": "y".repeat(10_000) })).unwrap();
+        let size = {
+            let mut r = QueryRecord::running("a".into(), "p".into());
+            r.result = Some(big.clone());
+            r.approx_bytes()
+        };
+        assert!(size > 10_000, "{size}");
+        // Room for two of them, by bytes; plenty by count.
+        let mut records = Records::new(Duration::from_secs(60), 1000, size * 2 + size / 2);
+        for id in ["a", "b", "c", "d"] {
+            let mut e = entry(id, QueryStatus::Completed);
+            e.record.result = Some(big.clone());
+            e.running = None;
+            records.insert(id.into(), e);
+            records.finished(id, Instant::now());
+        }
+        assert_eq!(records.len(), 2);
+        assert!(records.get("c").is_some() && records.get("d").is_some());
+        assert!(records.finished_bytes <= size * 2 + size / 2);
     }
 }

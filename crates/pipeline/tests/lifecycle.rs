@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use agentgate_pipeline::{
-    CancelError, EngineSettings, QueryInput, QueryStatus, StageOutcome, SubmitError,
+    Caller, CancelError, EngineSettings, QueryInput, QueryStatus, StageOutcome, SubmitError,
 };
 use serde_json::json;
 use support::{agent_config, engine, Agent, Reply};
@@ -458,8 +458,11 @@ fn the_api_is_usable_from_axum_handlers() {
         let drain = s.engine.drain(Duration::ZERO);
         send(&drain);
         drain.await;
-        let (record, subscribe) = (s.engine.record("q"), s.engine.subscribe("q", 0));
-        let cancel = s.engine.cancel("q", Duration::from_secs(2));
+        let (record, subscribe) = (
+            s.engine.record("q", Caller::Anyone),
+            s.engine.subscribe("q", 0, Caller::Anyone),
+        );
+        let cancel = s.engine.cancel("q", Duration::from_secs(2), Caller::Anyone);
         send(&record);
         send(&subscribe);
         send(&cancel);
@@ -496,9 +499,12 @@ async fn records_and_events_are_read_through_the_backend() {
     );
     let sub = s.engine.submit(QueryInput::new("q")).unwrap();
     let id = sub.query_id.clone();
-    let mut events = s.engine.subscribe(&id, 0).await.unwrap();
+    let mut events = s.engine.subscribe(&id, 0, Caller::Anyone).await.unwrap();
     let done = sub.finished().await;
-    assert_eq!(s.engine.record(&id).await.unwrap(), Some(done));
+    assert_eq!(
+        s.engine.record(&id, Caller::Anyone).await.unwrap(),
+        Some(done)
+    );
     let mut types = Vec::new();
     while let Some(agentgate_progress::SubscriptionItem::Event(e)) = events.recv().await {
         types.push(e.event().kind.type_name());
@@ -506,9 +512,9 @@ async fn records_and_events_are_read_through_the_backend() {
     assert_eq!(types, ["progress", "progress", "completed"]);
 
     // In one process, a query the engine does not know is unknown everywhere.
-    assert_eq!(s.engine.record("nope").await.unwrap(), None);
+    assert_eq!(s.engine.record("nope", Caller::Anyone).await.unwrap(), None);
     assert!(matches!(
-        s.engine.subscribe("nope", 0).await,
+        s.engine.subscribe("nope", 0, Caller::Anyone).await,
         Err(agentgate_progress::SubscribeError::UnknownQuery(q)) if q == "nope"
     ));
     let health = s.engine.backend().health();

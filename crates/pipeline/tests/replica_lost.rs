@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use agentgate_pipeline::{EngineSettings, ErrorKind, QueryRecord, QueryStatus};
 use agentgate_progress::{
     Backend, BackendError, BackendHealth, BoxFuture, Ending, ErrorInfo, EventKind, HubConfig,
-    HubStats, LostQuery, MemoryHub, OpenError, QueryControl, QueryPublisher, SubscribeError,
-    Subscription,
+    HubStats, LostQuery, MemoryHub, OpenError, QueryControl, QueryPublisher, Quota, QuotaRefusal,
+    SubscribeError, Subscription,
 };
 use serde_json::json;
 use support::{agent_config, closed_port};
@@ -68,6 +68,18 @@ impl Backend for Survivor {
     }
     fn close(&self) -> BoxFuture<'_, ()> {
         Backend::close(&self.hub)
+    }
+    fn admit<'a>(
+        &'a self,
+        client: &'a str,
+        query_id: &'a str,
+        quota: Quota,
+        hold: Duration,
+    ) -> BoxFuture<'a, Result<(), QuotaRefusal>> {
+        Backend::admit(&self.hub, client, query_id, quota, hold)
+    }
+    fn release(&self, client: &str, query_id: &str) {
+        Backend::release(&self.hub, client, query_id)
     }
 }
 

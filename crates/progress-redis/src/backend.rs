@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use agentgate_progress::{
     Backend, BackendError, BackendHealth, BoxFuture, HubStats, MemoryHub, Mirrored, OpenError,
-    PublishHook, Published, QueryControl, QueryPublisher, SubscribeError, Subscription,
+    PublishHook, Published, QueryControl, QueryPublisher, Quota, QuotaRefusal, SubscribeError,
+    Subscription,
 };
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot, OnceCell};
@@ -30,6 +31,37 @@ const LOAD_RETRIES: [Duration; 3] = [
 
 /// How long [`Backend::close`] waits for the writer to send what is queued.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An admission through Redis that takes longer is decided by this replica alone.
+const QUOTA_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Admits a client's query against its limits on every replica together, atomically
+/// (one script, Redis's own clock): drops running entries whose holder must have died
+/// (their score, ms, is past), refuses when `max_running` are left, else takes a token
+/// from the bucket (refilled at `rate` per second up to `rate`), else counts the query.
+/// Returns `{0}` admitted, `{1}` too many running, `{2, ms}` rate limited for `ms`.
+const ADMIT_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local max, rate, hold = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+if max > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  if redis.call('ZCARD', KEYS[1]) >= max then return {1, 0} end
+end
+if rate > 0 then
+  local b = redis.call('HMGET', KEYS[2], 'tokens', 'ts')
+  local tokens, ts = tonumber(b[1]) or rate, tonumber(b[2]) or now
+  tokens = math.min(rate, tokens + math.max(0, now - ts) * rate / 1000)
+  if tokens < 1 then return {2, math.ceil((1 - tokens) * 1000 / rate)} end
+  redis.call('HSET', KEYS[2], 'tokens', tostring(tokens - 1), 'ts', now)
+  redis.call('PEXPIRE', KEYS[2], 2000)
+end
+if max > 0 then
+  redis.call('ZADD', KEYS[1], now + hold, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], hold + 1000)
+end
+return {0, 0}
+";
 
 /// The health reason while Redis cannot be reached.
 const UNREACHABLE: &str =
@@ -85,6 +117,8 @@ pub(crate) enum Out {
         /// must not undo the final record another replica wrote).
         if_absent: bool,
     },
+    /// A client's query admitted through Redis ended: it no longer counts.
+    Release { client: Arc<str>, ticket: Box<str> },
     /// Flush what is queued, then stop.
     Close(oneshot::Sender<()>),
 }
@@ -347,6 +381,36 @@ impl RedisBackend {
             .set(f64::from(u8::from(up)));
     }
 
+    /// [`Backend::admit`] through Redis (see [`ADMIT_SCRIPT`]).
+    async fn admit_shared(
+        &self,
+        client: &str,
+        ticket: &str,
+        quota: Quota,
+        hold: Duration,
+    ) -> Result<Result<(), QuotaRefusal>, redis::RedisError> {
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(ADMIT_SCRIPT));
+        let mut conn = self.reads().await?;
+        let keys = &self.inner.keys;
+        let (answer, ms): (u8, u64) = SCRIPT
+            .key(keys.running(client))
+            .key(keys.bucket(client))
+            .arg(quota.max_running.unwrap_or(0))
+            .arg(quota.rate.unwrap_or(0))
+            .arg(ticket)
+            .arg(u64::try_from(hold.as_millis()).unwrap_or(u64::MAX / 2))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match answer {
+            0 => Ok(()),
+            1 => Err(QuotaRefusal::TooManyQueries),
+            _ => Err(QuotaRefusal::RateLimited {
+                retry_after: Duration::from_millis(ms),
+            }),
+        })
+    }
+
     fn is_connected(&self) -> bool {
         self.inner.writer_up.load(Ordering::Relaxed) && self.inner.reader_up.load(Ordering::Relaxed)
     }
@@ -435,6 +499,45 @@ impl Backend for RedisBackend {
             .control
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Some(control);
+    }
+
+    fn admit<'a>(
+        &'a self,
+        client: &'a str,
+        ticket: &'a str,
+        quota: Quota,
+        hold: Duration,
+    ) -> BoxFuture<'a, Result<(), QuotaRefusal>> {
+        Box::pin(async move {
+            if !quota.is_limited() {
+                return Ok(());
+            }
+            // While Redis is out of reach, each replica enforces the quota alone.
+            if self.is_connected() {
+                let shared = self.admit_shared(client, ticket, quota, hold);
+                match tokio::time::timeout(QUOTA_TIMEOUT, shared).await {
+                    Ok(Ok(answer)) => return answer,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, client, "quota check in redis failed; counting on this replica")
+                    }
+                    Err(_) => tracing::warn!(
+                        client,
+                        "quota check in redis timed out; counting on this replica"
+                    ),
+                }
+            }
+            self.inner.hub.quotas().admit(client, ticket, quota)
+        })
+    }
+
+    fn release(&self, client: &str, ticket: &str) {
+        if !self.inner.hub.quotas().release(client, ticket) {
+            let out = Out::Release {
+                client: client.into(),
+                ticket: ticket.into(),
+            };
+            enqueue(&self.inner.tx, out);
+        }
     }
 
     fn health(&self) -> BackendHealth {

@@ -208,7 +208,7 @@ async fn take_over(
 ) -> Result<(), redis::RedisError> {
     let keys = backend.keys();
     let listed: BTreeSet<String> = redis::cmd("SMEMBERS")
-        .arg(keys.running(replica))
+        .arg(keys.replica_running(replica))
         .query_async(conn)
         .await?;
     let mut queries: BTreeSet<Arc<str>> = listed.iter().map(|q| Arc::from(q.as_str())).collect();
@@ -225,7 +225,7 @@ async fn take_over(
         .arg(replica)
         .ignore()
         .cmd("DEL")
-        .arg(keys.running(replica))
+        .arg(keys.replica_running(replica))
         .ignore()
         .query_async(conn)
         .await?;
@@ -337,7 +337,7 @@ async fn publish_ending(
     add_event(&mut pipe, backend, query_id, &event);
     publish(&mut pipe, backend, &[&event]);
     pipe.cmd("SREM")
-        .arg(keys.running(replica))
+        .arg(keys.replica_running(replica))
         .arg(&**query_id)
         .ignore();
     let _: () = pipe.query_async(conn).await?;

@@ -142,6 +142,17 @@ impl Keys {
         &self.channel
     }
 
+    /// A client's running queries: a sorted set of query ids, scored by when each
+    /// stops counting should its replica die first (ms, Redis clock).
+    pub(crate) fn running(&self, client: &str) -> String {
+        format!("{}:client:{client}:running", self.prefix)
+    }
+
+    /// A client's token bucket: a hash of `tokens` and `ts` (ms, Redis clock).
+    pub(crate) fn bucket(&self, client: &str) -> String {
+        format!("{}:client:{client}:bucket", self.prefix)
+    }
+
     /// Requests between replicas (`cancel|<query id>`).
     pub(crate) fn control(&self) -> String {
         format!("{}:control", self.prefix)
@@ -158,7 +169,7 @@ impl Keys {
     }
 
     /// The queries a replica runs (whose record says `running`): a set.
-    pub(crate) fn running(&self, replica: &str) -> String {
+    pub(crate) fn replica_running(&self, replica: &str) -> String {
         format!("{}:replica:{replica}:running", self.prefix)
     }
 }

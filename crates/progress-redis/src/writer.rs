@@ -128,7 +128,7 @@ fn pipeline(backend: &RedisBackend, batch: &[Out]) -> redis::Pipeline {
     let keys = backend.keys();
     let retention = millis(settings.hub.retention);
     let running = millis(settings.running_ttl);
-    let running_set = keys.running(backend.replica());
+    let running_set = keys.replica_running(backend.replica());
     let mut pipe = redis::pipe();
     let mut events = Vec::new();
     for out in batch {
@@ -160,6 +160,12 @@ fn pipeline(backend: &RedisBackend, batch: &[Out]) -> redis::Pipeline {
                     pipe.cmd("SADD").arg(&running_set).arg(&**query_id).ignore();
                     pipe.cmd("PEXPIRE").arg(&running_set).arg(running).ignore();
                 }
+            }
+            Out::Release { client, ticket } => {
+                pipe.cmd("ZREM")
+                    .arg(keys.running(client))
+                    .arg(&**ticket)
+                    .ignore();
             }
             Out::Close(_) => {}
         }

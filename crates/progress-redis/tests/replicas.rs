@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentgate_progress::{
-    Backend, Ending, EventKind, LostQuery, QueryControl, QueryPublisher, StageStatus,
-    SubscribeError, Subscription, SubscriptionItem,
+    Backend, Ending, EventKind, LostQuery, QueryControl, QueryPublisher, Quota, QuotaRefusal,
+    StageStatus, SubscribeError, Subscription, SubscriptionItem,
 };
 use agentgate_progress_redis::test_util::{self, RedisServer};
 use agentgate_progress_redis::{RedisBackend, RedisSettings};
@@ -683,4 +683,116 @@ async fn rediss_connects_with_tls_and_a_password() {
     assert_eq!(next(&mut on_b).await, Some(first));
     drop(redis);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+const RUNNING_3: Quota = Quota {
+    max_running: Some(3),
+    rate: None,
+};
+const HOLD: Duration = Duration::from_secs(60);
+
+/// Admits `n` tickets racing on both replicas; returns the admitted ones.
+async fn race(a: &RedisBackend, b: &RedisBackend, n: usize, quota: Quota) -> Vec<String> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let replica = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                let ticket = format!("t{i}");
+                let ok = replica.admit("team-a", &ticket, quota, HOLD).await.is_ok();
+                ok.then_some(ticket)
+            })
+        })
+        .collect();
+    let mut admitted = Vec::new();
+    for t in tasks {
+        admitted.extend(t.await.unwrap());
+    }
+    admitted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_quota_holds_for_all_replicas_together() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (replica(&redis).await, replica(&redis).await);
+
+    // 50 admissions race on two replicas for 3 slots: exactly 3 get one.
+    let admitted = race(&a, &b, 50, RUNNING_3).await;
+    assert_eq!(admitted.len(), 3, "{admitted:?}");
+    assert_eq!(
+        b.admit("team-a", "late", RUNNING_3, HOLD).await,
+        Err(QuotaRefusal::TooManyQueries)
+    );
+    // Another client has its own count.
+    assert_eq!(a.admit("team-b", "x", RUNNING_3, HOLD).await, Ok(()));
+
+    // A slot released on one replica is free on the other once the writer sent it.
+    let owner = if admitted[0][1..].parse::<usize>().unwrap() % 2 == 0 {
+        &a
+    } else {
+        &b
+    };
+    owner.release("team-a", &admitted[0]);
+    let other = if std::ptr::eq(owner, &a) { &b } else { &a };
+    eventually("the released slot is free everywhere", || async {
+        other.admit("team-a", "next", RUNNING_3, HOLD).await.ok()
+    })
+    .await;
+
+    // The rate is shared too: a burst of 4 across both replicas, then refusals that
+    // say when the next token comes.
+    let rate = Quota {
+        max_running: None,
+        rate: Some(4),
+    };
+    let admitted = race(&a, &b, 20, rate).await;
+    assert_eq!(admitted.len(), 4, "{admitted:?}");
+    let Err(QuotaRefusal::RateLimited { retry_after }) = a.admit("team-a", "r", rate, HOLD).await
+    else {
+        panic!("the bucket is empty");
+    };
+    assert!(
+        retry_after > Duration::ZERO && retry_after <= Duration::from_millis(250),
+        "{retry_after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replicas_slots_expire_and_without_redis_each_replica_counts_alone() {
+    let mut redis = RedisServer::start().await;
+    let a = replica(&redis).await;
+    // A replica that died holding two slots: they count until their hold runs out.
+    let short = Duration::from_millis(300);
+    assert_eq!(a.admit("team-a", "1", RUNNING_3, short).await, Ok(()));
+    assert_eq!(a.admit("team-a", "2", RUNNING_3, short).await, Ok(()));
+    let mut conn = raw(&redis).await;
+    let held: u64 = redis::cmd("ZCARD")
+        .arg("agentgate:client:team-a:running")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(held, 2);
+    drop(a);
+    let b = replica(&redis).await;
+    assert_eq!(b.admit("team-a", "3", RUNNING_3, HOLD).await, Ok(()));
+    assert_eq!(
+        b.admit("team-a", "4", RUNNING_3, HOLD).await,
+        Err(QuotaRefusal::TooManyQueries)
+    );
+    eventually("the dead replica's slots expire", || async {
+        b.admit("team-a", "4", RUNNING_3, HOLD).await.ok()
+    })
+    .await;
+
+    // Redis down: this replica enforces the limit alone, and releases locally.
+    redis.kill();
+    until("b notices", || !b.health().connected).await;
+    for t in ["l1", "l2", "l3"] {
+        assert_eq!(b.admit("team-a", t, RUNNING_3, HOLD).await, Ok(()));
+    }
+    assert_eq!(
+        b.admit("team-a", "l4", RUNNING_3, HOLD).await,
+        Err(QuotaRefusal::TooManyQueries)
+    );
+    b.release("team-a", "l1");
+    assert_eq!(b.admit("team-a", "l4", RUNNING_3, HOLD).await, Ok(()));
 }

@@ -13,8 +13,9 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use crate::quota::{Quota, QuotaRefusal};
 use crate::{
     ErrorInfo, EventKind, HubStats, OpenError, QueryPublisher, SubscribeError, Subscription,
 };
@@ -67,6 +68,23 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// What acts on this replica's queries when another replica asks. The engine sets
     /// itself here; a later call replaces an earlier one.
     fn set_control(&self, control: Arc<dyn QueryControl>);
+
+    /// Admits a query of `client` under its `quota` (SPEC §7), or says why not. When the
+    /// backend is shared the limits hold for all replicas together; when the others
+    /// cannot be reached, each replica enforces them alone. An admitted `ticket` (the
+    /// query's id) counts as running until [`release`](Backend::release), or for at
+    /// most `hold` (the query's deadline and a margin) should this replica die first.
+    /// Nothing else is started or counted for a refused query.
+    fn admit<'a>(
+        &'a self,
+        client: &'a str,
+        ticket: &'a str,
+        quota: Quota,
+        hold: Duration,
+    ) -> BoxFuture<'a, Result<(), QuotaRefusal>>;
+
+    /// Ends the count of an admitted `ticket` (its query ended). Never waits.
+    fn release(&self, client: &str, ticket: &str);
 
     /// Whether the backend reaches what it depends on (`/readyz`,
     /// `/api/orchestration/health`).

@@ -108,7 +108,9 @@ pub enum Mirrored {
 
 /// Called when a stream ends (for retention).
 pub(crate) trait OnEnd: Send + Sync {
-    fn ended(&self, query_id: &Arc<str>);
+    /// The stream of `query_id` took its terminal event; it retains `bytes` of event
+    /// text (and its id) from now on.
+    fn ended(&self, query_id: &Arc<str>, bytes: usize);
 }
 
 /// The stream of one query: its sequence counter, replay buffer and live channel.
@@ -187,6 +189,7 @@ impl QueryStream {
             return Mirrored::Local;
         }
         let terminal = event.is_terminal();
+        let mut retained = 0;
         {
             let mut state = lock(&self.state);
             if state.ended || event.seq() < state.next_seq {
@@ -211,11 +214,12 @@ impl QueryStream {
                 state.ended = true;
                 state.live = None;
                 state.buffer.shrink_to_fit();
+                retained = state.retained_bytes(&self.query_id);
             }
         }
         if terminal {
             if let Some(on_end) = self.on_end.upgrade() {
-                on_end.ended(&self.query_id);
+                on_end.ended(&self.query_id, retained);
             }
         }
         Mirrored::Applied
@@ -240,6 +244,7 @@ impl QueryStream {
 
     fn publish(&self, kind: EventKind) -> Result<Arc<Published>, PublishError> {
         let terminal = kind.is_terminal();
+        let mut retained = 0;
         let published = {
             let mut state = lock(&self.state);
             if state.ended {
@@ -265,12 +270,13 @@ impl QueryStream {
                 // Dropping the sender ends every live subscription after the terminal event.
                 state.live = None;
                 state.buffer.shrink_to_fit();
+                retained = state.retained_bytes(&self.query_id);
             }
             event
         };
         if terminal {
             if let Some(on_end) = self.on_end.upgrade() {
-                on_end.ended(&self.query_id);
+                on_end.ended(&self.query_id, retained);
             }
         }
         Ok(published)
@@ -297,6 +303,15 @@ impl QueryStream {
             ended: false,
             missed: 0,
         }
+    }
+}
+
+impl StreamState {
+    /// What a finished stream holds: its events' text, their slots, and its id.
+    fn retained_bytes(&self, query_id: &str) -> usize {
+        let slot = std::mem::size_of::<Arc<Published>>() + std::mem::size_of::<Published>();
+        let events: usize = self.buffer.iter().map(|e| e.json.len() + slot).sum();
+        events + query_id.len() + std::mem::size_of::<QueryStream>()
     }
 }
 

@@ -8,9 +8,10 @@
 //!   open a query's stream, subscribe with replay (a query of another replica is loaded
 //!   on demand), share and read query records (as JSON text), cancel a query wherever it
 //!   runs ([`QueryControl`] is the replica's side of that, and also ends the queries of
-//!   a lost replica: [`QueryControl::end_lost`]), health for `/readyz`, stats, close.
-//!   The engine, routes and WebSocket code hold an `Arc<dyn Backend>` and never name an
-//!   implementation.
+//!   a lost replica: [`QueryControl::end_lost`]), admit and release a client's queries
+//!   under its [`Quota`] (SPEC §7: across replicas when shared), health for `/readyz`,
+//!   stats, close. The engine, routes and WebSocket code hold an `Arc<dyn Backend>` and
+//!   never name an implementation.
 //! - [`MemoryHub`]: per-query streams, and the one-process backend. Each query has a
 //!   gap-free `seq` from 1, a bounded replay buffer (`replay_events`), any number of
 //!   subscribers, and exactly one terminal event. Subscribing with `after_seq` replays
@@ -21,6 +22,8 @@
 //!   channel, made by the first subscriber, is dropped at the terminal event). The Redis
 //!   backend (`agentgate-progress-redis`) keeps one per replica and carries the same
 //!   streams across replicas ([`MemoryHub::mirror`], [`PublishHook`]).
+//! - [`quota`]: per-client quotas — running queries and a token bucket —
+//!   counted in one process by [`LocalQuotas`] (each [`MemoryHub`] has one).
 //! - [`ProgressLayer`]: emits a stage's events (started, error per failed attempt,
 //!   retrying with attempt and delay, completed) for calls that carry a
 //!   [`ProgressContext`], by observing the request's attempt ledger (shared vocabulary
@@ -51,6 +54,7 @@ pub mod event;
 mod hub;
 mod layer;
 mod memory;
+pub mod quota;
 
 pub use backend::{
     Backend, BackendError, BackendHealth, BoxFuture, Ending, LostQuery, QueryControl,
@@ -62,3 +66,4 @@ pub use hub::{
 };
 pub use layer::{ProgressContext, ProgressFuture, ProgressLayer, ProgressService, StreamedAnswer};
 pub use memory::{HubConfig, MemoryHub};
+pub use quota::{LocalQuotas, Quota, QuotaRefusal};

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::hub::{OnEnd, QueryStream};
+use crate::quota::{LocalQuotas, Quota, QuotaRefusal};
 use crate::{
     Backend, BackendError, BackendHealth, BoxFuture, HubStats, Mirrored, OpenError, PublishHook,
     Published, QueryControl, QueryPublisher, SubscribeError, Subscription,
@@ -25,6 +26,9 @@ pub struct HubConfig {
     pub retention: Duration,
     /// At most this many finished queries are kept, oldest evicted first.
     pub max_finished: usize,
+    /// … and at most about this many bytes of their events' text (large outputs, or
+    /// many events per query, reach this before `max_finished`).
+    pub max_finished_bytes: usize,
     /// Events a live subscriber may fall behind before it gets `lagged`.
     pub live_buffer: usize,
 }
@@ -44,8 +48,17 @@ struct Inner {
     hook: Option<Arc<dyn PublishHook>>,
     queries: Mutex<HashMap<Arc<str>, Arc<QueryStream>>>,
     /// Finished queries, oldest first, for retention.
-    finished: Mutex<VecDeque<(Instant, Arc<str>)>>,
+    finished: Mutex<Finished>,
+    /// Client quotas counted in this process.
+    quotas: LocalQuotas,
     me: Weak<Inner>,
+}
+
+/// Finished queries, oldest first, with the bytes each retains, and their sum.
+#[derive(Debug, Default)]
+struct Finished {
+    queue: VecDeque<(Instant, Arc<str>, usize)>,
+    bytes: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -60,6 +73,7 @@ impl Default for HubConfig {
             replay_events: 256,
             retention: Duration::from_secs(600),
             max_finished: 10_000,
+            max_finished_bytes: 64 * 1024 * 1024,
             live_buffer: 256,
         }
     }
@@ -85,9 +99,16 @@ impl MemoryHub {
                 hook,
                 queries: Mutex::default(),
                 finished: Mutex::default(),
+                quotas: LocalQuotas::default(),
                 me: me.clone(),
             }),
         }
+    }
+
+    /// The client quotas counted in this process (all of them in one process; what a
+    /// replica falls back to when the others cannot be reached).
+    pub fn quotas(&self) -> &LocalQuotas {
+        &self.inner.quotas
     }
 
     /// Starts the stream of a new query and returns its publisher.
@@ -190,7 +211,8 @@ impl MemoryHub {
             .collect()
     }
 
-    /// Drops finished queries past their retention or beyond `max_finished`.
+    /// Drops finished queries past their retention or beyond `max_finished` (or
+    /// `max_finished_bytes`).
     pub fn evict_expired(&self) {
         self.inner.evict(Instant::now());
     }
@@ -207,16 +229,22 @@ impl Inner {
         Arc::new(QueryStream::new(query_id, replay, live, on_end, foreign))
     }
 
+    /// Drops finished queries past their retention, and the oldest while more than
+    /// `max_finished` of them, or more than `max_finished_bytes`, are held.
     fn evict(&self, now: Instant) {
         let expired: Vec<Arc<str>> = {
             let mut finished = lock(&self.finished);
             let mut out = Vec::new();
-            while let Some((at, _)) = finished.front() {
-                let too_many = finished.len() > self.config.max_finished;
+            while let Some((at, _, _)) = finished.queue.front() {
+                let too_many = finished.queue.len() > self.config.max_finished
+                    || finished.bytes > self.config.max_finished_bytes;
                 if !too_many && now.saturating_duration_since(*at) < self.config.retention {
                     break;
                 }
-                out.extend(finished.pop_front().map(|(_, id)| id));
+                if let Some((_, id, bytes)) = finished.queue.pop_front() {
+                    finished.bytes -= bytes;
+                    out.push(id);
+                }
             }
             out
         };
@@ -230,9 +258,13 @@ impl Inner {
 }
 
 impl OnEnd for Inner {
-    fn ended(&self, query_id: &Arc<str>) {
+    fn ended(&self, query_id: &Arc<str>, bytes: usize) {
         let now = Instant::now();
-        lock(&self.finished).push_back((now, query_id.clone()));
+        {
+            let mut finished = lock(&self.finished);
+            finished.queue.push_back((now, query_id.clone(), bytes));
+            finished.bytes += bytes;
+        }
         self.evict(now);
     }
 }
@@ -272,6 +304,22 @@ impl Backend for MemoryHub {
     }
 
     fn set_control(&self, _control: Arc<dyn QueryControl>) {}
+
+    fn admit<'a>(
+        &'a self,
+        client: &'a str,
+        ticket: &'a str,
+        quota: Quota,
+        _hold: Duration,
+    ) -> BoxFuture<'a, Result<(), QuotaRefusal>> {
+        Box::pin(std::future::ready(
+            self.inner.quotas.admit(client, ticket, quota),
+        ))
+    }
+
+    fn release(&self, client: &str, ticket: &str) {
+        self.inner.quotas.release(client, ticket);
+    }
 
     fn health(&self) -> BackendHealth {
         BackendHealth {

@@ -246,6 +246,31 @@ async fn memory_stays_bounded_after_100k_finished_queries() {
     drop(running);
 }
 
+#[tokio::test(start_paused = true)]
+async fn finished_queries_with_large_events_are_bounded_by_bytes() {
+    // Each query retains about 100 kB (a 100 kB `completed` result); 1 MB holds ten.
+    let hub = MemoryHub::new(HubConfig {
+        max_finished: 10_000,
+        max_finished_bytes: 1024 * 1024,
+        ..Default::default()
+    });
+    let big = || EventKind::Completed {
+        result: agentgate_progress::JsonText::new(&json!({ "x": "y".repeat(100_000) })).unwrap(),
+        duration_ms: 1,
+    };
+    for q in 0..100 {
+        hub.open(&format!("q{q}")).unwrap().publish(big()).unwrap();
+    }
+    let kept = hub.stats().queries;
+    assert!((9..=10).contains(&kept), "{kept} kept");
+    assert!(hub.subscribe("q99", 0).is_ok() && hub.subscribe("q0", 0).is_err());
+    // Small ones are still bounded by count alone.
+    for q in 100..200 {
+        hub.open(&format!("q{q}")).unwrap().publish(done()).unwrap();
+    }
+    assert!(hub.stats().queries > 100, "small queries fit by bytes");
+}
+
 #[tokio::test]
 async fn stats_count_live_subscribers() {
     let hub = Arc::new(MemoryHub::new(HubConfig::default()));

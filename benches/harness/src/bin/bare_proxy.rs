@@ -16,7 +16,7 @@
 //! hyper-util's legacy client is not: every client connection gets its own upstream
 //! connection (`hyper::client::conn::http1`), and both connections are driven by the same
 //! task, so a request is handed to the upstream connection without a pool checkout and
-//! without waking another task (`FLOOR_MODE=inline FLOOR=1 benches/proxy.sh`). That is
+//! without waking another task (`FLOOR_MODE=inline benches/proxy.sh`). That is
 //! closer to what nginx does with upstream keepalive.
 
 use std::convert::Infallible;

@@ -19,7 +19,10 @@
 //! `max_response_bytes`). `max_retry_after` is a `circuit_breaker` key only: one key caps
 //! `Retry-After` for both the breaker and the retry layer.
 
+mod auth;
 mod read;
+
+pub use auth::{AuthConfig, AuthMode, ClientConfig, RESERVED_CLIENT_NAMES};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -48,6 +51,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[admin]`: how the admin token is found.
     pub admin: AdminConfig,
+    /// `[auth]`: clients, their keys, allow-lists and quotas (SPEC §7).
+    pub auth: AuthConfig,
     /// `[progress]`: where query events are kept.
     pub progress: ProgressConfig,
     /// `[agents.X]` merged with `[defaults]`, by name (at least one).
@@ -87,6 +92,19 @@ pub struct ServerConfig {
     /// How long finished queries stay readable. Default 10m.
     #[serde(with = "humantime_serde")]
     pub query_retention: Duration,
+    /// Queries running at once, all clients together, on this replica; beyond, 503
+    /// `overloaded` (SPEC §8). Default 10000.
+    pub max_running_queries: usize,
+    /// Open client connections on the public listener; beyond, a new one is accepted
+    /// and closed at once (SPEC §8). Default 25000.
+    pub max_connections: usize,
+    /// A request body that sends nothing for this long: 408, connection closed
+    /// (SPEC §8). Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// When not empty, WebSocket upgrades whose `Origin` is not listed answer 403
+    /// (SPEC §7). Default: empty (any origin).
+    pub ws_allowed_origins: Vec<String>,
     /// `[server.tls]`: the public listener serves HTTPS and WSS with this certificate
     /// (the admin listener stays plain: keep it on a private address). Default none.
     pub tls: Option<ServerTlsConfig>,
@@ -100,6 +118,10 @@ pub struct AdminConfig {
     /// The token itself never appears in the file, so configs can be committed.
     /// Default `AGENTGATE_ADMIN_TOKEN`.
     pub token_env: String,
+    /// Admin reads (`GET /api/orchestration/*`, `/dashboard`, the admin `/ws`) need the
+    /// token too (SPEC §7). Default false; always true when admin routes share the
+    /// public listener (no `admin_listen`).
+    pub protect_reads: bool,
 }
 
 /// Where query events are kept (`progress.backend`).
@@ -209,6 +231,12 @@ impl Config {
             let url = agentgate_progress_redis::redact(self.progress.redis_url.expose());
             out.push_str(&format!(", progress redis {url}"));
         }
+        if self.auth.mode == AuthMode::ApiKey {
+            out.push_str(&format!(
+                ", auth api_key ({})",
+                plural(self.auth.clients.len(), "client")
+            ));
+        }
         out
     }
 }
@@ -226,6 +254,10 @@ impl Default for ServerConfig {
             ws_max_message_bytes: 64 * 1024,
             ws_max_subscriptions: 100,
             query_retention: Duration::from_secs(600),
+            max_running_queries: 10_000,
+            max_connections: 25_000,
+            body_read_timeout: Duration::from_secs(30),
+            ws_allowed_origins: Vec::new(),
             tls: None,
         }
     }
@@ -238,11 +270,30 @@ impl Validate for ServerConfig {
             ("max_ws_connections", self.max_ws_connections),
             ("ws_max_message_bytes", self.ws_max_message_bytes),
             ("ws_max_subscriptions", self.ws_max_subscriptions),
+            ("max_running_queries", self.max_running_queries),
+            ("max_connections", self.max_connections),
         ];
         let zero = counts.into_iter().filter(|(_, n)| *n == 0);
         let mut out: Vec<Invalid> = zero
             .map(|(key, n)| Invalid::new(key, n, "must be at least 1"))
             .collect();
+        if self.body_read_timeout.is_zero() {
+            out.push(Invalid::new(
+                "body_read_timeout",
+                "0s",
+                "must be greater than 0",
+            ));
+        }
+        for (i, origin) in self.ws_allowed_origins.iter().enumerate() {
+            if !valid_origin(origin) {
+                let reason = "must be an origin: scheme://host[:port], no path (e.g. \"https://app.example\")";
+                out.push(Invalid::new(
+                    format!("ws_allowed_origins[{i}]"),
+                    format!("{origin:?}"),
+                    reason,
+                ));
+            }
+        }
         if let Some(admin) = self.admin_listen.filter(|a| conflicts(self.listen, *a)) {
             let reason = format!(
                 "conflicts with server.listen = \"{}\" (omit admin_listen to serve admin routes on listen)",
@@ -263,6 +314,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             token_env: "AGENTGATE_ADMIN_TOKEN".to_owned(),
+            protect_reads: false,
         }
     }
 }
@@ -412,6 +464,19 @@ fn socket_addr<'de, D: Deserializer<'de>, T: From<SocketAddr>>(d: D) -> Result<T
             "expected an IP address and port, e.g. \"127.0.0.1:8080\" or \"[::]:8080\"",
         )
     })
+}
+
+/// `https://app.example`, `http://127.0.0.1:3000`: what browsers send as `Origin`.
+fn valid_origin(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', ' '])
 }
 
 /// Whether two listeners would fight over one port (port 0 picks a free one: never).

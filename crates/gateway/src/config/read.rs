@@ -92,6 +92,7 @@ fn check(doc: &mut Document, root: Spanned<DeValue<'_>>) -> Option<Config> {
     let mut sections = vec![
         ("server".to_owned(), config.server.problems()),
         ("admin".to_owned(), config.admin.problems()),
+        ("auth".to_owned(), config.auth.problems()),
         ("progress".to_owned(), config.progress.problems()),
     ];
     let agent_problems = config
@@ -132,7 +133,40 @@ fn check(doc: &mut Document, root: Spanned<DeValue<'_>>) -> Option<Config> {
             doc.blame(&Invalid::named(key, reason), &[&path]);
         }
     }
+    if !dirty.contains("auth") {
+        check_client_lists(doc, &config);
+    }
     Some(config)
+}
+
+/// Each client's `pipelines` and `agents` name configured ones.
+fn check_client_lists(doc: &mut Document, config: &Config) {
+    let pipelines: Vec<&str> = config.pipelines.keys().map(String::as_str).collect();
+    let agents: Vec<&str> = config.agents.keys().map(String::as_str).collect();
+    for (i, client) in config.auth.clients.iter().enumerate() {
+        let lists = [
+            ("pipelines", "pipeline", &client.pipelines, &pipelines),
+            ("agents", "agent", &client.agents, &agents),
+        ];
+        for (key, what, list, defined) in lists {
+            let unknown = list
+                .iter()
+                .flatten()
+                .filter(|n| !defined.contains(&n.as_str()));
+            for name in unknown {
+                let hint = suggest(name, defined).map(|a| format!("; did you mean \"{a}\"?"));
+                let reason = format!(
+                    "unknown {what} \"{name}\" (defined: {}){}",
+                    defined.join(", "),
+                    hint.unwrap_or_default()
+                );
+                doc.blame(
+                    &Invalid::named(format!("clients[{i}].{key}"), reason),
+                    &["auth"],
+                );
+            }
+        }
+    }
 }
 
 /// Checks the names of the `[section.NAME]` tables (they appear in URLs, JSON and

@@ -21,7 +21,8 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use percent_encoding::percent_decode_str;
 
-use crate::error::ApiError;
+use crate::auth::Client;
+use crate::error::{ApiError, Problem};
 use crate::AppState;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
@@ -60,6 +61,11 @@ async fn forward(state: &AppState, req: Request) -> Result<Response, ApiError> {
     let Some(agent) = runtime.agent(agent_name) else {
         return Err(ApiError::unknown_agent(agent_name));
     };
+    // `authenticate` put the client there (and took its key out of the headers).
+    match parts.extensions.get::<Client>() {
+        Some(client) => client.may_call(agent_name)?,
+        None => return Err(ApiError::new(Problem::Unauthorized, "no client")),
+    }
     let path_and_query = target.path_and_query()?;
     let limit = runtime.config().server.max_body_bytes;
     let declared = parts
@@ -115,6 +121,23 @@ async fn forward(state: &AppState, req: Request) -> Result<Response, ApiError> {
     let (mut parts, body) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// What the proxy makes of a request's target and headers before it sends anything:
+/// the agent's name, the path and query to ask it for, and the headers stripped of
+/// hop-by-hop ones with `x-forwarded-*` added. The fuzz targets drive it.
+pub(crate) fn prepare(
+    uri: &http::Uri,
+    headers: &mut HeaderMap,
+    peer: Option<IpAddr>,
+) -> Result<(String, PathAndQuery), ApiError> {
+    let target = AgentTarget::of(uri);
+    let agent = target.agent()?.into_owned();
+    let path_and_query = target.path_and_query()?;
+    let host = headers.remove(header::HOST);
+    strip_hop_by_hop(headers);
+    add_forwarded(headers, peer, host, false);
+    Ok((agent, path_and_query))
 }
 
 /// Whether the client asks to switch to WebSocket (`Connection: upgrade` and

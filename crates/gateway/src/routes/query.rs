@@ -6,6 +6,7 @@ use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -13,9 +14,13 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use agentgate_pipeline::{CancelError, Cancellation, QueryInput, SubmitError};
+use agentgate_progress::QuotaRefusal;
 
+use crate::admission::{BodyStalled, OVERLOAD_REJECTED};
+use crate::auth::{Client, Refusal};
 use crate::error::{query_answer, ApiError, Problem};
 use crate::AppState;
+use agentgate_classify::is_caused_by;
 
 /// The body of `POST /api/query`.
 #[derive(Debug, Deserialize)]
@@ -30,17 +35,26 @@ struct QueryRequest {
 
 /// Submits a query; answers when it finished, or at once with
 /// `Prefer: respond-async` (202).
-pub(crate) async fn submit(State(state): State<AppState>, req: Request) -> Response {
-    match submit_inner(state, req).await {
+pub(crate) async fn submit(
+    State(state): State<AppState>,
+    Extension(client): Extension<Client>,
+    req: Request,
+) -> Response {
+    match submit_inner(state, client, req).await {
         Ok(res) => res,
         Err(e) => e.into_response(),
     }
 }
 
-async fn submit_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
+async fn submit_inner(state: AppState, client: Client, req: Request) -> Result<Response, ApiError> {
     if state.is_draining() {
         return Err(ApiError::draining());
     }
+    // The body is read even when the gateway is full: an answer sent before it would
+    // cost the connection (hyper does not reuse one whose request body was left
+    // unread), and the body is small and bounded (`max_body_bytes`,
+    // `body_read_timeout`). The engine refuses with one atomic check at admission.
+    let engine = state.engine();
     let (parts, body) = req.into_parts();
     let body = read_json_body(
         &parts.headers,
@@ -49,25 +63,26 @@ async fn submit_inner(state: AppState, req: Request) -> Result<Response, ApiErro
     )
     .await?;
     let input = parse_query(&body)?;
+    let pipeline = input
+        .pipeline
+        .as_deref()
+        .unwrap_or(engine.default_pipeline());
+    client.may_run(pipeline)?;
     let traceparent = parts
         .headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let respond_async = prefers_async(&parts.headers);
-    let submitted = state
-        .engine()
-        .submit(QueryInput {
-            traceparent,
-            ..input
-        })
-        .map_err(|e| match e {
-            SubmitError::UnknownPipeline(name) => ApiError::new(
-                Problem::UnknownPipeline,
-                format!("no pipeline named `{name}`"),
-            ),
-            SubmitError::ShuttingDown => ApiError::draining(),
-        })?;
+    let input = QueryInput {
+        traceparent,
+        client: client.owner(),
+        ..input
+    };
+    let submitted = engine
+        .submit_with_quota(input, client.quota())
+        .await
+        .map_err(|e| refused(&client, &e))?;
     if respond_async {
         let location = format!("/api/query/{}", submitted.query_id);
         let mut res = (
@@ -83,9 +98,31 @@ async fn submit_inner(state: AppState, req: Request) -> Result<Response, ApiErro
     Ok(query_answer(&submitted.finished().await))
 }
 
-/// The record of a query, running or finished, run by this replica or another one.
-pub(crate) async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match state.engine().record(&id).await {
+/// The answer to a refused submit, counted in the refusal metrics (SPEC §7, §8).
+pub(crate) fn refused(client: &Client, e: &SubmitError) -> ApiError {
+    match e {
+        SubmitError::Overloaded(_) => {
+            metrics::counter!(OVERLOAD_REJECTED, "scope" => "global").increment(1);
+        }
+        SubmitError::Quota(QuotaRefusal::TooManyQueries) => {
+            client.rejected(Refusal::TooManyQueries);
+        }
+        SubmitError::Quota(QuotaRefusal::RateLimited { .. }) => {
+            client.rejected(Refusal::RateLimited);
+        }
+        _ => {}
+    }
+    ApiError::from_submit_error(e)
+}
+
+/// The record of a query, running or finished, run by this replica or another one;
+/// another client's query is answered as an unknown one.
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Extension(client): Extension<Client>,
+    Path(id): Path<String>,
+) -> Response {
+    match state.engine().record(&id, client.caller()).await {
         Ok(Some(record)) => Json(record).into_response(),
         Ok(None) => ApiError::unknown_query(&id).into_response(),
         Err(e) => {
@@ -100,9 +137,16 @@ const REMOTE_CANCEL_WAIT: Duration = Duration::from_secs(2);
 
 /// Cancels a running query, here or on another replica: the final record, or 202
 /// `cancelling` when another replica runs it and has not ended it within
-/// [`REMOTE_CANCEL_WAIT`].
-pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match state.engine().cancel(&id, REMOTE_CANCEL_WAIT).await {
+/// [`REMOTE_CANCEL_WAIT`]. Another client's query is answered as an unknown one.
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    Extension(client): Extension<Client>,
+    Path(id): Path<String>,
+) -> Response {
+    let cancel = state
+        .engine()
+        .cancel(&id, REMOTE_CANCEL_WAIT, client.caller());
+    match cancel.await {
         Ok(Cancellation::Cancelled(record)) => Json(record).into_response(),
         Ok(Cancellation::Requested) => (
             StatusCode::ACCEPTED,
@@ -173,6 +217,7 @@ pub(crate) async fn read_json_body(
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => return Err(ApiError::too_large(limit)),
+        Err(e) if is_caused_by::<BodyStalled>(&*e) => return Err(ApiError::body_timeout()),
         Err(_) => return Err(ApiError::bad_request("the request body could not be read")),
     };
     if std::str::from_utf8(&bytes).is_err() {
@@ -204,6 +249,7 @@ fn parse_query(body: &[u8]) -> Result<QueryInput, ApiError> {
         context: req.context.unwrap_or_default(),
         pipeline: req.pipeline,
         traceparent: None,
+        client: None,
     })
 }
 

@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use agentgate_circuit_breaker::Transition;
-use agentgate_pipeline::{CancelError, SubmitError};
+use agentgate_pipeline::{Caller, CancelError, QueryInput, SubmitError};
 use agentgate_progress::{Published, Subscription, SubscriptionItem};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
@@ -38,6 +38,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::protocol::{self, ClientFrame, ErrorCode, FrameError};
 use super::stats::{ConnectionGuard, Phase, SubscriptionGuard, WsRegistry};
 use super::{MAX_CLIENT_FRAMES_PER_SEC, MAX_UNANSWERED_PINGS, PING_INTERVAL};
+use crate::auth::Client;
+use crate::error::Problem;
 use crate::routes::metrics_value;
 use crate::AppState;
 
@@ -70,6 +72,8 @@ pub(crate) struct Setup {
     /// `?query_id=&after_seq=`: subscribe on connect.
     pub(crate) subscribe: Option<(String, u64)>,
     pub(crate) guard: ConnectionGuard,
+    /// Who connected: whose queries it sees, what it may run, its quota.
+    pub(crate) client: Client,
 }
 
 /// One item of the answers queue (reader and metrics task → writer), in order.
@@ -158,6 +162,7 @@ struct Connection {
     out: mpsc::Sender<Outgoing>,
     metrics_rights: Result<(), &'static str>,
     metrics: Option<Task>,
+    client: Client,
     /// Live query subscriptions (whose events the writer delivers).
     live: Arc<LiveSet>,
     generation: u64,
@@ -166,12 +171,30 @@ struct Connection {
     max_subscriptions: usize,
 }
 
+/// A refused `query` frame, answered with the code its HTTP twin's `error.kind` has
+/// (and counted the same way).
+fn refused(client: &Client, e: &SubmitError) -> FrameError {
+    let answer = crate::routes::query::refused(client, e);
+    let code = match answer.problem {
+        Problem::ShuttingDown => ErrorCode::ShuttingDown,
+        Problem::Overloaded => ErrorCode::Overloaded,
+        Problem::TooManyQueries => ErrorCode::TooManyQueries,
+        Problem::RateLimited => ErrorCode::RateLimited,
+        _ => ErrorCode::BadRequest,
+    };
+    FrameError {
+        retry_after: answer.retry_after,
+        ..FrameError::new(code, answer.message)
+    }
+}
+
 /// Serves one upgraded connection until it closes.
 pub(crate) async fn serve(socket: WebSocket, setup: Setup) {
     let Setup {
         state,
         metrics,
         subscribe,
+        client,
         guard,
     } = setup;
     let _guard = guard;
@@ -195,6 +218,7 @@ pub(crate) async fn serve(socket: WebSocket, setup: Setup) {
         out,
         metrics_rights: metrics,
         metrics: None,
+        client,
         live: Arc::default(),
         generation: 0,
         rate: RateLimit::new(Instant::now()),
@@ -330,23 +354,27 @@ impl Connection {
                 self.check_room(None)
                     .map_err(|e| e.for_request(request_id.clone()))?;
                 let engine = self.state.engine();
-                let submitted = engine.submit(input).map_err(|e| {
-                    match e {
-                        SubmitError::UnknownPipeline(name) => {
-                            FrameError::bad_request(format!("no pipeline named `{name}`"))
-                        }
-                        SubmitError::ShuttingDown => FrameError::new(
-                            ErrorCode::ShuttingDown,
-                            "the gateway is shutting down and takes no new queries",
-                        ),
-                    }
-                    .for_request(request_id.clone())
-                })?;
+                let pipeline = input
+                    .pipeline
+                    .as_deref()
+                    .unwrap_or(engine.default_pipeline());
+                if let Err(e) = self.client.may_run(pipeline) {
+                    let refused = FrameError::new(ErrorCode::Forbidden, e.message);
+                    return Err(refused.for_request(request_id));
+                }
+                let input = QueryInput {
+                    client: self.client.owner(),
+                    ..input
+                };
+                let submit = engine.submit_with_quota(input, self.client.quota());
+                let submitted = Box::pin(submit)
+                    .await
+                    .map_err(|e| refused(&self.client, &e).for_request(request_id.clone()))?;
                 let query_id = submitted.query_id;
                 // Right after submit, from seq 0: the replay buffer holds anything
                 // published in between, so no event is missed.
                 let sub = engine
-                    .subscribe(&query_id, 0)
+                    .subscribe(&query_id, 0, Caller::Anyone)
                     .await
                     .map_err(|_| FrameError::unknown_query(&query_id))?;
                 let frame = protocol::accepted(request_id.as_ref(), &query_id);
@@ -368,7 +396,10 @@ impl Connection {
                 // when another replica runs the query). Cancelling a query that already
                 // ended changes nothing. Boxed: the remote path's future is large, and
                 // this one's state is part of every connection's.
-                let cancel = self.state.engine().cancel(&query_id, Duration::ZERO);
+                let cancel =
+                    self.state
+                        .engine()
+                        .cancel(&query_id, Duration::ZERO, self.client.caller());
                 match Box::pin(cancel).await {
                     Ok(_) | Err(CancelError::AlreadyFinished(_)) => {}
                     Err(CancelError::NotFound) => return Err(FrameError::unknown_query(&query_id)),
@@ -408,7 +439,7 @@ impl Connection {
         let sub = self
             .state
             .engine()
-            .subscribe(&query_id, after_seq)
+            .subscribe(&query_id, after_seq, self.client.caller())
             .await
             .map_err(|_| FrameError::unknown_query(&query_id))?;
         let frame = protocol::subscribed(&query_id, after_seq);

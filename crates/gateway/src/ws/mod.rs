@@ -31,7 +31,7 @@
 //!   closes the rest with 1001.
 
 mod connection;
-mod protocol;
+pub(crate) mod protocol;
 mod stats;
 
 use std::time::Duration;
@@ -42,10 +42,12 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde::Deserialize;
 
 pub use stats::{WsRegistry, WsStats, OUTGOING_QUEUE_FRAMES};
 
+use crate::auth::Client;
 use crate::error::{ApiError, Problem};
 use crate::routes::admin;
 use crate::AppState;
@@ -75,24 +77,34 @@ enum Listener {
     Admin,
 }
 
-/// `GET /ws` on the public listener.
+/// `GET /ws` on the public listener, as the client that [`auth::authenticate`] found.
+///
+/// [`auth::authenticate`]: crate::auth::authenticate
 pub(crate) async fn handler(
     State(state): State<AppState>,
+    Extension(client): Extension<Client>,
     params: Result<Query<Params>, QueryRejection>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    accept(state, Listener::Public, params, &headers, upgrade)
+    accept(state, Listener::Public, client, params, &headers, upgrade)
 }
 
-/// `GET /ws` on the admin listener (`subscribe_metrics` allowed).
+/// `GET /ws` on the admin listener: `subscribe_metrics` allowed, every query visible.
 pub(crate) async fn admin_handler(
     State(state): State<AppState>,
     params: Result<Query<Params>, QueryRejection>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    accept(state, Listener::Admin, params, &headers, upgrade)
+    accept(
+        state,
+        Listener::Admin,
+        Client::Admin,
+        params,
+        &headers,
+        upgrade,
+    )
 }
 
 /// Everything that can refuse a connection happens here, before the upgrade, as an
@@ -100,6 +112,7 @@ pub(crate) async fn admin_handler(
 fn accept(
     state: AppState,
     listener: Listener,
+    client: Client,
     params: Result<Query<Params>, QueryRejection>,
     headers: &HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -108,6 +121,9 @@ fn accept(
         Ok(upgrade) => upgrade,
         Err(rejection) => return not_an_upgrade(&rejection).into_response(),
     };
+    if let Err(e) = check_origin(&state.runtime().config().server.ws_allowed_origins, headers) {
+        return e.into_response();
+    }
     let Query(params) = match params {
         Ok(params) => params,
         Err(e) => {
@@ -127,8 +143,13 @@ fn accept(
         .retry_after(Duration::from_secs(1))
         .into_response();
     };
+    let metrics = match client {
+        Client::Admin => Ok(()),
+        _ => metrics_rights(&state, listener, params.token.as_deref(), headers),
+    };
     let setup = connection::Setup {
-        metrics: metrics_rights(&state, listener, params.token.as_deref(), headers),
+        metrics,
+        client,
         subscribe: params.query_id.map(|q| {
             let after_seq = params.after_seq.unwrap_or(0);
             (q, after_seq.min(protocol::MAX_AFTER_SEQ))
@@ -166,6 +187,28 @@ fn not_an_upgrade(rejection: &WebSocketUpgradeRejection) -> ApiError {
             rejection.body_text().trim_end_matches('.')
         ),
     )
+}
+
+/// With `[server] ws_allowed_origins` set, a browser's upgrade from another origin is
+/// refused (403): another site's page cannot open a WebSocket with the user's
+/// credentials. Clients that are not browsers send no `Origin` and are let through
+/// (they can send any header anyway).
+fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let ok = allowed.is_empty()
+        || origin
+            .to_str()
+            .is_ok_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            Problem::Forbidden,
+            "WebSocket connections from this origin are not allowed (server.ws_allowed_origins)",
+        ))
+    }
 }
 
 /// `subscribe_metrics` is for operators: always on the admin listener; on the public

@@ -61,6 +61,12 @@ pub(crate) enum ErrorCode {
     RateLimited,
     /// The gateway is shutting down and takes no new queries.
     ShuttingDown,
+    /// A pipeline outside the client's `pipelines` (SPEC §7).
+    Forbidden,
+    /// The client runs its `max_running_queries` already (SPEC §7).
+    TooManyQueries,
+    /// The gateway runs its `max_running_queries` already (SPEC §8).
+    Overloaded,
 }
 
 /// A refused client frame: answered with an error frame, the connection stays open.
@@ -72,6 +78,8 @@ pub(crate) struct FrameError {
     pub(crate) request_id: Option<Value>,
     /// The query the frame was about, when known.
     pub(crate) query_id: Option<String>,
+    /// For a refused `query`: when trying again may succeed (`retry_after_ms`).
+    pub(crate) retry_after: Option<std::time::Duration>,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +128,9 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooManyQueries => "too_many_queries",
+            ErrorCode::Overloaded => "overloaded",
         }
     }
 }
@@ -133,6 +144,7 @@ impl FrameError {
             message: message.into(),
             request_id: None,
             query_id: None,
+            retry_after: None,
         }
     }
 
@@ -166,6 +178,9 @@ impl FrameError {
         }
         if let Some(q) = &self.query_id {
             v["query_id"] = Value::from(q.as_str());
+        }
+        if let Some(d) = self.retry_after {
+            v["retry_after_ms"] = Value::from(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         }
         v.to_string()
     }
@@ -205,6 +220,7 @@ pub(crate) fn parse(text: &str) -> Result<ClientFrame, FrameError> {
                     context: f.context,
                     pipeline: f.pipeline,
                     traceparent: None,
+                    client: None,
                 },
                 request_id,
             })
@@ -334,6 +350,7 @@ mod tests {
                     context: json!({"a": 1}).as_object().unwrap().clone(),
                     pipeline: Some("p".into()),
                     traceparent: None,
+                    client: None,
                 },
                 request_id: Some(json!("r1")),
             }

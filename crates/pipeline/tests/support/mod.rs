@@ -318,7 +318,7 @@ pub fn engine(
 /// is waited for), and returns its final record.
 pub async fn cancel(engine: &Engine, query_id: &str) -> Result<QueryRecord, CancelError> {
     engine
-        .cancel(query_id, Duration::ZERO)
+        .cancel(query_id, Duration::ZERO, agentgate_pipeline::Caller::Anyone)
         .await
         .map(|c| match c {
             Cancellation::Cancelled(record) => record,
