@@ -264,3 +264,42 @@ async fn a_reload_reads_the_listener_certificate_again() {
     assert!(trusts(&gw, new_ca.ca_file()).await);
     let _ = std::fs::remove_dir_all(file.parent().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_swaps_the_clients_and_their_keys() {
+    std::env::set_var(TOKEN_ENV, TOKEN);
+    std::env::set_var("AGENTGATE_TEST_RELOAD_KEY_A", "key-of-a");
+    std::env::set_var("AGENTGATE_TEST_RELOAD_KEY_B", "key-of-b");
+    let echo = EchoServer::start(|_| StatusCode::OK).await;
+    let file = config_file("clients");
+    let with_clients = |names: &[&str]| {
+        let mut out = config(&[("held", &echo)], &[("first", "held")], 5);
+        out.push_str("\n[auth]\nmode = \"api_key\"\n");
+        for name in names {
+            let env = format!("AGENTGATE_TEST_RELOAD_KEY_{}", name.to_uppercase());
+            out.push_str(&format!(
+                "[[auth.clients]]\nname = \"team-{name}\"\nkey_env = \"{env}\"\n"
+            ));
+        }
+        out
+    };
+    std::fs::write(&file, with_clients(&["a"])).unwrap();
+    let gw = Gateway::start_file(&file).await;
+    let query = |key: &'static str| {
+        let gw = &gw;
+        async move {
+            let headers = [("content-type", "application/json"), ("x-api-key", key)];
+            let body = json!({"query": "q"}).to_string();
+            gw.call("POST", "/api/query", &headers, body).await.status
+        }
+    };
+    assert_eq!(query("key-of-a").await, StatusCode::OK);
+    assert_eq!(query("key-of-b").await, StatusCode::UNAUTHORIZED);
+
+    std::fs::write(&file, with_clients(&["b"])).unwrap();
+    let (status, body) = admin(&gw, "/api/orchestration/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(query("key-of-b").await, StatusCode::OK);
+    assert_eq!(query("key-of-a").await, StatusCode::UNAUTHORIZED);
+    let _ = std::fs::remove_dir_all(file.parent().unwrap());
+}
